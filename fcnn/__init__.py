@@ -1,0 +1,5 @@
+"""fcnn: a functional convolutional-network library on JAX with hand-written backward rules."""
+
+from fcnn import ops
+
+__all__ = ["ops"]

@@ -1,0 +1,292 @@
+"""2-D convolution (cross-correlation) and its two gradients, each with a hand-written rule.
+
+Three linear maps close under differentiation, so each rule is written with the other two:
+
+    conv(x, w)            = y          y[n,i,j,o] = sum_{a,b,c} x[n, i*s + a*d, j*s + b*d, c] w[a,b,c,o]
+    conv_dx(g, w) = dX    full convolution of g with the kernel (flipped, in/out swapped)
+    conv_dk(x, g) = dK    cross-correlation of the input with the upstream gradient
+
+    d conv   : dx = conv_dx(g, w),   dw = conv_dk(x, g)
+    d conv_dx: dg = conv(ct, w),     dw = conv_dk(ct, g)
+    d conv_dk: dx = conv_dx(g, ct),  dg = conv(x, ct)
+
+so ``grad(grad(f))`` runs through hand-written rules at every order.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fcnn import _args
+from fcnn.ops import _checks
+from fcnn.ops._bias import bias_add, check_bias
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+# dK as one convolution: the batch is the contraction axis ("C" of the lhs, "I" of g), the input
+# channels ride in the lhs batch slot and come out as the kernel's I axis.
+_DK = ("CHWN", "IHWO", "HWNC")
+
+
+class ConvConfig(NamedTuple):
+    """Static, hashable configuration of a convolution (explicit padding)."""
+
+    stride: _args.Pair
+    padding: _args.Padding
+    dilation: _args.Pair
+    groups: int
+
+
+# ----------------------------------------------------------------------------- public wrappers
+
+
+def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation, NHWC x HWIO, with a hand-written backward rule.
+
+    Args:
+      x: `(N, H, W, C_in)` or `(H, W, C_in)`.
+      w: `(kh, kw, C_in // groups, C_out)`.
+      b: optional `(C_out,)`.
+      stride, dilation: int or pair, >= 1.
+      padding: int, pair `(ph, pw)`, `((top, bottom), (left, right))`, "SAME" or "VALID".
+      groups: feature groups; `groups == C_in` with `C_out = k * C_in` is depthwise.
+
+    Returns:
+      `(N, H_out, W_out, C_out)` (or unbatched), `H_out = floor((H + p_t + p_b - F_eff) / s) + 1`.
+
+    Raises:
+      ValueError: channel mismatch, wrong rank, bad stride/dilation/padding/groups, window larger
+        than the padded input, bias of the wrong length.
+      TypeError: non-floating inputs or configuration of the wrong type.
+    """
+    op = "conv2d"
+    x, batched = _checks.image(op, "x", x)
+    w = _kernel(op, w)
+    cfg = _config(op, x.shape, w.shape, stride, padding, dilation, groups)
+    x, w = _checks.same_dtype(op, x, w)
+    y = _conv(x, w, cfg)
+    if b is not None:
+        b = check_bias(op, _checks.floating(op, "b", b), w.shape[3])
+        y = bias_add(y, b.astype(y.dtype))
+    return y if batched else y[0]
+
+
+def conv2d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, groups=1):
+    """dX of `conv2d`: full convolution of the upstream gradient with the flipped kernel.
+
+    Args:
+      g: upstream gradient `(N, H_out, W_out, C_out)` or `(H_out, W_out, C_out)`.
+      w: `(kh, kw, C_in // groups, C_out)`.
+      input_shape: shape of the forward input, `(N, H, W, C_in)` or `(H, W, C_in)` like `g`.
+
+    Returns:
+      `input_shape`-shaped gradient with respect to the input.
+    """
+    op = "conv2d_grad_input"
+    g, batched = _checks.image(op, "g", g)
+    w = _kernel(op, w)
+    shape = _shape_arg(op, "input_shape", input_shape, 4 if batched else 3)
+    x_shape = shape if batched else (g.shape[0], *shape)
+    cfg = _config(op, x_shape, w.shape, stride, padding, dilation, groups)
+    _check_g(op, g.shape, _out_shape(x_shape, w.shape, cfg))
+    g, w = _checks.same_dtype(op, g, w)
+    dx = _conv_dx(g, w, x_shape[1:3], cfg)
+    return dx if batched else dx[0]
+
+
+def conv2d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1):
+    """dK of `conv2d`: cross-correlation of the input with the upstream gradient.
+
+    Args:
+      x: forward input `(N, H, W, C_in)` or `(H, W, C_in)`.
+      g: upstream gradient `(N, H_out, W_out, C_out)`, batched like `x`.
+      kernel_shape: `(kh, kw, C_in // groups, C_out)`.
+
+    Returns:
+      `kernel_shape`-shaped gradient with respect to the kernel.
+    """
+    op = "conv2d_grad_kernel"
+    x, batched = _checks.image(op, "x", x)
+    g, g_batched = _checks.image(op, "g", g)
+    if batched != g_batched:
+        raise ValueError(
+            f"{op}: `x` and `g` must both be batched or both unbatched, got shapes "
+            f"{tuple(x.shape)} and {tuple(g.shape)}."
+        )
+    k_shape = _shape_arg(op, "kernel_shape", kernel_shape, 4)
+    cfg = _config(op, x.shape, k_shape, stride, padding, dilation, groups)
+    _check_g(op, g.shape, _out_shape(x.shape, k_shape, cfg))
+    x, g = _checks.same_dtype(op, x, g)
+    return _conv_dk(x, g, k_shape[:2], cfg)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _kernel(op, w):
+    w = _checks.floating(op, "w", w)
+    if w.ndim != 4:
+        raise ValueError(
+            f"{op}: `w` must have rank 4 (kh, kw, C_in // groups, C_out), got shape "
+            f"{tuple(w.shape)}."
+        )
+    return w
+
+
+def _shape_arg(op, name, shape, rank):
+    if not isinstance(shape, (tuple, list)) or len(shape) != rank:
+        raise ValueError(f"{op}: `{name}` must be a tuple of {rank} ints, got {shape!r}.")
+    return tuple(_args.as_pair(s, op, name)[0] for s in shape)
+
+
+def _config(op, x_shape, w_shape, stride, padding, dilation, groups) -> ConvConfig:
+    """Validate shapes and normalise configuration; `x_shape` is batched NHWC."""
+    stride = _args.as_pair(stride, op, "stride")
+    dilation = _args.as_pair(dilation, op, "dilation")
+    groups = _args.as_pair(groups, op, "groups")[0]
+    kh, kw, cig, cout = w_shape
+    cin = x_shape[3]
+    if cin % groups or cout % groups:
+        raise ValueError(
+            f"{op}: `groups` (={groups}) must divide both the input channels (={cin}) and the "
+            f"output channels (={cout})."
+        )
+    if cin != cig * groups:
+        raise ValueError(
+            f"{op}: x has {cin} channels but w expects {cig * groups} "
+            f"(w.shape[2] * groups = {cig} * {groups})."
+        )
+    windows = (_args.effective_window(kh, dilation[0]), _args.effective_window(kw, dilation[1]))
+    pads = _args.as_padding(padding, op, x_shape[1:3], windows, stride)
+    _args.check_fits(op, x_shape[1:3], windows, pads, "kernel")
+    return ConvConfig(stride, pads, dilation, groups)
+
+
+def _out_shape(x_shape, w_shape, cfg):
+    hw = (
+        _args.output_size(n, _args.effective_window(k, d), s, p)
+        for n, k, d, s, p in zip(x_shape[1:3], w_shape[:2], cfg.dilation, cfg.stride, cfg.padding)
+    )
+    return (x_shape[0], *hw, w_shape[3])
+
+
+def _check_g(op, g_shape, expected):
+    if tuple(g_shape) != tuple(expected):
+        raise ValueError(
+            f"{op}: `g` must have the forward output's shape {expected} for this input and "
+            f"configuration, got {tuple(g_shape)}."
+        )
+
+
+# ----------------------------------------------------------------------------- the three maps
+
+
+def _remainders(in_hw, k_hw, cfg):
+    return tuple(
+        _args.remainder(n, _args.effective_window(k, d), s, p)
+        for n, k, d, s, p in zip(in_hw, k_hw, cfg.dilation, cfg.stride, cfg.padding)
+    )
+
+
+def _conv_impl(x, w, cfg):
+    return lax.conv_general_dilated(
+        x, w, cfg.stride, cfg.padding, rhs_dilation=cfg.dilation,
+        dimension_numbers=_NHWC, feature_group_count=cfg.groups,
+    )
+
+
+def _conv_dx_impl(g, w, in_hw, cfg):
+    kh, kw, cig, cout = w.shape
+    G = cfg.groups
+    r = _remainders(in_hw, (kh, kw), cfg)
+    pads = tuple(
+        (f - 1 - lo, f - 1 - hi + rr)
+        for f, (lo, hi), rr in zip(
+            (_args.effective_window(kh, cfg.dilation[0]), _args.effective_window(kw, cfg.dilation[1])),
+            cfg.padding, r,
+        )
+    )
+    # Rotate 180 degrees and swap in/out channels within each group: (kh, kw, C_out/G, C_in).
+    wt = jnp.flip(w, (0, 1)).reshape(kh, kw, cig, G, cout // G)
+    wt = wt.transpose(0, 1, 4, 3, 2).reshape(kh, kw, cout // G, G * cig)
+    return lax.conv_general_dilated(
+        g, wt, (1, 1), pads, lhs_dilation=cfg.stride, rhs_dilation=cfg.dilation,
+        dimension_numbers=_NHWC, feature_group_count=G,
+    )
+
+
+def _conv_dk_impl(x, g, k_hw, cfg):
+    r = _remainders(x.shape[1:3], k_hw, cfg)
+    pads = tuple((lo, hi - rr) for (lo, hi), rr in zip(cfg.padding, r))
+    return lax.conv_general_dilated(
+        x, g, cfg.dilation, pads, rhs_dilation=cfg.stride,
+        dimension_numbers=_DK, batch_group_count=cfg.groups,
+    )
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv(x, w, cfg):
+    return _conv_impl(x, w, cfg)
+
+
+def _conv_fwd(x, w, cfg):
+    return _conv_impl(x, w, cfg), (x, w)
+
+
+def _conv_bwd(cfg, res, g):
+    """dX = conv_dx(g, w), dK = conv_dk(x, g).
+
+    dX: g with s-1 zeros between rows/cols (lhs dilation s), padded by (F_eff-1-p_lo,
+    F_eff-1-p_hi+r), correlated with the 180-degree rotated kernel (in/out channels swapped per
+    group) dilated by d; r = (H + p_lo + p_hi - F_eff) mod s is what the forward floor dropped.
+    dK: dw[a,b,c,o] = sum_{n,i,j} g[n,i,j,o] x[n, i*s+a*d, j*s+b*d, c], one convolution with the
+    batch contracted, g as a kernel dilated by s, window step d, high padding p_hi - r.
+    Residuals: x and w.
+    """
+    x, w = res
+    return _conv_dx(g, w, x.shape[1:3], cfg), _conv_dk(x, g, w.shape[:2], cfg)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_dx(g, w, in_hw, cfg):
+    return _conv_dx_impl(g, w, in_hw, cfg)
+
+
+def _conv_dx_fwd(g, w, in_hw, cfg):
+    return _conv_dx_impl(g, w, in_hw, cfg), (g, w)
+
+
+def _conv_dx_bwd(in_hw, cfg, res, ct):
+    """dX is bilinear in (g, w): <conv_dx(g, w), ct> = <g, conv(ct, w)>, so
+    d/dg = conv(ct, w) and d/dw = conv_dk(ct, g). Residuals: g and w."""
+    g, w = res
+    return _conv(ct, w, cfg), _conv_dk(ct, g, w.shape[:2], cfg)
+
+
+_conv_dx.defvjp(_conv_dx_fwd, _conv_dx_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_dk(x, g, k_hw, cfg):
+    return _conv_dk_impl(x, g, k_hw, cfg)
+
+
+def _conv_dk_fwd(x, g, k_hw, cfg):
+    return _conv_dk_impl(x, g, k_hw, cfg), (x, g)
+
+
+def _conv_dk_bwd(k_hw, cfg, res, ct):
+    """dK is bilinear in (x, g): <conv_dk(x, g), ct> = <g, conv(x, ct)>, so
+    d/dx = conv_dx(g, ct) and d/dg = conv(x, ct). Residuals: x and g."""
+    x, g = res
+    return _conv_dx(g, ct, x.shape[1:3], cfg), _conv(x, ct, cfg)
+
+
+_conv_dk.defvjp(_conv_dk_fwd, _conv_dk_bwd)
