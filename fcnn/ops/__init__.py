@@ -1,9 +1,26 @@
 """fcnn.ops: pure array functions, each a ``jax.custom_vjp`` with a hand-written backward rule."""
 
+from fcnn.ops.activations import elu, leaky_relu, relu, sigmoid, tanh
 from fcnn.ops.conv import conv2d, conv2d_grad_input, conv2d_grad_kernel
+from fcnn.ops.dense import dense
+from fcnn.ops.dropout import dropout
+from fcnn.ops.losses import hinge, mse, softmax_cross_entropy
+from fcnn.ops.pool import avg_pool2d, max_pool2d
 
 __all__ = [
+    "avg_pool2d",
     "conv2d",
     "conv2d_grad_input",
     "conv2d_grad_kernel",
+    "dense",
+    "dropout",
+    "elu",
+    "hinge",
+    "leaky_relu",
+    "max_pool2d",
+    "mse",
+    "relu",
+    "sigmoid",
+    "softmax_cross_entropy",
+    "tanh",
 ]

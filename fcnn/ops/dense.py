@@ -1,0 +1,64 @@
+"""Fully connected layer ``x @ w + b`` with a hand-written rule built from itself."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fcnn.ops import _checks
+from fcnn.ops._bias import bias_add, check_bias
+
+
+def dense(x, w, b=None):
+    """Affine map over the last axis.
+
+    Args:
+      x: `(..., in_features)`.
+      w: `(in_features, out_features)`.
+      b: optional `(out_features,)`.
+
+    Returns:
+      `(..., out_features)`.
+
+    Raises:
+      ValueError: `w` not rank 2, `x` a scalar, feature mismatch, bias of the wrong length.
+    """
+    op = "dense"
+    x = _checks.floating(op, "x", x)
+    w = _checks.floating(op, "w", w)
+    if w.ndim != 2:
+        raise ValueError(
+            f"dense: `w` must have rank 2 (in_features, out_features), got shape {tuple(w.shape)}."
+        )
+    if x.ndim < 1 or x.shape[-1] != w.shape[0]:
+        raise ValueError(
+            f"dense: `x` has {x.shape[-1] if x.ndim else 'no'} features (shape {tuple(x.shape)}) "
+            f"but `w` expects {w.shape[0]} (w.shape[0]). Flatten the input first if it is an image."
+        )
+    x, w = _checks.same_dtype(op, x, w)
+    y = _matmul(x, w)
+    if b is not None:
+        b = check_bias(op, _checks.floating(op, "b", b), w.shape[1])
+        y = bias_add(y, b.astype(y.dtype))
+    return y
+
+
+@jax.custom_vjp
+def _matmul(x, w):
+    return jnp.matmul(x, w)
+
+
+def _matmul_fwd(x, w):
+    return jnp.matmul(x, w), (x, w)
+
+
+def _matmul_bwd(res, g):
+    """dx = g W^T; dW = X^T G with the leading axes of x and g flattened into rows.
+    Both are matmuls, so second derivatives run through this rule too. Residuals: x, w."""
+    x, w = res
+    x2 = x.reshape(-1, x.shape[-1])
+    g2 = g.reshape(-1, g.shape[-1])
+    return _matmul(g, w.T), _matmul(x2.T, g2)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)

@@ -1,0 +1,58 @@
+"""Inverted dropout with its hand-written rule."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from fcnn.ops import _checks
+
+
+def dropout(key, x, rate):
+    """Inverted dropout: zero each element with probability `rate`, scale the rest by `1/(1-rate)`.
+
+    The expectation of the output equals `x`, so evaluation needs no rescaling (call it only in
+    training). `rate` is the **drop** probability.
+
+    Args:
+      key: a PRNG key (`jax.random.key` or a legacy uint32 key).
+      x: any floating array.
+      rate: Python float in `[0, 1)`.
+
+    Returns:
+      An array like `x`.
+    """
+    x = _checks.floating("dropout", "x", x)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise TypeError(
+            f"dropout: `rate` must be a Python float in [0, 1), got {type(rate).__name__}."
+        )
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout: `rate` (the drop probability) must be in [0, 1), got {rate}.")
+    if rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return _dropout(x, keep, float(rate))
+
+
+def _dropout_impl(x, keep, rate):
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dropout(x, keep, rate):
+    return _dropout_impl(x, keep, rate)
+
+
+def _dropout_fwd(x, keep, rate):
+    return _dropout_impl(x, keep, rate), keep
+
+
+def _dropout_bwd(rate, keep, g):
+    """dx = g * mask / (1 - rate); the mask gets no gradient. Residual: the boolean mask."""
+    return _dropout_impl(g, keep, rate), None
+
+
+_dropout.defvjp(_dropout_fwd, _dropout_bwd)

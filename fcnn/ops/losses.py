@@ -1,0 +1,190 @@
+"""Losses, each a scalar mean over the batch with its gradient written out (seed 004)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from fcnn.ops import _checks
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean softmax cross-entropy, computed stably through log-sum-exp.
+
+    Args:
+      logits: `(N, K)` (or `(..., K)`; `(K,)` for one example).
+      labels: integer class indices `(N,)` (the leading shape of `logits`), or probability
+        targets of the same shape as `logits` (soft labels, e.g. label smoothing).
+
+    Returns:
+      Scalar `mean_n [logsumexp(z_n) - sum_k t_nk z_nk]`.
+      Gradient: `(softmax(z) - onehot(y)) / N` (seed 004's `p - y`).
+    """
+    op = "softmax_cross_entropy"
+    logits = _checks.floating(op, "logits", logits)
+    labels = jnp.asarray(labels)
+    if logits.ndim < 1:
+        raise ValueError(f"{op}: `logits` must have a class axis (..., K), got a scalar.")
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        if labels.shape != logits.shape[:-1]:
+            raise ValueError(
+                f"{op}: integer `labels` must have shape {tuple(logits.shape[:-1])} (the batch "
+                f"shape of `logits` {tuple(logits.shape)}), got {tuple(labels.shape)}."
+            )
+        return _xent_int(logits, labels)
+    if jnp.issubdtype(labels.dtype, jnp.floating):
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"{op}: probability `labels` must have the shape of `logits` "
+                f"{tuple(logits.shape)}, got {tuple(labels.shape)}."
+            )
+        logits, labels = _checks.same_dtype(op, logits, labels)
+        return _xent_soft(logits, labels)
+    raise TypeError(f"{op}: `labels` must be integer or floating, got dtype {labels.dtype}.")
+
+
+def mse(pred, target):
+    """Mean squared error over every element: `mean((pred - target)^2)`.
+
+    Args:
+      pred, target: floating arrays of the same shape (no broadcasting).
+    """
+    pred = _checks.floating("mse", "pred", pred)
+    target = _checks.floating("mse", "target", target)
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"mse: `pred` and `target` must have the same shape, got {tuple(pred.shape)} and "
+            f"{tuple(target.shape)}."
+        )
+    return _mse(*_checks.same_dtype("mse", pred, target))
+
+
+def hinge(scores, labels, margin=1.0):
+    """Multiclass hinge (SVM) loss: `mean_n sum_{j != y_n} max(0, s_nj - s_ny + margin)`.
+
+    Args:
+      scores: `(N, K)` (or `(..., K)`).
+      labels: integer `(N,)`, the leading shape of `scores`.
+      margin: Python float (CS231n's delta).
+    """
+    op = "hinge"
+    scores = _checks.floating(op, "scores", scores)
+    labels = jnp.asarray(labels)
+    if scores.ndim < 1:
+        raise ValueError(f"{op}: `scores` must have a class axis (..., K), got a scalar.")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"{op}: `labels` must be integer class indices, got dtype {labels.dtype}.")
+    if labels.shape != scores.shape[:-1]:
+        raise ValueError(
+            f"{op}: `labels` must have shape {tuple(scores.shape[:-1])} (the batch shape of "
+            f"`scores` {tuple(scores.shape)}), got {tuple(labels.shape)}."
+        )
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise TypeError(f"{op}: `margin` must be a Python float, got {type(margin).__name__}.")
+    return _hinge(scores, labels, float(margin))
+
+
+def _count(a):
+    return max(1, a.size // a.shape[-1]) if a.ndim else 1
+
+
+def _log_softmax(z):
+    m = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    shifted = z - m
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+
+
+def _onehot(labels, k, dtype):
+    return (labels[..., None] == jnp.arange(k)).astype(dtype)
+
+
+@jax.custom_vjp
+def _xent_int(z, labels):
+    logp = _log_softmax(z)
+    picked = jnp.sum(logp * _onehot(labels, z.shape[-1], z.dtype), axis=-1)
+    return -jnp.sum(picked) / _count(z)
+
+
+def _xent_int_fwd(z, labels):
+    return _xent_int(z, labels), (z, labels)
+
+
+def _xent_int_bwd(res, g):
+    """dz = g * (softmax(z) - onehot(y)) / N; integer labels get no gradient. Residuals: z, y."""
+    z, labels = res
+    p = jnp.exp(_log_softmax(z))
+    return g * (p - _onehot(labels, z.shape[-1], z.dtype)) / _count(z), None
+
+
+_xent_int.defvjp(_xent_int_fwd, _xent_int_bwd)
+
+
+@jax.custom_vjp
+def _xent_soft(z, t):
+    return -jnp.sum(t * _log_softmax(z)) / _count(z)
+
+
+def _xent_soft_fwd(z, t):
+    return _xent_soft(z, t), (z, t)
+
+
+def _xent_soft_bwd(res, g):
+    """dz = g * (softmax(z) * sum_k t_k - t) / N; dt = -g * log_softmax(z) / N."""
+    z, t = res
+    logp = _log_softmax(z)
+    n = _count(z)
+    dz = (jnp.exp(logp) * jnp.sum(t, axis=-1, keepdims=True) - t) / n
+    return g * dz, -g * logp / n
+
+
+_xent_soft.defvjp(_xent_soft_fwd, _xent_soft_bwd)
+
+
+@jax.custom_vjp
+def _mse(p, t):
+    return jnp.mean(jnp.square(p - t))
+
+
+def _mse_fwd(p, t):
+    return _mse(p, t), (p, t)
+
+
+def _mse_bwd(res, g):
+    """d pred = g * 2 (pred - target) / size; d target = -d pred. Residuals: pred, target."""
+    p, t = res
+    d = g * 2 * (p - t) / max(p.size, 1)
+    return d, -d
+
+
+_mse.defvjp(_mse_fwd, _mse_bwd)
+
+
+def _margins(s, labels, margin):
+    correct = jnp.take_along_axis(s, labels[..., None], axis=-1)
+    m = s - correct + jnp.asarray(margin, s.dtype)
+    return m, _onehot(labels, s.shape[-1], jnp.bool_)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _hinge(s, labels, margin):
+    m, is_y = _margins(s, labels, margin)
+    return jnp.sum(jnp.where(is_y, 0, jnp.maximum(m, 0))) / _count(s)
+
+
+def _hinge_fwd(s, labels, margin):
+    return _hinge(s, labels, margin), (s, labels)
+
+
+def _hinge_bwd(margin, res, g):
+    """With a_j = 1[j != y and s_j - s_y + margin > 0]: ds_j = a_j for j != y,
+    ds_y = -sum_j a_j, all times g / N (subgradient 0 at the hinge)."""
+    s, labels = res
+    m, is_y = _margins(s, labels, margin)
+    active = jnp.where(is_y, 0, (m > 0)).astype(s.dtype)
+    ds = active - is_y.astype(s.dtype) * jnp.sum(active, axis=-1, keepdims=True)
+    return g * ds / _count(s), None
+
+
+_hinge.defvjp(_hinge_fwd, _hinge_bwd)

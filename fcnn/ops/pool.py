@@ -1,0 +1,262 @@
+"""Max and average pooling with hand-written rules.
+
+Both backward passes route the upstream gradient through the window "taps": tap (a, b) of the
+window reads the padded input at rows ``i*s + a`` and columns ``j*s + b`` for every output
+``(i, j)``. Reading every tap is a strided slice; its adjoint writes a ``(H_out, W_out)`` array
+back to those cells (``lax.pad`` with interior ``s - 1``). The pairs of linear maps close under
+differentiation:
+
+    avg_pool(x)                      <-> avg_pool_t(g)        (adjoint of each other)
+    max_scatter(x, g): g to argmax   <-> max_gather(x, ct): ct read at argmax
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fcnn import _args
+from fcnn.ops import _checks
+
+
+class PoolConfig(NamedTuple):
+    """Static, hashable configuration of a pooling window (explicit padding)."""
+
+    window: _args.Pair
+    stride: _args.Pair
+    padding: _args.Padding
+
+
+def max_pool2d(x, window, stride=None, padding=0):
+    """Max pooling; padded cells are -inf and never win.
+
+    Args:
+      x: `(N, H, W, C)` or `(H, W, C)`, floating.
+      window: int or pair.
+      stride: int or pair; defaults to `window` (non-overlapping).
+      padding: int, pair, `((top, bottom), (left, right))`, "SAME" or "VALID"; each side must be
+        smaller than the window.
+
+    Returns:
+      `(N, H_out, W_out, C)` (or unbatched). The backward sends each window's gradient to its
+      maximum; on ties to the first in row-major window order.
+    """
+    x, batched, cfg = _prepare("max_pool2d", x, window, stride, padding)
+    y = _max_pool(x, cfg)
+    return y if batched else y[0]
+
+
+def avg_pool2d(x, window, stride=None, padding=0):
+    """Average pooling; padded zeros count in the mean (the divisor is always the window area).
+
+    Args:
+      x: `(N, H, W, C)` or `(H, W, C)`, floating.
+      window, stride, padding: as `max_pool2d`.
+
+    Returns:
+      `(N, H_out, W_out, C)` (or unbatched).
+    """
+    x, batched, cfg = _prepare("avg_pool2d", x, window, stride, padding)
+    y = _avg_pool(x, cfg)
+    return y if batched else y[0]
+
+
+def _prepare(op, x, window, stride, padding):
+    x, batched = _checks.image(op, "x", x)
+    window = _args.as_pair(window, op, "window")
+    stride = window if stride is None else _args.as_pair(stride, op, "stride")
+    pads = _args.as_padding(padding, op, x.shape[1:3], window, stride)
+    for (lo, hi), k in zip(pads, window):
+        if max(lo, hi) >= k:
+            raise ValueError(
+                f"{op}: `padding` must be smaller than the window on each side (a window of "
+                f"padding only has nothing to pool), got padding {padding!r} for window {window}."
+            )
+    _args.check_fits(op, x.shape[1:3], window, pads)
+    return x, batched, PoolConfig(window, stride, pads)
+
+
+# ----------------------------------------------------------------------------- taps
+
+
+def _out_hw(in_hw, cfg):
+    return tuple(_args.output_size(*a) for a in zip(in_hw, cfg.window, cfg.stride, cfg.padding))
+
+
+def _taps(x, cfg, fill):
+    """Yield `(a, b, x_ab)`: tap (a, b) of every window, `x_ab: (N, H_out, W_out, C)`."""
+    n, h, w, c = x.shape
+    (pt, pb), (pl, pr) = cfg.padding
+    xp = lax.pad(x, jnp.array(fill, x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+    ho, wo = _out_hw((h, w), cfg)
+    sh, sw = cfg.stride
+    for a in range(cfg.window[0]):
+        for b in range(cfg.window[1]):
+            limit = (n, a + (ho - 1) * sh + 1, b + (wo - 1) * sw + 1, c)
+            yield a, b, lax.slice(xp, (0, a, b, 0), limit, (1, sh, sw, 1))
+
+
+def _place(v, a, b, in_hw, cfg):
+    """Adjoint of reading tap (a, b): write `v: (N, H_out, W_out, C)` into an `(N, H, W, C)` zero
+    array at rows `i*s + a - p_top`, cols `j*s + b - p_left` (cells in the padding are dropped)."""
+    (pt, _), (pl, _) = cfg.padding
+    sh, sw = cfg.stride
+    ho, wo = v.shape[1:3]
+    h, w = in_hw
+    rows = (a - pt, h - (a - pt) - ((ho - 1) * sh + 1), sh - 1)
+    cols = (b - pl, w - (b - pl) - ((wo - 1) * sw + 1), sw - 1)
+    return lax.pad(v, jnp.array(0, v.dtype), ((0, 0, 0), rows, cols, (0, 0, 0)))
+
+
+def _window_dims(cfg):
+    (pt, pb), (pl, pr) = cfg.padding
+    return (1, *cfg.window, 1), (1, *cfg.stride, 1), ((0, 0), (pt, pb), (pl, pr), (0, 0))
+
+
+# ----------------------------------------------------------------------------- average
+
+
+def _avg_pool_impl(x, cfg):
+    dims, strides, pads = _window_dims(cfg)
+    total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, strides, pads)
+    return total / (cfg.window[0] * cfg.window[1])
+
+
+def _avg_pool_t_impl(g, in_hw, cfg):
+    area = cfg.window[0] * cfg.window[1]
+    taps = (
+        _place(g, a, b, in_hw, cfg) for a in range(cfg.window[0]) for b in range(cfg.window[1])
+    )
+    return sum(taps) / area
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _avg_pool(x, cfg):
+    return _avg_pool_impl(x, cfg)
+
+
+def _avg_pool_fwd(x, cfg):
+    return _avg_pool_impl(x, cfg), x.shape[1:3]
+
+
+def _avg_pool_bwd(cfg, in_hw, g):
+    """dx[p] = sum over the windows containing p of g / (kh * kw): every tap of g written back
+    to its input cells, padded cells dropped. Residuals: the input's (H, W) only."""
+    return (_avg_pool_t(g, in_hw, cfg),)
+
+
+_avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _avg_pool_t(g, in_hw, cfg):
+    return _avg_pool_t_impl(g, in_hw, cfg)
+
+
+def _avg_pool_t_fwd(g, in_hw, cfg):
+    return _avg_pool_t_impl(g, in_hw, cfg), None
+
+
+def _avg_pool_t_bwd(in_hw, cfg, _, ct):
+    """The adjoint of the adjoint: d/dg = avg_pool(ct)."""
+    return (_avg_pool(ct, cfg),)
+
+
+_avg_pool_t.defvjp(_avg_pool_t_fwd, _avg_pool_t_bwd)
+
+
+# ----------------------------------------------------------------------------- max
+
+
+def _max_pool_impl(x, cfg):
+    dims, strides, pads = _window_dims(cfg)
+    return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, dims, strides, pads)
+
+
+def _argmax_taps(x, cfg):
+    """Index (row-major in the window) of the first maximum of each window, `(N, H_out, W_out, C)`."""
+    best, index = None, None
+    for a, b, xs in _taps(x, cfg, -jnp.inf):
+        t = a * cfg.window[1] + b
+        if best is None:
+            best, index = xs, jnp.zeros(xs.shape, jnp.int32)
+        else:
+            wins = xs > best  # strict: an equal value later in the window does not win
+            best = jnp.where(wins, xs, best)
+            index = jnp.where(wins, t, index)
+    return index
+
+
+def _max_scatter_impl(x, g, cfg):
+    index = _argmax_taps(x, cfg)
+    zero = jnp.zeros((), g.dtype)
+    return sum(
+        _place(jnp.where(index == a * cfg.window[1] + b, g, zero), a, b, x.shape[1:3], cfg)
+        for a in range(cfg.window[0])
+        for b in range(cfg.window[1])
+    )
+
+
+def _max_gather_impl(x, ct, cfg):
+    index = _argmax_taps(x, cfg)
+    zero = jnp.zeros((), ct.dtype)
+    return sum(
+        jnp.where(index == a * cfg.window[1] + b, cts, zero) for a, b, cts in _taps(ct, cfg, 0)
+    )
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool(x, cfg):
+    return _max_pool_impl(x, cfg)
+
+
+def _max_pool_fwd(x, cfg):
+    return _max_pool_impl(x, cfg), x
+
+
+def _max_pool_bwd(cfg, x, g):
+    """dx[p] = sum over windows whose first maximum is p of g; every other cell gets 0.
+    Residuals: x (the argmax is recomputed in the backward, not stored)."""
+    return (_max_scatter(x, g, cfg),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _max_scatter(x, g, cfg):
+    return _max_scatter_impl(x, g, cfg)
+
+
+def _max_scatter_fwd(x, g, cfg):
+    return _max_scatter_impl(x, g, cfg), x
+
+
+def _max_scatter_bwd(cfg, x, ct):
+    """Linear in g with the argmax fixed: d/dg = ct read at each window's argmax. The argmax is
+    piecewise constant in x, so d/dx = 0."""
+    return jnp.zeros_like(x), _max_gather(x, ct, cfg)
+
+
+_max_scatter.defvjp(_max_scatter_fwd, _max_scatter_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _max_gather(x, ct, cfg):
+    return _max_gather_impl(x, ct, cfg)
+
+
+def _max_gather_fwd(x, ct, cfg):
+    return _max_gather_impl(x, ct, cfg), x
+
+
+def _max_gather_bwd(cfg, x, u):
+    """Adjoint of the gather is the scatter: d/dct = max_scatter(x, u); d/dx = 0."""
+    return jnp.zeros_like(x), _max_scatter(x, u, cfg)
+
+
+_max_gather.defvjp(_max_gather_fwd, _max_gather_bwd)

@@ -1,0 +1,134 @@
+"""Gradient checking for users' own ops: compare value and VJP against a reference function."""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Scale-relative tolerances per dtype: |got - want| <= atol + rtol * max|want| over each array.
+# Sums of products cancel, so an element-wise relative bound would fail near zero for any
+# correct rule; the array's scale is what float rounding errors are proportional to.
+TOLERANCES = {
+    np.dtype(np.float64): (1e-10, 1e-12),
+    np.dtype(np.float32): (1e-5, 1e-6),
+    np.dtype(jnp.float16): (1e-2, 1e-3),
+    np.dtype(jnp.bfloat16): (2e-2, 1e-2),
+}
+
+
+def tolerance(dtype, rtol=None, atol=None) -> tuple[float, float]:
+    """The `(rtol, atol)` for `dtype` from `TOLERANCES`, overridden by the arguments given."""
+    default = TOLERANCES.get(np.dtype(dtype), TOLERANCES[np.dtype(np.float32)])
+    return (default[0] if rtol is None else rtol, default[1] if atol is None else atol)
+
+
+def assert_close(got, want, what: str, rtol=None, atol=None) -> None:
+    """Assert two arrays agree (shape, dtype, values); the message names `what` and the worst
+    element (index, both values, the error and the bound)."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        raise AssertionError(f"{what}: shape {got.shape} != reference {want.shape}")
+    if got.dtype != want.dtype:
+        raise AssertionError(f"{what}: dtype {got.dtype} != reference {want.dtype}")
+    if got.size == 0:
+        return
+    rtol, atol = tolerance(got.dtype, rtol, atol)
+    g64, w64 = got.astype(np.float64), want.astype(np.float64)
+    finite = np.isfinite(w64)
+    if not np.array_equal(np.isfinite(g64), finite) or not np.array_equal(
+        g64[~finite], w64[~finite]
+    ):
+        bad = np.unravel_index(np.argmax(np.isfinite(g64) != finite), got.shape)
+        raise AssertionError(
+            f"{what}: non-finite values differ, first at index {bad}: "
+            f"got {got[bad]}, reference {want[bad]}"
+        )
+    err = np.where(finite, np.abs(g64 - w64), 0.0)
+    bound = atol + rtol * (np.max(np.abs(w64[finite])) if finite.any() else 0.0)
+    worst = np.unravel_index(np.argmax(err), err.shape)
+    if err[worst] > bound:
+        raise AssertionError(
+            f"{what}: worst element at index {tuple(int(i) for i in worst)}: got {g64[worst]!r}, "
+            f"reference {w64[worst]!r}, |error| {err[worst]:.3e} > bound {bound:.3e} "
+            f"(atol {atol:g} + rtol {rtol:g} * max|reference|); "
+            f"{int(np.sum(err > bound))} of {err.size} elements out of tolerance"
+        )
+
+
+def _names(fn, n):
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for i in range(n):
+        if i < len(params) and params[i].kind in (params[i].POSITIONAL_ONLY,
+                                                  params[i].POSITIONAL_OR_KEYWORD):
+            names.append(f"argument {i} (`{params[i].name}`)")
+        else:
+            names.append(f"argument {i}")
+    return names
+
+
+def check_vjp(fn, reference_fn, *args, rtol=None, atol=None, seed: int = 0) -> None:
+    """Check that `fn` matches `reference_fn` in value and in its VJP.
+
+    Both are called on `args`; outputs (any pytree) are compared, then the VJPs of both are
+    applied to the same random normal cotangent and the gradients with respect to every
+    floating-point argument are compared. Integer and non-array arguments (labels, shapes) are
+    held fixed. Cotangents must have the primal's shape and dtype.
+
+    Example:
+      >>> check_vjp(ops.conv2d, reference.conv2d, x, w)
+      >>> check_vjp(lambda x, w: ops.conv2d(x, w, stride=2), lambda x, w: ..., x, w)
+
+    Args:
+      fn: the function under test.
+      reference_fn: the oracle (e.g. the same maths in plain `lax` under autodiff).
+      *args: positional arguments for both.
+      rtol, atol: override the per-dtype `TOLERANCES` (bounds relative to each array's scale).
+      seed: seed of the random cotangents.
+
+    Raises:
+      AssertionError: naming the output or argument and the worst element.
+    """
+    diff = [
+        i for i, a in enumerate(args)
+        if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.inexact)
+    ]
+    names = _names(fn, len(args))
+
+    def restrict(f):
+        def g(*d):
+            full = list(args)
+            for i, v in zip(diff, d):
+                full[i] = v
+            return f(*full)
+
+        return g
+
+    primals = [args[i] for i in diff]
+    out, vjp = jax.vjp(restrict(fn), *primals)
+    ref_out, ref_vjp = jax.vjp(restrict(reference_fn), *primals)
+    leaves, tree = jax.tree_util.tree_flatten(out)
+    ref_leaves, ref_tree = jax.tree_util.tree_flatten(ref_out)
+    if tree != ref_tree:
+        raise AssertionError(f"output structure {tree} != reference {ref_tree}")
+    for k, (a, b) in enumerate(zip(leaves, ref_leaves)):
+        assert_close(a, b, f"output {k}" if len(leaves) > 1 else "output", rtol, atol)
+    keys = jax.random.split(jax.random.key(seed), max(len(leaves), 1))
+    cts = [
+        jax.random.normal(k, jnp.shape(a), jnp.result_type(a)) for k, a in zip(keys, leaves)
+    ]
+    ct = jax.tree_util.tree_unflatten(tree, cts)
+    grads, ref_grads = vjp(ct), ref_vjp(ct)
+    for i, p, g, r in zip(diff, primals, grads, ref_grads):
+        if g.shape != p.shape or g.dtype != p.dtype:
+            raise AssertionError(
+                f"gradient of {names[i]}: cotangent {g.shape} {g.dtype} does not match the "
+                f"primal {p.shape} {p.dtype}"
+            )
+        assert_close(g, r, f"gradient of {names[i]}", rtol, atol)
