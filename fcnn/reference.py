@@ -40,7 +40,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
             x, w, _pair(stride), _pads(padding), rhs_dilation=_pair(dilation),
             dimension_numbers=_DN, feature_group_count=groups,
         )
-        return y if b is None else y + b
+        return y if b is None else y + b.reshape(1, 1, 1, -1)
 
     return _batched(f, x)
 
@@ -86,7 +86,7 @@ def avg_pool2d(x, window, stride=None, padding=0):
 
 def dense(x, w, b=None):
     y = x @ w
-    return y if b is None else y + b
+    return y if b is None else y + b.reshape((1,) * (y.ndim - 1) + b.shape)
 
 
 def dropout(key, x, rate):

@@ -73,7 +73,9 @@ def _names(fn, n):
     return names
 
 
-def check_vjp(fn, reference_fn, *args, rtol=None, atol=None, seed: int = 0) -> None:
+def check_vjp(
+    fn, reference_fn, *args, rtol=None, atol=None, seed: int = 0, jit: bool = True
+) -> None:
     """Check that `fn` matches `reference_fn` in value and in its VJP.
 
     Both are called on `args`; outputs (any pytree) are compared, then the VJPs of both are
@@ -91,6 +93,8 @@ def check_vjp(fn, reference_fn, *args, rtol=None, atol=None, seed: int = 0) -> N
       *args: positional arguments for both.
       rtol, atol: override the per-dtype `TOLERANCES` (bounds relative to each array's scale).
       seed: seed of the random cotangents.
+      jit: compile each side (value and VJP) as one program; set False for functions that
+        cannot be traced under `jax.jit`.
 
     Raises:
       AssertionError: naming the output or argument and the worst element.
@@ -111,20 +115,28 @@ def check_vjp(fn, reference_fn, *args, rtol=None, atol=None, seed: int = 0) -> N
         return g
 
     primals = [args[i] for i in diff]
-    out, vjp = jax.vjp(restrict(fn), *primals)
-    ref_out, ref_vjp = jax.vjp(restrict(reference_fn), *primals)
+    out_shapes = jax.eval_shape(restrict(fn), *primals)
+    leaves, tree = jax.tree_util.tree_flatten(out_shapes)
+    rng = np.random.default_rng(seed)  # numpy: no compilation per cotangent shape
+    ct = jax.tree_util.tree_unflatten(
+        tree, [jnp.asarray(rng.standard_normal(a.shape), a.dtype) for a in leaves]
+    )
+
+    def value_and_vjp(f):
+        def run(primals, ct):
+            out, vjp = jax.vjp(f, *primals)
+            return out, vjp(ct)
+
+        return (jax.jit(run) if jit else run)(primals, ct)
+
+    out, grads = value_and_vjp(restrict(fn))
+    ref_out, ref_grads = value_and_vjp(restrict(reference_fn))
     leaves, tree = jax.tree_util.tree_flatten(out)
     ref_leaves, ref_tree = jax.tree_util.tree_flatten(ref_out)
     if tree != ref_tree:
         raise AssertionError(f"output structure {tree} != reference {ref_tree}")
     for k, (a, b) in enumerate(zip(leaves, ref_leaves)):
         assert_close(a, b, f"output {k}" if len(leaves) > 1 else "output", rtol, atol)
-    keys = jax.random.split(jax.random.key(seed), max(len(leaves), 1))
-    cts = [
-        jax.random.normal(k, jnp.shape(a), jnp.result_type(a)) for k, a in zip(keys, leaves)
-    ]
-    ct = jax.tree_util.tree_unflatten(tree, cts)
-    grads, ref_grads = vjp(ct), ref_vjp(ct)
     for i, p, g, r in zip(diff, primals, grads, ref_grads):
         if g.shape != p.shape or g.dtype != p.dtype:
             raise AssertionError(

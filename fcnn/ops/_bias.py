@@ -18,7 +18,7 @@ def check_bias(op: str, b, features: int) -> jnp.ndarray:
 @jax.custom_vjp
 def bias_add(y, b):
     """``y + b`` broadcast over the last axis; ``y: (..., C)``, ``b: (C,)``."""
-    return y + b
+    return y + b.reshape((1,) * (y.ndim - 1) + b.shape)
 
 
 def _bias_add_fwd(y, b):

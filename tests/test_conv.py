@@ -1,0 +1,198 @@
+"""conv2d and its gradients: the hand-written rules against autodiff of plain lax."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from jax.test_util import check_grads
+
+from fcnn import ops
+from fcnn import reference as R
+from fcnn.testing import assert_close, check_vjp
+from tests.strategies import conv_cases, normal
+
+
+def _operands(case, dtype, seed=0):
+    x = normal(seed, case["x_shape"], dtype)
+    w = normal(seed + 1, case["w_shape"], dtype)
+    b = normal(seed + 2, (case["w_shape"][3],), dtype) if case["bias"] else None
+    return x, w, b
+
+
+def _pair(f, case):
+    kw = case["kwargs"]
+    return (lambda x, w, b=None: f(x, w, b, **kw))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@given(case=conv_cases())
+def test_value_and_vjp_match_autodiff(case, dtype):
+    x, w, b = _operands(case, dtype)
+    args = (x, w) if b is None else (x, w, b)
+    check_vjp(_pair(ops.conv2d, case), _pair(R.conv2d, case), *args)
+
+
+@given(case=conv_cases())
+def test_grad_input_and_grad_kernel_match_autodiff(case):
+    """The dX and dK ops equal jax.vjp of lax's conv, and so do their own VJPs (2nd order)."""
+    x, w, _ = _operands(case, jnp.float64)
+    kw = case["kwargs"]
+    g = normal(7, jnp.shape(R.conv2d(x, w, **kw)))
+    check_vjp(
+        lambda g, w: ops.conv2d_grad_input(g, w, x.shape, **kw),
+        lambda g, w: R.conv2d_grad_input(g, w, x.shape, **kw),
+        g, w,
+    )
+    check_vjp(
+        lambda x, g: ops.conv2d_grad_kernel(x, g, w.shape, **kw),
+        lambda x, g: R.conv2d_grad_kernel(x, g, w.shape, **kw),
+        x, g,
+    )
+
+
+@settings(max_examples=10)
+@given(case=conv_cases())
+def test_grad_of_grad_matches_autodiff(case):
+    x, w, b = _operands(case, jnp.float64)
+    b = normal(3, (w.shape[3],)) if b is None else b
+
+    def second(conv):
+        def inner(x, w, b):
+            return jnp.sum(jnp.sin(conv(x, w, b, **case["kwargs"])) ** 2)
+
+        def outer(x, w, b):
+            gx, gw, gb = jax.grad(inner, argnums=(0, 1, 2))(x, w, b)
+            return jnp.sum(gx * gx) + jnp.sum(jnp.cos(gw)) + jnp.sum(gb**3)
+
+        return jax.jit(jax.grad(outer, argnums=(0, 1, 2)))
+
+    for got, want, name in zip(second(ops.conv2d)(x, w, b), second(R.conv2d)(x, w, b), "xwb"):
+        assert_close(got, want, f"d2/d{name}")
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(stride=2, padding=((1, 0), (0, 2))),  # asymmetric, remainder r != 0
+        dict(stride=(3, 2), padding="SAME", dilation=(1, 2)),
+        dict(groups=2, padding=1),
+    ],
+)
+def test_finite_differences_orders_1_and_2(kw):
+    x = normal(0, (2, 6, 5, 2))
+    w = normal(1, (3, 2, 2 // kw.get("groups", 1), 4))
+    b = normal(2, (4,))
+    check_grads(lambda x, w, b: ops.conv2d(x, w, b, **kw), (x, w, b), order=2, modes=["rev"])
+
+
+@given(case=conv_cases())
+def test_adjoint_identities(case):
+    """<conv(v, w), u> == <v, dX(u, w)> and <conv(x, v), u> == <v, dK(x, u)>: the dX/dK ops are
+    the exact transposes of the forward, linear in x and in w."""
+    x, w, _ = _operands(case, jnp.float64)
+    kw = case["kwargs"]
+    u = normal(5, jax.eval_shape(lambda x, w: ops.conv2d(x, w, **kw), x, w).shape)
+
+    @jax.jit
+    def products(x, w, u):
+        return (
+            jnp.vdot(ops.conv2d(x, w, **kw), u),
+            jnp.vdot(x, ops.conv2d_grad_input(u, w, x.shape, **kw)),
+            jnp.vdot(w, ops.conv2d_grad_kernel(x, u, w.shape, **kw)),
+        )
+
+    lhs, via_dx, via_dk = products(x, w, u)
+    scale = float(jnp.linalg.norm(x) * jnp.linalg.norm(w) * jnp.linalg.norm(u))
+    np.testing.assert_allclose(via_dx, lhs, rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(via_dk, lhs, rtol=0, atol=1e-12 * scale)
+
+
+def test_matches_the_seed_definition_by_hand():
+    """y[i,j] = sum_{a,b} x[i*s+a, j*s+b] w[a,b] on a 4x4 input, 2x2 kernel, stride 2 (by hand)."""
+    x = jnp.arange(16.0).reshape(4, 4, 1)
+    w = jnp.array([[1.0, 2.0], [3.0, 4.0]]).reshape(2, 2, 1, 1)
+    y = ops.conv2d(x, w, stride=2)
+    # window (0,0): 0*1 + 1*2 + 4*3 + 5*4 = 34; (0,1): 2+6+18+28 = 54; (1,0): 8*1+9*2+12*3+13*4
+    np.testing.assert_array_equal(y[..., 0], [[34.0, 54.0], [114.0, 134.0]])
+    # dK = cross-correlation of x with g; with g = 1 it sums the four windows' taps.
+    dk = ops.conv2d_grad_kernel(x, jnp.ones_like(y), w.shape, stride=2)
+    np.testing.assert_array_equal(dk[..., 0, 0], [[0 + 2 + 8 + 10, 1 + 3 + 9 + 11],
+                                                   [4 + 6 + 12 + 14, 5 + 7 + 13 + 15]])
+    # dX = full convolution of g with the kernel: each input cell gets the weight that touched it.
+    dx = ops.conv2d_grad_input(jnp.ones_like(y), w, x.shape, stride=2)
+    np.testing.assert_array_equal(dx[..., 0], jnp.tile(w[..., 0, 0], (2, 2)))
+
+
+def test_unbatched_vmap_and_jit_agree():
+    x = normal(0, (3, 7, 6, 4))
+    w = normal(1, (3, 3, 2, 6))
+    b = normal(2, (6,))
+    kw = dict(stride=2, padding="SAME", groups=2)
+    batched = ops.conv2d(x, w, b, **kw)
+    per_example = jax.vmap(lambda xi: ops.conv2d(xi, w, b, **kw))(x)
+    jitted = jax.jit(lambda x: ops.conv2d(x, w, b, **kw))(x)
+    loop = jnp.stack([ops.conv2d(xi, w, b, **kw) for xi in x])
+    for got in (per_example, jitted, loop):
+        assert_close(got, batched, "conv2d")
+
+
+def test_vmap_over_parameters_and_per_example_grads():
+    x = normal(0, (4, 6, 6, 2))
+    ws = normal(1, (3, 3, 3, 2, 5))  # 3 kernels
+
+    def loss(w, x):
+        return jnp.sum(ops.relu(ops.conv2d(x, w, padding=1)) ** 2)
+
+    def ref_loss(w, x):
+        return jnp.sum(R.relu(R.conv2d(x, w, padding=1)) ** 2)
+
+    got = jax.vmap(jax.grad(loss), in_axes=(0, None))(ws, x)
+    want = jnp.stack([jax.grad(ref_loss)(w, x) for w in ws])
+    assert_close(got, want, "vmap over kernels")
+    got = jax.vmap(jax.grad(loss), in_axes=(None, 0))(ws[0], x)  # per-example gradients
+    want = jnp.stack([jax.grad(ref_loss)(ws[0], xi) for xi in x])
+    assert_close(got, want, "per-example grads")
+
+
+def test_jacrev_of_jacrev():
+    x = normal(0, (1, 4, 4, 1))
+    w = normal(1, (2, 2, 1, 2))
+
+    def f(conv):
+        return lambda w: jnp.sum(jnp.tanh(conv(x, w, stride=2)))
+
+    got = jax.jacrev(jax.jacrev(f(ops.conv2d)))(w)
+    want = jax.jacrev(jax.jacrev(f(R.conv2d)))(w)
+    assert_close(got, want, "hessian")
+
+
+def test_forward_mode_is_refused_with_jax_message():
+    """custom_vjp functions have no forward mode: JAX says so (documented in the README)."""
+    x, w = normal(0, (1, 4, 4, 1)), normal(1, (2, 2, 1, 1))
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda x: ops.conv2d(x, w), (x,), (x,))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_low_precision_keeps_dtype(dtype):
+    x = normal(0, (2, 6, 6, 3), jnp.float32)
+    w = normal(1, (3, 3, 3, 4), jnp.float32)
+    b = normal(2, (4,), jnp.float32)
+    f = lambda x, w, b: jnp.sum(ops.conv2d(x, w, b, stride=2, padding=1).astype(jnp.float32))
+    y = ops.conv2d(x.astype(dtype), w.astype(dtype), b.astype(dtype), stride=2, padding=1)
+    assert y.dtype == dtype
+    low = jax.grad(f, argnums=(0, 1, 2))(x.astype(dtype), w.astype(dtype), b.astype(dtype))
+    high = jax.grad(f, argnums=(0, 1, 2))(x, w, b)
+    for lo, hi in zip(low, high):
+        assert lo.dtype == dtype
+        assert_close(lo.astype(jnp.float32), hi, "low precision grad", rtol=3e-2, atol=3e-2)
+
+
+def test_depthwise_kernel_as_large_as_input():
+    x = normal(0, (2, 5, 4, 3))
+    w = normal(1, (5, 4, 1, 6))  # depthwise, channel multiplier 2, window == input
+    check_vjp(lambda x, w: ops.conv2d(x, w, groups=3), lambda x, w: R.conv2d(x, w, groups=3), x, w)
+    assert ops.conv2d(x, w, groups=3).shape == (2, 1, 1, 6)
