@@ -70,7 +70,7 @@ def _window(x, init, op, window, stride, padding):
     if isinstance(pads, str):
         pads = lax.padtype_to_pads(x.shape[1:3], window, stride, pads)
     return lax.reduce_window(
-        x, jnp.array(init, x.dtype), op, (1, *window, 1), (1, *stride, 1),
+        x, init, op, (1, *window, 1), (1, *stride, 1),
         ((0, 0), *pads, (0, 0)),
     )
 

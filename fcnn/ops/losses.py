@@ -97,7 +97,8 @@ def _log_softmax(z):
 
 
 def _onehot(labels, k, dtype):
-    return (labels[..., None] == jnp.arange(k)).astype(dtype)
+    classes = jnp.arange(k).reshape((1,) * labels.ndim + (k,))
+    return (labels[..., None] == classes).astype(dtype)
 
 
 @jax.custom_vjp

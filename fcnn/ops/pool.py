@@ -122,7 +122,7 @@ def _window_dims(cfg):
 
 def _avg_pool_impl(x, cfg):
     dims, strides, pads = _window_dims(cfg)
-    total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, strides, pads)
+    total = lax.reduce_window(x, 0.0, lax.add, dims, strides, pads)
     return total / (cfg.window[0] * cfg.window[1])
 
 
@@ -174,7 +174,7 @@ _avg_pool_t.defvjp(_avg_pool_t_fwd, _avg_pool_t_bwd)
 
 def _max_pool_impl(x, cfg):
     dims, strides, pads = _window_dims(cfg)
-    return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, dims, strides, pads)
+    return lax.reduce_window(x, -jnp.inf, lax.max, dims, strides, pads)
 
 
 def _argmax_taps(x, cfg):

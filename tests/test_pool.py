@@ -1,0 +1,105 @@
+"""max_pool2d / avg_pool2d: hand-written rules against autodiff of lax.reduce_window."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from jax.test_util import check_grads
+
+from fcnn import ops
+from fcnn import reference as R
+from fcnn.testing import assert_close, check_vjp
+from tests.strategies import distinct, pool_cases
+
+POOLS = [(ops.max_pool2d, R.max_pool2d), (ops.avg_pool2d, R.avg_pool2d)]
+
+
+def _bind(f, case):
+    return lambda x: f(x, case["window"], case["stride"], case["padding"])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@pytest.mark.parametrize("pool", POOLS, ids=["max", "avg"])
+@given(case=pool_cases())
+def test_value_and_vjp_match_autodiff(case, pool, dtype):
+    x = distinct(0, case["shape"], dtype)  # no ties: the argmax is unambiguous
+    check_vjp(_bind(pool[0], case), _bind(pool[1], case), x)
+
+
+@settings(max_examples=10)
+@pytest.mark.parametrize("pool", POOLS, ids=["max", "avg"])
+@given(case=pool_cases())
+def test_grad_of_grad_matches_autodiff(case, pool):
+    x = distinct(1, case["shape"])
+
+    def second(f):
+        inner = lambda x: jnp.sum(jnp.sin(3 * f(x)) ** 2)
+        return jax.jit(jax.grad(lambda x: jnp.sum(jnp.cos(jax.grad(inner)(x)))))
+
+    assert_close(second(_bind(pool[0], case))(x), second(_bind(pool[1], case))(x), "d2/dx")
+
+
+@pytest.mark.parametrize("pool", POOLS, ids=["max", "avg"])
+def test_finite_differences(pool):
+    x = distinct(2, (2, 7, 6, 3))
+    check_grads(lambda x: pool[0](x, 3, 2, 1), (x,), order=2, modes=["rev"], eps=1e-4)
+
+
+@given(case=pool_cases())
+def test_avg_pool_adjoint_identity(case):
+    """avg pool is linear: <P v, u> == <v, P^T u> with P^T the hand-written backward."""
+    f = _bind(ops.avg_pool2d, case)
+    v = distinct(3, case["shape"])
+    y, vjp = jax.vjp(f, v)
+    u = distinct(4, y.shape)
+    np.testing.assert_allclose(jnp.vdot(y, u), jnp.vdot(v, vjp(u)[0]), rtol=1e-12, atol=1e-12)
+
+
+def test_max_pool_tie_goes_to_first_in_row_major_window_order():
+    x = jnp.array([[1.0, 3.0, 0.0, 0.0],
+                   [3.0, 3.0, 0.0, 0.0],
+                   [2.0, 2.0, 5.0, 4.0],
+                   [2.0, 2.0, 5.0, 5.0]])[..., None]
+    g = jnp.array([[10.0, 20.0], [30.0, 40.0]])[..., None]
+    _, vjp = jax.vjp(lambda x: ops.max_pool2d(x, 2), x)
+    want = jnp.array([[0.0, 10.0, 20.0, 0.0],
+                      [0.0, 0.0, 0.0, 0.0],
+                      [30.0, 0.0, 40.0, 0.0],
+                      [0.0, 0.0, 0.0, 0.0]])[..., None]
+    np.testing.assert_array_equal(vjp(g)[0], want)
+
+
+@pytest.mark.parametrize("args", [(2, None, 0), (3, 2, 1), ((2, 3), (1, 2), "SAME")])
+def test_max_pool_ties_agree_with_xla_select_and_scatter(args):
+    """After a ReLU most windows tie at 0; XLA's own gradient makes the same choice."""
+    x = jnp.maximum(jnp.round(jax.random.normal(jax.random.key(5), (2, 8, 9, 3))), 0.0)
+    check_vjp(lambda x: ops.max_pool2d(x, *args), lambda x: R.max_pool2d(x, *args), x)
+
+
+def test_padded_cells_never_win_and_average_counts_them():
+    x = -jnp.ones((2, 2, 1))
+    np.testing.assert_array_equal(ops.max_pool2d(x, 2, 1, 1)[..., 0], -jnp.ones((3, 3)))
+    # corner windows hold one real cell and three padded zeros: -1 / 4
+    np.testing.assert_array_equal(ops.avg_pool2d(x, 2, 1, 1)[0, 0, 0], -0.25)
+
+
+def test_avg_pool_by_hand():
+    x = jnp.arange(16.0).reshape(4, 4, 1)
+    np.testing.assert_array_equal(ops.avg_pool2d(x, 2)[..., 0], [[2.5, 4.5], [10.5, 12.5]])
+    dx = jax.grad(lambda x: jnp.sum(ops.avg_pool2d(x, 2)))(x)
+    np.testing.assert_array_equal(dx, jnp.full((4, 4, 1), 0.25))
+
+
+@pytest.mark.parametrize("pool", POOLS, ids=["max", "avg"])
+def test_vmap_jit_and_dtypes(pool):
+    x = distinct(6, (3, 6, 6, 2), jnp.float32)
+    f = lambda x: pool[0](x, 2)
+    batched = f(x)
+    assert_close(jax.vmap(f)(x), batched, "vmap")
+    assert_close(jax.jit(f)(x), batched, "jit")
+    for dtype in (jnp.bfloat16, jnp.float16):
+        y, vjp = jax.vjp(f, x.astype(dtype))
+        assert y.dtype == dtype and vjp(y)[0].dtype == dtype
