@@ -1,0 +1,168 @@
+"""Benchmark fcnn's hand-written rules against JAX autodiff of the plain lax ops.
+
+For every config, in one process: forward, and forward + backward (value and VJP with a fixed
+random cotangent), each jitted, warmed up, timed `--repeats` times with fcnn and autodiff
+interleaved so drift hits both alike; the table shows medians, GFLOP/s and autodiff/fcnn ratios.
+
+    python scripts/bench_ops.py [--repeats 30] [--json bench_ops.json] [--only conv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fcnn import ops  # noqa: E402
+from fcnn import reference as R  # noqa: E402
+
+CONV = [  # (N, H, W, C_in, C_out, k, stride, padding)
+    (128, 28, 28, 1, 6, 5, 1, 0),
+    (128, 28, 28, 1, 6, 5, 1, 2),
+    (128, 14, 14, 6, 16, 5, 1, 0),
+    (128, 32, 32, 3, 32, 3, 1, 1),
+    (128, 32, 32, 32, 32, 3, 1, 1),
+    (64, 32, 32, 64, 64, 3, 1, 1),
+    (64, 32, 32, 64, 128, 3, 2, 1),
+]
+POOL = [  # (N, H, W, C, window, stride, padding)
+    (128, 28, 28, 6, 2, 2, 0),
+    (128, 10, 10, 16, 2, 2, 0),
+    (128, 32, 32, 32, 2, 2, 0),
+    (64, 32, 32, 64, 2, 2, 0),
+    (64, 32, 32, 64, 3, 2, 1),
+]
+DENSE = [  # (N, in, out)
+    (128, 400, 120),
+    (128, 4096, 256),
+    (128, 1024, 1024),
+]
+
+
+def _time(fn, args, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _pair_medians(f_fcnn, f_ref, args, repeats):
+    """Interleave the two so machine noise hits both; return their median seconds."""
+    for f in (f_fcnn, f_ref):
+        jax.block_until_ready(f(*args))  # compile
+        _time(f, args, 3)  # warm
+    a, b = [], []
+    for _ in range(repeats):
+        a += _time(f_fcnn, args, 1)
+        b += _time(f_ref, args, 1)
+    return statistics.median(a), statistics.median(b)
+
+
+def _fwd_bwd(f):
+    """Value and VJP; the cotangent is an argument so XLA cannot constant-fold the backward."""
+
+    def run(ct, *args):
+        y, vjp = jax.vjp(f, *args)
+        return y, vjp(ct)
+
+    return jax.jit(run)
+
+
+def _measure(name, flops, f_fcnn, f_ref, args, repeats):
+    out_shape = jax.eval_shape(f_fcnn, *args).shape
+    ct = jnp.asarray(np.random.default_rng(1).standard_normal(out_shape), jnp.float32)
+    rows = []
+    for mode, mult, (a, b), call_args in (
+        ("fwd", 1, (jax.jit(f_fcnn), jax.jit(f_ref)), args),
+        ("fwd+bwd", 3, (_fwd_bwd(f_fcnn), _fwd_bwd(f_ref)), (ct, *args)),
+    ):
+        t_f, t_r = _pair_medians(a, b, call_args, repeats)
+        rows.append(dict(
+            op=name, mode=mode, fcnn_ms=1e3 * t_f, autodiff_ms=1e3 * t_r,
+            fcnn_gflops=mult * flops / t_f / 1e9, ratio=t_r / t_f,
+        ))
+        print(_fmt(rows[-1]), flush=True)
+    return rows
+
+
+def _rand(shape, seed):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def bench_conv(repeats):
+    rows = []
+    for n, h, w, cin, cout, k, s, p in CONV:
+        x, kern = _rand((n, h, w, cin), 0), _rand((k, k, cin, cout), 1)
+        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        flops = 2 * n * ho * wo * cout * k * k * cin
+        name = f"conv2d N={n} {h}x{w}x{cin}->{cout} k{k} s{s} p{p}"
+        rows += _measure(
+            name, flops,
+            lambda x, w: ops.conv2d(x, w, stride=s, padding=p),
+            lambda x, w: R.conv2d(x, w, stride=s, padding=p),
+            (x, kern), repeats,
+        )
+    return rows
+
+
+def bench_pool(repeats):
+    rows = []
+    for n, h, w, c, k, s, p in POOL:
+        x = _rand((n, h, w, c), 2)
+        flops = n * ((h + 2 * p - k) // s + 1) * ((w + 2 * p - k) // s + 1) * c * k * k
+        for label, f, r in (("max_pool2d", ops.max_pool2d, R.max_pool2d),
+                            ("avg_pool2d", ops.avg_pool2d, R.avg_pool2d)):
+            name = f"{label} N={n} {h}x{w}x{c} k{k} s{s} p{p}"
+            rows += _measure(name, flops, lambda x, f=f: f(x, k, s, p),
+                             lambda x, r=r: r(x, k, s, p), (x,), repeats)
+    return rows
+
+
+def bench_dense(repeats):
+    rows = []
+    for n, fin, fout in DENSE:
+        x, w, b = _rand((n, fin), 3), _rand((fin, fout), 4), _rand((fout,), 5)
+        rows += _measure(f"dense N={n} {fin}->{fout}", 2 * n * fin * fout, ops.dense, R.dense,
+                         (x, w, b), repeats)
+    return rows
+
+
+def _fmt(r):
+    return (f"{r['op']:<44} {r['mode']:<8} {r['fcnn_ms']:9.3f} {r['autodiff_ms']:9.3f} "
+            f"{r['fcnn_gflops']:8.1f} {r['ratio']:6.2f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs per side (>= 20)")
+    parser.add_argument("--json", type=Path, help="write the table as JSON here")
+    parser.add_argument("--only", choices=["conv", "pool", "dense"], action="append")
+    args = parser.parse_args(argv)
+    groups = args.only or ["conv", "pool", "dense"]
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {platform.processor() or ''}"
+          f" median of {args.repeats} interleaved runs, float32")
+    print(f"{'op':<44} {'mode':<8} {'fcnn ms':>9} {'autodiff':>9} {'GFLOP/s':>8} {'ratio':>6}")
+    benches = {"conv": bench_conv, "pool": bench_pool, "dense": bench_dense}
+    rows = [row for g in groups for row in benches[g](args.repeats)]
+    worst = min(rows, key=lambda r: r["ratio"])
+    print(f"min ratio autodiff/fcnn: {worst['ratio']:.2f} ({worst['op']}, {worst['mode']})")
+    if args.json:
+        meta = dict(jax=jax.__version__, repeats=args.repeats, dtype="float32",
+                    platform=jax.devices()[0].platform)
+        args.json.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
