@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ from jax.test_util import check_grads
 
 from fcnn import ops
 from fcnn import reference as R
+from fcnn.ops._conv_algorithms import ALGORITHMS
 from fcnn.testing import assert_close, check_vjp
 from tests.strategies import conv_cases, normal
 
@@ -22,40 +25,47 @@ def _operands(case, dtype, seed=0):
     return x, w, b
 
 
-def _pair(f, case):
-    kw = case["kwargs"]
+def _pair(f, case, **extra):
+    kw = {**case["kwargs"], **extra}
     return (lambda x, w, b=None: f(x, w, b, **kw))
 
 
+# Every algorithm behind the rules passes the whole sweep (forcing it, whatever "auto" picks).
+algorithms = pytest.mark.parametrize("algorithm", ALGORITHMS)
+
+
+@algorithms
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
 @given(case=conv_cases())
-def test_value_and_vjp_match_autodiff(case, dtype):
+def test_value_and_vjp_match_autodiff(case, dtype, algorithm):
     x, w, b = _operands(case, dtype)
     args = (x, w) if b is None else (x, w, b)
-    check_vjp(_pair(ops.conv2d, case), _pair(R.conv2d, case), *args)
+    check_vjp(_pair(ops.conv2d, case, algorithm=algorithm), _pair(R.conv2d, case), *args)
 
 
+@algorithms
 @given(case=conv_cases())
-def test_grad_input_and_grad_kernel_match_autodiff(case):
+def test_grad_input_and_grad_kernel_match_autodiff(case, algorithm):
     """The dX and dK ops equal jax.vjp of lax's conv, and so do their own VJPs (2nd order)."""
     x, w, _ = _operands(case, jnp.float64)
     kw = case["kwargs"]
     g = normal(7, jnp.shape(R.conv2d(x, w, **kw)))
     check_vjp(
-        lambda g, w: ops.conv2d_grad_input(g, w, x.shape, **kw),
+        lambda g, w: ops.conv2d_grad_input(g, w, x.shape, **kw, algorithm=algorithm),
         lambda g, w: R.conv2d_grad_input(g, w, x.shape, **kw),
         g, w,
     )
     check_vjp(
-        lambda x, g: ops.conv2d_grad_kernel(x, g, w.shape, **kw),
+        lambda x, g: ops.conv2d_grad_kernel(x, g, w.shape, **kw, algorithm=algorithm),
         lambda x, g: R.conv2d_grad_kernel(x, g, w.shape, **kw),
         x, g,
     )
 
 
+@algorithms
 @settings(max_examples=10)
 @given(case=conv_cases())
-def test_grad_of_grad_matches_autodiff(case):
+def test_grad_of_grad_matches_autodiff(case, algorithm):
     x, w, b = _operands(case, jnp.float64)
     b = normal(3, (w.shape[3],)) if b is None else b
 
@@ -69,10 +79,12 @@ def test_grad_of_grad_matches_autodiff(case):
 
         return jax.jit(jax.grad(outer, argnums=(0, 1, 2)))
 
-    for got, want, name in zip(second(ops.conv2d)(x, w, b), second(R.conv2d)(x, w, b), "xwb"):
+    ours = partial(ops.conv2d, algorithm=algorithm)
+    for got, want, name in zip(second(ours)(x, w, b), second(R.conv2d)(x, w, b), "xwb"):
         assert_close(got, want, f"d2/d{name}")
 
 
+@algorithms
 @pytest.mark.parametrize(
     "kw",
     [
@@ -81,19 +93,21 @@ def test_grad_of_grad_matches_autodiff(case):
         dict(groups=2, padding=1),
     ],
 )
-def test_finite_differences_orders_1_and_2(kw):
+def test_finite_differences_orders_1_and_2(kw, algorithm):
     x = normal(0, (2, 6, 5, 2))
     w = normal(1, (3, 2, 2 // kw.get("groups", 1), 4))
     b = normal(2, (4,))
-    check_grads(lambda x, w, b: ops.conv2d(x, w, b, **kw), (x, w, b), order=2, modes=["rev"])
+    check_grads(lambda x, w, b: ops.conv2d(x, w, b, **kw, algorithm=algorithm), (x, w, b),
+                order=2, modes=["rev"])
 
 
+@algorithms
 @given(case=conv_cases())
-def test_adjoint_identities(case):
+def test_adjoint_identities(case, algorithm):
     """<conv(v, w), u> == <v, dX(u, w)> and <conv(x, v), u> == <v, dK(x, u)>: the dX/dK ops are
     the exact transposes of the forward, linear in x and in w."""
     x, w, _ = _operands(case, jnp.float64)
-    kw = case["kwargs"]
+    kw = {**case["kwargs"], "algorithm": algorithm}
     u = normal(5, jax.eval_shape(lambda x, w: ops.conv2d(x, w, **kw), x, w).shape)
 
     @jax.jit

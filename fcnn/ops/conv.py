@@ -10,7 +10,8 @@ Three linear maps close under differentiation, so each rule is written with the 
     d conv_dx: dg = conv(ct, w),     dw = conv_dk(ct, g)
     d conv_dk: dx = conv_dx(g, ct),  dg = conv(x, ct)
 
-so ``grad(grad(f))`` runs through hand-written rules at every order.
+so ``grad(grad(f))`` runs through hand-written rules at every order. How each map is computed
+(XLA's convolution, phase-split strided dX, im2col) is chosen per shape in _conv_algorithms.
 """
 
 from __future__ import annotations
@@ -24,12 +25,8 @@ from jax import lax
 
 from fcnn import _args
 from fcnn.ops import _checks
+from fcnn.ops import _conv_algorithms as algo
 from fcnn.ops._bias import bias_add, check_bias
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
-# dK as one convolution: the batch is the contraction axis ("C" of the lhs, "I" of g), the input
-# channels ride in the lhs batch slot and come out as the kernel's I axis.
-_DK = ("CHWN", "IHWO", "HWNC")
 
 
 class ConvConfig(NamedTuple):
@@ -39,12 +36,14 @@ class ConvConfig(NamedTuple):
     padding: _args.Padding
     dilation: _args.Pair
     groups: int
+    algorithm: str  # resolved: one of _conv_algorithms.ALGORITHMS
 
 
 # ----------------------------------------------------------------------------- public wrappers
 
 
-def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
+           algorithm="auto"):
     """2-D cross-correlation, NHWC x HWIO, with a hand-written backward rule.
 
     Args:
@@ -54,6 +53,8 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
       stride, dilation: int or pair, >= 1.
       padding: int, pair `(ph, pw)`, `((top, bottom), (left, right))`, "SAME" or "VALID".
       groups: feature groups; `groups == C_in` with `C_out = k * C_in` is depthwise.
+      algorithm: "auto" (default: chosen per shape), "xla", "phase" or "im2col": how the
+        forward, dX and dK are computed (see fcnn.ops._conv_algorithms). Same maths, same rule.
 
     Returns:
       `(N, H_out, W_out, C_out)` (or unbatched), `H_out = floor((H + p_t + p_b - F_eff) / s) + 1`.
@@ -66,7 +67,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
     op = "conv2d"
     x, batched = _checks.image(op, "x", x)
     w = _kernel(op, w)
-    cfg = _config(op, x.shape, w.shape, stride, padding, dilation, groups)
+    cfg = _config(op, x.shape, w.shape, stride, padding, dilation, groups, algorithm)
     x, w = _checks.same_dtype(op, x, w)
     y = _conv(x, w, cfg)
     if b is not None:
@@ -75,7 +76,8 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
     return y if batched else y[0]
 
 
-def conv2d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, groups=1):
+def conv2d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, groups=1,
+                      algorithm="auto"):
     """dX of `conv2d`: full convolution of the upstream gradient with the flipped kernel.
 
     Args:
@@ -91,14 +93,15 @@ def conv2d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, gro
     w = _kernel(op, w)
     shape = _shape_arg(op, "input_shape", input_shape, 4 if batched else 3)
     x_shape = shape if batched else (g.shape[0], *shape)
-    cfg = _config(op, x_shape, w.shape, stride, padding, dilation, groups)
+    cfg = _config(op, x_shape, w.shape, stride, padding, dilation, groups, algorithm)
     _check_g(op, g.shape, _out_shape(x_shape, w.shape, cfg))
     g, w = _checks.same_dtype(op, g, w)
     dx = _conv_dx(g, w, x_shape[1:3], cfg)
     return dx if batched else dx[0]
 
 
-def conv2d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1):
+def conv2d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1,
+                       algorithm="auto"):
     """dK of `conv2d`: cross-correlation of the input with the upstream gradient.
 
     Args:
@@ -118,7 +121,7 @@ def conv2d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, g
             f"{tuple(x.shape)} and {tuple(g.shape)}."
         )
     k_shape = _shape_arg(op, "kernel_shape", kernel_shape, 4)
-    cfg = _config(op, x.shape, k_shape, stride, padding, dilation, groups)
+    cfg = _config(op, x.shape, k_shape, stride, padding, dilation, groups, algorithm)
     _check_g(op, g.shape, _out_shape(x.shape, k_shape, cfg))
     x, g = _checks.same_dtype(op, x, g)
     return _conv_dk(x, g, k_shape[:2], cfg)
@@ -143,8 +146,12 @@ def _shape_arg(op, name, shape, rank):
     return tuple(_args.as_pair(s, op, name)[0] for s in shape)
 
 
-def _config(op, x_shape, w_shape, stride, padding, dilation, groups) -> ConvConfig:
+def _config(op, x_shape, w_shape, stride, padding, dilation, groups, algorithm) -> ConvConfig:
     """Validate shapes and normalise configuration; `x_shape` is batched NHWC."""
+    if algorithm != "auto" and algorithm not in algo.ALGORITHMS:
+        raise ValueError(
+            f"{op}: `algorithm` must be 'auto' or one of {algo.ALGORITHMS}, got {algorithm!r}."
+        )
     stride = _args.as_pair(stride, op, "stride")
     dilation = _args.as_pair(dilation, op, "dilation")
     groups = _args.as_pair(groups, op, "groups")[0]
@@ -163,7 +170,9 @@ def _config(op, x_shape, w_shape, stride, padding, dilation, groups) -> ConvConf
     windows = (_args.effective_window(kh, dilation[0]), _args.effective_window(kw, dilation[1]))
     pads = _args.as_padding(padding, op, x_shape[1:3], windows, stride)
     _args.check_fits(op, x_shape[1:3], windows, pads, "kernel")
-    return ConvConfig(stride, pads, dilation, groups)
+    if algorithm == "auto":
+        algorithm = algo.choose(x_shape, w_shape, stride, groups)
+    return ConvConfig(stride, pads, dilation, groups, algorithm)
 
 
 def _out_shape(x_shape, w_shape, cfg):
@@ -185,56 +194,13 @@ def _check_g(op, g_shape, expected):
 # ----------------------------------------------------------------------------- the three maps
 
 
-def _remainders(in_hw, k_hw, cfg):
-    return tuple(
-        _args.remainder(n, _args.effective_window(k, d), s, p)
-        for n, k, d, s, p in zip(in_hw, k_hw, cfg.dilation, cfg.stride, cfg.padding)
-    )
-
-
-def _conv_impl(x, w, cfg):
-    return lax.conv_general_dilated(
-        x, w, cfg.stride, cfg.padding, rhs_dilation=cfg.dilation,
-        dimension_numbers=_NHWC, feature_group_count=cfg.groups,
-    )
-
-
-def _conv_dx_impl(g, w, in_hw, cfg):
-    kh, kw, cig, cout = w.shape
-    G = cfg.groups
-    r = _remainders(in_hw, (kh, kw), cfg)
-    pads = tuple(
-        (f - 1 - lo, f - 1 - hi + rr)
-        for f, (lo, hi), rr in zip(
-            (_args.effective_window(kh, cfg.dilation[0]), _args.effective_window(kw, cfg.dilation[1])),
-            cfg.padding, r,
-        )
-    )
-    # Rotate 180 degrees and swap in/out channels within each group: (kh, kw, C_out/G, C_in).
-    wt = jnp.flip(w, (0, 1)).reshape(kh, kw, cig, G, cout // G)
-    wt = wt.transpose(0, 1, 4, 3, 2).reshape(kh, kw, cout // G, G * cig)
-    return lax.conv_general_dilated(
-        g, wt, (1, 1), pads, lhs_dilation=cfg.stride, rhs_dilation=cfg.dilation,
-        dimension_numbers=_NHWC, feature_group_count=G,
-    )
-
-
-def _conv_dk_impl(x, g, k_hw, cfg):
-    r = _remainders(x.shape[1:3], k_hw, cfg)
-    pads = tuple((lo, hi - rr) for (lo, hi), rr in zip(cfg.padding, r))
-    return lax.conv_general_dilated(
-        x, g, cfg.dilation, pads, rhs_dilation=cfg.stride,
-        dimension_numbers=_DK, batch_group_count=cfg.groups,
-    )
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv(x, w, cfg):
-    return _conv_impl(x, w, cfg)
+    return algo.forward(x, w, cfg)
 
 
 def _conv_fwd(x, w, cfg):
-    return _conv_impl(x, w, cfg), (x, w)
+    return algo.forward(x, w, cfg), (x, w)
 
 
 def _conv_bwd(cfg, res, g):
@@ -256,11 +222,11 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_dx(g, w, in_hw, cfg):
-    return _conv_dx_impl(g, w, in_hw, cfg)
+    return algo.grad_input(g, w, in_hw, cfg)
 
 
 def _conv_dx_fwd(g, w, in_hw, cfg):
-    return _conv_dx_impl(g, w, in_hw, cfg), (g, w)
+    return algo.grad_input(g, w, in_hw, cfg), (g, w)
 
 
 def _conv_dx_bwd(in_hw, cfg, res, ct):
@@ -275,11 +241,11 @@ _conv_dx.defvjp(_conv_dx_fwd, _conv_dx_bwd)
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_dk(x, g, k_hw, cfg):
-    return _conv_dk_impl(x, g, k_hw, cfg)
+    return algo.grad_kernel(x, g, k_hw, cfg)
 
 
 def _conv_dk_fwd(x, g, k_hw, cfg):
-    return _conv_dk_impl(x, g, k_hw, cfg), (x, g)
+    return algo.grad_kernel(x, g, k_hw, cfg), (x, g)
 
 
 def _conv_dk_bwd(k_hw, cfg, res, ct):

@@ -21,6 +21,7 @@ from jax import lax
 
 from fcnn import _args
 from fcnn.ops import _checks
+from fcnn.ops import _taps as _taps_mod
 
 
 class PoolConfig(NamedTuple):
@@ -89,27 +90,32 @@ def _out_hw(in_hw, cfg):
 
 def _taps(x, cfg, fill):
     """Yield `(a, b, x_ab)`: tap (a, b) of every window, `x_ab: (N, H_out, W_out, C)`."""
-    n, h, w, c = x.shape
-    (pt, pb), (pl, pr) = cfg.padding
-    xp = lax.pad(x, jnp.array(fill, x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
-    ho, wo = _out_hw((h, w), cfg)
-    sh, sw = cfg.stride
+    xp = _taps_mod.pad(x, cfg.padding, fill)
+    out_hw = _out_hw(x.shape[1:3], cfg)
     for a in range(cfg.window[0]):
         for b in range(cfg.window[1]):
-            limit = (n, a + (ho - 1) * sh + 1, b + (wo - 1) * sw + 1, c)
-            yield a, b, lax.slice(xp, (0, a, b, 0), limit, (1, sh, sw, 1))
+            yield a, b, _taps_mod.read(xp, a, b, out_hw, cfg.stride)
 
 
-def _place(v, a, b, in_hw, cfg):
-    """Adjoint of reading tap (a, b): write `v: (N, H_out, W_out, C)` into an `(N, H, W, C)` zero
-    array at rows `i*s + a - p_top`, cols `j*s + b - p_left` (cells in the padding are dropped)."""
+def _write_all(values, in_hw, cfg):
+    """Adjoint of reading every tap: `values[a * kw + b]` (each `(N, H_out, W_out, C)`) written
+    back to the cells tap (a, b) reads, summed, as an `(N, H, W, C)` array.
+
+    When the windows tile the input (stride == window) no cell is read twice: the taps are
+    interleaved with one reshape instead of summing kh*kw padded copies (the fast path)."""
+    kh, kw = cfg.window
+    if cfg.stride != cfg.window:
+        return sum(
+            _taps_mod.write(values[a * kw + b], a, b, in_hw, cfg.padding, cfg.stride)
+            for a in range(kh) for b in range(kw)
+        )
+    n, ho, wo, c = values[0].shape
+    rows = [jnp.stack(values[a * kw: (a + 1) * kw], axis=3) for a in range(kh)]
+    tiled = jnp.stack(rows, axis=2).reshape(n, ho * kh, wo * kw, c)  # (N, Ho, kh, Wo, kw, C)
     (pt, _), (pl, _) = cfg.padding
-    sh, sw = cfg.stride
-    ho, wo = v.shape[1:3]
-    h, w = in_hw
-    rows = (a - pt, h - (a - pt) - ((ho - 1) * sh + 1), sh - 1)
-    cols = (b - pl, w - (b - pl) - ((wo - 1) * sw + 1), sw - 1)
-    return lax.pad(v, jnp.array(0, v.dtype), ((0, 0, 0), rows, cols, (0, 0, 0)))
+    edges = ((0, 0, 0), (-pt, in_hw[0] + pt - ho * kh, 0), (-pl, in_hw[1] + pl - wo * kw, 0),
+             (0, 0, 0))
+    return lax.pad(tiled, jnp.array(0, tiled.dtype), edges)
 
 
 def _window_dims(cfg):
@@ -128,10 +134,7 @@ def _avg_pool_impl(x, cfg):
 
 def _avg_pool_t_impl(g, in_hw, cfg):
     area = cfg.window[0] * cfg.window[1]
-    taps = (
-        _place(g, a, b, in_hw, cfg) for a in range(cfg.window[0]) for b in range(cfg.window[1])
-    )
-    return sum(taps) / area
+    return _write_all([g / area] * area, in_hw, cfg)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -194,11 +197,8 @@ def _argmax_taps(x, cfg):
 def _max_scatter_impl(x, g, cfg):
     index = _argmax_taps(x, cfg)
     zero = jnp.zeros((), g.dtype)
-    return sum(
-        _place(jnp.where(index == a * cfg.window[1] + b, g, zero), a, b, x.shape[1:3], cfg)
-        for a in range(cfg.window[0])
-        for b in range(cfg.window[1])
-    )
+    area = cfg.window[0] * cfg.window[1]
+    return _write_all([jnp.where(index == t, g, zero) for t in range(area)], x.shape[1:3], cfg)
 
 
 def _max_gather_impl(x, ct, cfg):

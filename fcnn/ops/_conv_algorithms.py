@@ -1,0 +1,197 @@
+"""How the three convolution maps are computed: the algorithms behind conv2d's rules.
+
+Each map (forward y, dX, dK) has the same mathematical definition under every algorithm; the
+suite runs its whole sweep once per algorithm. ``cfg.algorithm`` is already resolved (never
+"auto") when these run.
+
+- ``xla``: one ``lax.conv_general_dilated`` per map, exactly DESIGN.md's formulation: dX with
+  the upstream gradient dilated by the stride (``lhs_dilation``), dK with the batch contracted.
+- ``phase``: as ``xla``, but a strided dX is split by output phase (sub-pixel decomposition).
+  Row ``q = r + m*s`` of dX only receives kernel taps ``a`` with ``a*d = r (mod s)``, so each of
+  the ``s_h * s_w`` phases is a stride-1 full convolution of the *undilated* g with that subset
+  of taps; the phases are interleaved. The ``xla`` dX multiplies the ``s-1`` inserted zeros
+  too; this skips them (about ``s_h * s_w`` times fewer multiplies).
+- ``im2col``: patches of the padded input (one strided slice per tap, concatenated) times the
+  kernel as a matrix. Forward ``P @ W``, dK ``P^T @ G``, dX ``col2im(G @ W^T)``: every tap's
+  column block written back with ``_taps.write``. Pays off when ``kh*kw*C_in`` is small (first
+  layers on images), where XLA's CPU convolution is slow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+from fcnn import _args
+from fcnn.ops import _taps
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+# dK as one convolution: the batch is the contraction axis ("C" of the lhs, "I" of g), the input
+# channels ride in the lhs batch slot and come out as the kernel's I axis.
+DK = ("CHWN", "IHWO", "HWNC")
+ALGORITHMS = ("xla", "phase", "im2col")
+
+
+def choose(x_shape, w_shape, stride, groups) -> str:
+    """The algorithm "auto" picks for a convolution (measured on a 2-core AVX-512 CPU, see
+    scripts/bench_ops.py): im2col for few input channels (XLA's CPU conv is memory-bound
+    there), phase for strided layers with enough channels, otherwise xla."""
+    kh, kw, cig, cout = w_shape
+    if groups == 1 and cig <= 4 and kh * kw * cig <= 48:
+        return "im2col"
+    if max(stride) > 1 and min(cig, cout // groups) >= 16:
+        return "phase"
+    return "xla"
+
+
+def _windows(k_hw, cfg):
+    return tuple(_args.effective_window(k, d) for k, d in zip(k_hw, cfg.dilation))
+
+
+def _remainders(in_hw, k_hw, cfg):
+    return tuple(
+        _args.remainder(n, f, s, p)
+        for n, f, s, p in zip(in_hw, _windows(k_hw, cfg), cfg.stride, cfg.padding)
+    )
+
+
+def _out_hw(in_hw, k_hw, cfg):
+    return tuple(
+        _args.output_size(n, f, s, p)
+        for n, f, s, p in zip(in_hw, _windows(k_hw, cfg), cfg.stride, cfg.padding)
+    )
+
+
+def _transposed_kernel(w, groups):
+    """(kh, kw, C_in/G, C_out) -> (kh, kw, C_out/G, C_in): in/out swapped within each group."""
+    kh, kw, cig, cout = w.shape
+    wt = w.reshape(kh, kw, cig, groups, cout // groups).transpose(0, 1, 4, 3, 2)
+    return wt.reshape(kh, kw, cout // groups, groups * cig)
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def forward(x, w, cfg):
+    if cfg.algorithm == "im2col":
+        return _forward_im2col(x, w, cfg)
+    return lax.conv_general_dilated(
+        x, w, cfg.stride, cfg.padding, rhs_dilation=cfg.dilation,
+        dimension_numbers=NHWC, feature_group_count=cfg.groups,
+    )
+
+
+def _patches(x, k_hw, cfg):
+    """`(N*H_out*W_out, kh*kw, G, C_in/G)` patches of the padded input, tap-major."""
+    n, h, w, cin = x.shape
+    out_hw = _out_hw((h, w), k_hw, cfg)
+    xp = _taps.pad(x, cfg.padding)
+    taps = [
+        _taps.read(xp, a, b, out_hw, cfg.stride, cfg.dilation)
+        for a in range(k_hw[0]) for b in range(k_hw[1])
+    ]
+    cols = jnp.stack(taps, axis=3)  # (N, Ho, Wo, T, C_in)
+    return cols.reshape(-1, k_hw[0] * k_hw[1], cfg.groups, cin // cfg.groups), out_hw
+
+
+def _forward_im2col(x, w, cfg):
+    kh, kw, cig, cout = w.shape
+    cols, (ho, wo) = _patches(x, (kh, kw), cfg)
+    wm = w.reshape(kh * kw, cig, cfg.groups, cout // cfg.groups)
+    y = jnp.einsum("mtgc,tcgo->mgo", cols, wm)
+    return y.reshape(x.shape[0], ho, wo, cout)
+
+
+# ----------------------------------------------------------------------------- dX
+
+
+def grad_input(g, w, in_hw, cfg):
+    if cfg.algorithm == "im2col":
+        return _grad_input_col2im(g, w, in_hw, cfg)
+    if cfg.algorithm == "phase" and max(cfg.stride) > 1:
+        return _grad_input_phases(g, w, in_hw, cfg)
+    kh, kw = w.shape[:2]
+    pads = tuple(
+        (f - 1 - lo, f - 1 - hi + r)
+        for f, (lo, hi), r in zip(_windows((kh, kw), cfg), cfg.padding,
+                                  _remainders(in_hw, (kh, kw), cfg))
+    )
+    return lax.conv_general_dilated(
+        g, jnp.flip(_transposed_kernel(w, cfg.groups), (0, 1)), (1, 1), pads,
+        lhs_dilation=cfg.stride, rhs_dilation=cfg.dilation,
+        dimension_numbers=NHWC, feature_group_count=cfg.groups,
+    )
+
+
+def _grad_input_col2im(g, w, in_hw, cfg):
+    kh, kw, cig, cout = w.shape
+    n, ho, wo, _ = g.shape
+    gm = g.reshape(-1, cfg.groups, cout // cfg.groups)
+    wm = w.reshape(kh * kw, cig, cfg.groups, cout // cfg.groups)
+    cols = jnp.einsum("mgo,tcgo->mtgc", gm, wm).reshape(n, ho, wo, kh * kw, cfg.groups * cig)
+    return sum(
+        _taps.write(cols[:, :, :, a * kw + b], a, b, in_hw, cfg.padding, cfg.stride, cfg.dilation)
+        for a in range(kh) for b in range(kw)
+    )
+
+
+def _phase_taps(k, d, s, r):
+    """Kernel taps a (of k, dilation d) with a*d = r (mod s): (first, step, count, offset, dil),
+    where `offset = (first*d - r) / s` and consecutive taps are `dil` rows of g apart."""
+    taps = [a for a in range(k) if (a * d) % s == r]
+    if not taps:
+        return None
+    q = math.gcd(d, s)
+    return taps[0], s // q, len(taps), (taps[0] * d - r) // s, d // q
+
+
+def _grad_input_phases(g, w, in_hw, cfg):
+    n, ho, wo, _ = g.shape
+    kh, kw = w.shape[:2]
+    wt = _transposed_kernel(w, cfg.groups)
+    cin = wt.shape[3]
+    sh, sw = cfg.stride
+    # every phase has M = ceil(H_padded / s) rows so the phases interleave into M*s rows
+    m = [-(-(n_ + lo + hi) // s) for n_, (lo, hi), s in zip(in_hw, cfg.padding, cfg.stride)]
+    rows = []
+    for rh in range(sh):
+        cols = []
+        for rw in range(sw):
+            th = _phase_taps(kh, cfg.dilation[0], sh, rh)
+            tw = _phase_taps(kw, cfg.dilation[1], sw, rw)
+            if th is None or tw is None:  # no tap lands on this phase (even dilation)
+                cols.append(jnp.zeros((n, m[0], m[1], cin), g.dtype))
+                continue
+            sub = wt[th[0]::th[1], tw[0]::tw[1]][: th[2], : tw[2]]
+            pads = []
+            for (_, _, count, offset, dil), mi, oi in ((th, m[0], ho), (tw, m[1], wo)):
+                span = offset + (count - 1) * dil
+                pads.append((span, mi - oi - offset))
+            cols.append(lax.conv_general_dilated(
+                g, jnp.flip(sub, (0, 1)), (1, 1), pads, rhs_dilation=(th[4], tw[4]),
+                dimension_numbers=NHWC, feature_group_count=cfg.groups,
+            ))
+        rows.append(jnp.stack(cols, axis=3))  # (N, Mh, Mw, sw, C)
+    full = jnp.stack(rows, axis=2).reshape(n, m[0] * sh, m[1] * sw, cin)
+    (pt, _), (pl, _) = cfg.padding
+    return full[:, pt: pt + in_hw[0], pl: pl + in_hw[1]]
+
+
+# ----------------------------------------------------------------------------- dK
+
+
+def grad_kernel(x, g, k_hw, cfg):
+    if cfg.algorithm == "im2col":
+        cols, _ = _patches(x, k_hw, cfg)
+        cout = g.shape[3]
+        gm = g.reshape(-1, cfg.groups, cout // cfg.groups)
+        dw = jnp.einsum("mtgc,mgo->tcgo", cols, gm)
+        return dw.reshape(*k_hw, cols.shape[3], cout)
+    pads = tuple((lo, hi - r) for (lo, hi), r in zip(cfg.padding,
+                                                     _remainders(x.shape[1:3], k_hw, cfg)))
+    return lax.conv_general_dilated(
+        x, g, cfg.dilation, pads, rhs_dilation=cfg.stride,
+        dimension_numbers=DK, batch_group_count=cfg.groups,
+    )
