@@ -10,7 +10,11 @@ suite runs its whole sweep once per algorithm. ``cfg.algorithm`` is already reso
   Row ``q = r + m*s`` of dX only receives kernel taps ``a`` with ``a*d = r (mod s)``, so each of
   the ``s_h * s_w`` phases is a stride-1 full convolution of the *undilated* g with that subset
   of taps; the phases are interleaved. The ``xla`` dX multiplies the ``s-1`` inserted zeros
-  too; this skips them (about ``s_h * s_w`` times fewer multiplies).
+  too; this skips them (about ``s_h * s_w`` times fewer multiplies). On CPU its forward and
+  dX convolutions also compute a few extra output rows and drop them: jaxlib's CPU backend
+  hands a convolution whose total padding is at most ``F_eff - 1`` to a single-threaded
+  YNNPACK kernel, and any other to its multi-threaded Eigen kernel, which is 1.3-1.5x faster on
+  2 cores for 32-64 channels (scripts/bench_ops.py). Other platforms run the plain convolution.
 - ``im2col``: patches of the padded input (one strided slice per tap, concatenated) times the
   kernel as a matrix. Forward ``P @ W``, dK ``P^T @ G``, dX ``col2im(G @ W^T)``: every tap's
   column block written back with ``_taps.write``. Pays off when ``kh*kw*C_in`` is small (first
@@ -34,16 +38,51 @@ DK = ("CHWN", "IHWO", "HWNC")
 ALGORITHMS = ("xla", "phase", "im2col")
 
 
-def choose(x_shape, w_shape, stride, groups) -> str:
-    """The algorithm "auto" picks for a convolution (measured on a 2-core AVX-512 CPU, see
-    scripts/bench_ops.py): im2col for few input channels (XLA's CPU conv is memory-bound
-    there), phase for strided layers with enough channels, otherwise xla."""
+def choose(w_shape, groups) -> tuple[str, str, str]:
+    """The algorithms "auto" picks for (forward, dX, dK). Measured per map on a 2-core AVX-512
+    CPU (jaxlib 0.10; scripts/bench_ops.py and the table in the README):
+
+    - one input channel (a grey image): XLA's forward and dK, col2im dX (2.5x faster there);
+    - 2-4 input channels (RGB): im2col for all three (XLA's CPU conv is memory-bound);
+    - 16+ channels in and out: phase forward and dX (multi-threaded, no zero multiplies),
+      XLA's dK;
+    - otherwise: XLA's convolutions (dX with its output channels padded to a multiple of 8).
+    """
     kh, kw, cig, cout = w_shape
+    if groups == 1 and cig == 1:
+        return ("xla", "im2col", "xla")
     if groups == 1 and cig <= 4 and kh * kw * cig <= 48:
-        return "im2col"
-    if max(stride) > 1 and min(cig, cout // groups) >= 16:
-        return "phase"
-    return "xla"
+        return ("im2col", "im2col", "im2col")
+    if min(cig, cout // groups) >= 16:
+        return ("phase", "phase", "xla")
+    return ("xla", "xla", "xla")
+
+
+def _conv(lhs, rhs, pads, *, lhs_dilation=(1, 1), rhs_dilation=(1, 1), groups=1,
+          all_cores=False):
+    """Stride-1 NHWC x HWIO convolution; `all_cores` steers XLA:CPU to its Eigen kernel by
+    padding the bottom until the total exceeds F_eff - 1 and cropping those extra rows."""
+
+    def plain(lhs, rhs):
+        return lax.conv_general_dilated(
+            lhs, rhs, (1, 1), pads, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+            dimension_numbers=NHWC, feature_group_count=groups,
+        )
+
+    if not all_cores:
+        return plain(lhs, rhs)
+    f = _args.effective_window(rhs.shape[0], rhs_dilation[0])
+    extra = max(1, f - sum(pads[0]))
+
+    def cpu(lhs, rhs):
+        y = lax.conv_general_dilated(
+            lhs, rhs, (1, 1), ((pads[0][0], pads[0][1] + extra), pads[1]),
+            lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+            dimension_numbers=NHWC, feature_group_count=groups,
+        )
+        return y[:, : y.shape[1] - extra]
+
+    return lax.platform_dependent(lhs, rhs, cpu=cpu, default=plain)
 
 
 def _windows(k_hw, cfg):
@@ -65,18 +104,30 @@ def _out_hw(in_hw, k_hw, cfg):
 
 
 def _transposed_kernel(w, groups):
-    """(kh, kw, C_in/G, C_out) -> (kh, kw, C_out/G, C_in): in/out swapped within each group."""
+    """(kh, kw, C_in/G, C_out) -> (kh, kw, C_out/G, C_in'): in/out swapped within each group.
+
+    With groups == 1 and 5-7, 9-15, ... input channels, C_in' rounds C_in up to a multiple of 8
+    with zero filters (the caller drops those outputs): XLA's CPU convolution vectorises over
+    output channels, and 6 -> 8 made LeNet's second dX 1.8x faster (fewer than 5 gained nothing).
+    """
     kh, kw, cig, cout = w.shape
     wt = w.reshape(kh, kw, cig, groups, cout // groups).transpose(0, 1, 4, 3, 2)
-    return wt.reshape(kh, kw, cout // groups, groups * cig)
+    wt = wt.reshape(kh, kw, cout // groups, groups * cig)
+    if groups == 1 and cig > 4 and cig % 8:
+        wt = jnp.pad(wt, ((0, 0), (0, 0), (0, 0), (0, -cig % 8)))
+    return wt
 
 
 # ----------------------------------------------------------------------------- forward
 
 
 def forward(x, w, cfg):
-    if cfg.algorithm == "im2col":
+    algorithm = cfg.algorithm[0]
+    if algorithm == "im2col":
         return _forward_im2col(x, w, cfg)
+    if algorithm == "phase" and cfg.stride == (1, 1):
+        return _conv(x, w, cfg.padding, rhs_dilation=cfg.dilation, groups=cfg.groups,
+                     all_cores=True)
     return lax.conv_general_dilated(
         x, w, cfg.stride, cfg.padding, rhs_dilation=cfg.dilation,
         dimension_numbers=NHWC, feature_group_count=cfg.groups,
@@ -108,9 +159,10 @@ def _forward_im2col(x, w, cfg):
 
 
 def grad_input(g, w, in_hw, cfg):
-    if cfg.algorithm == "im2col":
+    algorithm = cfg.algorithm[1]
+    if algorithm == "im2col":
         return _grad_input_col2im(g, w, in_hw, cfg)
-    if cfg.algorithm == "phase" and max(cfg.stride) > 1:
+    if algorithm == "phase":
         return _grad_input_phases(g, w, in_hw, cfg)
     kh, kw = w.shape[:2]
     pads = tuple(
@@ -118,11 +170,12 @@ def grad_input(g, w, in_hw, cfg):
         for f, (lo, hi), r in zip(_windows((kh, kw), cfg), cfg.padding,
                                   _remainders(in_hw, (kh, kw), cfg))
     )
-    return lax.conv_general_dilated(
+    dx = lax.conv_general_dilated(
         g, jnp.flip(_transposed_kernel(w, cfg.groups), (0, 1)), (1, 1), pads,
         lhs_dilation=cfg.stride, rhs_dilation=cfg.dilation,
         dimension_numbers=NHWC, feature_group_count=cfg.groups,
     )
+    return dx[..., : w.shape[2] * cfg.groups]
 
 
 def _grad_input_col2im(g, w, in_hw, cfg):
@@ -169,21 +222,19 @@ def _grad_input_phases(g, w, in_hw, cfg):
             for (_, _, count, offset, dil), mi, oi in ((th, m[0], ho), (tw, m[1], wo)):
                 span = offset + (count - 1) * dil
                 pads.append((span, mi - oi - offset))
-            cols.append(lax.conv_general_dilated(
-                g, jnp.flip(sub, (0, 1)), (1, 1), pads, rhs_dilation=(th[4], tw[4]),
-                dimension_numbers=NHWC, feature_group_count=cfg.groups,
-            ))
+            cols.append(_conv(g, jnp.flip(sub, (0, 1)), pads, rhs_dilation=(th[4], tw[4]),
+                              groups=cfg.groups, all_cores=True))
         rows.append(jnp.stack(cols, axis=3))  # (N, Mh, Mw, sw, C)
     full = jnp.stack(rows, axis=2).reshape(n, m[0] * sh, m[1] * sw, cin)
     (pt, _), (pl, _) = cfg.padding
-    return full[:, pt: pt + in_hw[0], pl: pl + in_hw[1]]
+    return full[:, pt: pt + in_hw[0], pl: pl + in_hw[1], : w.shape[2] * cfg.groups]
 
 
 # ----------------------------------------------------------------------------- dK
 
 
 def grad_kernel(x, g, k_hw, cfg):
-    if cfg.algorithm == "im2col":
+    if cfg.algorithm[2] == "im2col":
         cols, _ = _patches(x, k_hw, cfg)
         cout = g.shape[3]
         gm = g.reshape(-1, cfg.groups, cout // cfg.groups)

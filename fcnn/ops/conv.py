@@ -36,7 +36,7 @@ class ConvConfig(NamedTuple):
     padding: _args.Padding
     dilation: _args.Pair
     groups: int
-    algorithm: str  # resolved: one of _conv_algorithms.ALGORITHMS
+    algorithm: tuple[str, str, str]  # resolved for (forward, dX, dK), from algo.ALGORITHMS
 
 
 # ----------------------------------------------------------------------------- public wrappers
@@ -170,9 +170,8 @@ def _config(op, x_shape, w_shape, stride, padding, dilation, groups, algorithm) 
     windows = (_args.effective_window(kh, dilation[0]), _args.effective_window(kw, dilation[1]))
     pads = _args.as_padding(padding, op, x_shape[1:3], windows, stride)
     _args.check_fits(op, x_shape[1:3], windows, pads, "kernel")
-    if algorithm == "auto":
-        algorithm = algo.choose(x_shape, w_shape, stride, groups)
-    return ConvConfig(stride, pads, dilation, groups, algorithm)
+    chosen = algo.choose(w_shape, groups) if algorithm == "auto" else (algorithm,) * 3
+    return ConvConfig(stride, pads, dilation, groups, chosen)
 
 
 def _out_shape(x_shape, w_shape, cfg):
