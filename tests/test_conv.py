@@ -210,3 +210,62 @@ def test_depthwise_kernel_as_large_as_input():
     w = normal(1, (5, 4, 1, 6))  # depthwise, channel multiplier 2, window == input
     check_vjp(lambda x, w: ops.conv2d(x, w, groups=3), lambda x, w: R.conv2d(x, w, groups=3), x, w)
     assert ops.conv2d(x, w, groups=3).shape == (2, 1, 1, 6)
+
+
+@pytest.mark.parametrize(
+    "x_shape,w_shape,kw,expected",
+    [
+        ((2, 12, 12, 1), (5, 5, 1, 6), dict(padding=2), ("xla", "im2col", "xla")),
+        ((2, 9, 9, 6), (5, 5, 6, 16), dict(stride=2), ("xla", "xla", "xla")),
+        ((2, 8, 8, 3), (3, 3, 3, 32), dict(padding=1), ("im2col", "im2col", "im2col")),
+        ((2, 8, 8, 16), (3, 3, 16, 16), dict(stride=2, padding=1), ("phase", "phase", "xla")),
+        ((2, 7, 7, 32), (3, 3, 16, 32), dict(padding="SAME", groups=2),
+         ("phase", "phase", "xla")),
+        ((2, 7, 6, 7), (3, 2, 7, 5), dict(stride=(2, 1), padding=((1, 0), (0, 1))),
+         ("xla", "xla", "xla")),
+    ],
+)
+def test_auto_choice_on_network_shapes(x_shape, w_shape, kw, expected):
+    """What "auto" picks on LeNet/CIFAR-like layers, and that it is right there (f64 and f32).
+    The last case rounds dX's 7 output channels up to 8 internally."""
+    from fcnn.ops._conv_algorithms import choose
+
+    assert choose(w_shape, kw.get("groups", 1)) == expected
+    for dtype in (jnp.float64, jnp.float32):
+        x, w = normal(0, x_shape, dtype), normal(1, w_shape, dtype)
+        check_vjp(lambda x, w: ops.conv2d(x, w, **kw), lambda x, w: R.conv2d(x, w, **kw), x, w)
+
+
+@algorithms
+@pytest.mark.parametrize("cin", [5, 6, 9])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_many_input_channels_dx(cin, stride, algorithm):
+    """dX with 5-15 output channels (rounded to a multiple of 8 inside xla/phase)."""
+    x, w = normal(0, (2, 7, 6, cin)), normal(1, (3, 3, cin, 4))
+    kw = dict(stride=stride, padding=1, algorithm=algorithm)
+    g = normal(2, ops.conv2d(x, w, **kw).shape)
+    check_vjp(
+        lambda g, w: ops.conv2d_grad_input(g, w, x.shape, **kw),
+        lambda g, w: R.conv2d_grad_input(g, w, x.shape, stride=stride, padding=1),
+        g, w,
+    )
+
+
+def test_lowers_for_cpu_gpu_and_tpu():
+    """The rules (including the CPU-only conv arrangement) export for every platform."""
+    from jax import export
+
+    x, w = normal(0, (2, 8, 8, 16), jnp.float32), normal(1, (3, 3, 16, 16), jnp.float32)
+
+    def loss(x, w):
+        y = ops.conv2d(x, w, stride=2, padding=1)
+        y = ops.max_pool2d(ops.relu(ops.conv2d(y, w, padding=1)), 2)
+        return jnp.sum(ops.avg_pool2d(y, 2) ** 2)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    exported = export.export(grad, platforms=("cpu", "cuda", "tpu"))(x, w)
+    assert exported.platforms == ("cpu", "cuda", "tpu")
+    got = exported.call(x, w)
+    want = jax.grad(loss, argnums=(0, 1))(x, w)
+    for a, b in zip(got, want):
+        assert_close(a, b, "exported grad")

@@ -90,3 +90,9 @@ def test_refused_at_trace_time_under_jit(call, exc, pattern):
     """Errors come from fcnn's own checks while tracing, before XLA sees anything."""
     with pytest.raises(exc, match=pattern):
         jax.jit(call)()
+
+
+def test_unknown_conv_algorithm():
+    with pytest.raises(ValueError, match=r"conv2d: `algorithm` must be 'auto' or one of "
+                                         r"\('xla', 'phase', 'im2col'\), got 'fft'"):
+        ops.conv2d(x4, w, algorithm="fft")
