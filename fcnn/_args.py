@@ -47,7 +47,7 @@ def effective_window(size: int, dilation: int) -> int:
 
 
 def same_padding(size: int, window: int, stride: int) -> Pair:
-    """``"SAME"`` padding of one dimension: output ``ceil(size / stride)``, extra cell at the end."""
+    """``"SAME"`` padding of one dimension: output ``ceil(size / stride)``, odd cell at the end."""
     out = -(-size // stride)
     total = max((out - 1) * stride + window - size, 0)
     return (total // 2, total - total // 2)

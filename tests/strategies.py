@@ -32,8 +32,9 @@ def paddings(draw, max_pad=2):
         ph, pw = draw(st.integers(0, max_pad)), draw(st.integers(0, max_pad))
         return (ph, pw), ((ph, ph), (pw, pw))
     if kind == "explicit":
-        t, b, l, r = (draw(st.integers(0, max_pad)) for _ in range(4))
-        return ((t, b), (l, r)), ((t, b), (l, r))
+        top, bottom, left, right = (draw(st.integers(0, max_pad)) for _ in range(4))
+        pads = ((top, bottom), (left, right))
+        return pads, pads
     return kind, (None if kind == "SAME" else ((0, 0), (0, 0)))
 
 

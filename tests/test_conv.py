@@ -226,8 +226,7 @@ def test_depthwise_kernel_as_large_as_input():
     ],
 )
 def test_auto_choice_on_network_shapes(x_shape, w_shape, kw, expected):
-    """What "auto" picks on LeNet/CIFAR-like layers, and that it is right there (f64 and f32).
-    The last case rounds dX's 7 output channels up to 8 internally."""
+    """What "auto" picks on LeNet/CIFAR-like layers, and that it is right there (f64 and f32)."""
     from fcnn.ops._conv_algorithms import choose
 
     assert choose(w_shape, kw.get("groups", 1)) == expected
@@ -240,7 +239,7 @@ def test_auto_choice_on_network_shapes(x_shape, w_shape, kw, expected):
 @pytest.mark.parametrize("cin", [5, 6, 9])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_many_input_channels_dx(cin, stride, algorithm):
-    """dX with 5-15 output channels (rounded to a multiple of 8 inside xla/phase)."""
+    """dX with more input channels than the hypothesis sweep draws (it keeps C_in <= 6)."""
     x, w = normal(0, (2, 7, 6, cin)), normal(1, (3, 3, cin, 4))
     kw = dict(stride=stride, padding=1, algorithm=algorithm)
     g = normal(2, ops.conv2d(x, w, **kw).shape)

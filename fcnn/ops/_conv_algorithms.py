@@ -46,7 +46,7 @@ def choose(w_shape, groups) -> tuple[str, str, str]:
     - 2-4 input channels (RGB): im2col for all three (XLA's CPU conv is memory-bound);
     - 16+ channels in and out: phase forward and dX (multi-threaded, no zero multiplies),
       XLA's dK;
-    - otherwise: XLA's convolutions (dX with its output channels padded to a multiple of 8).
+    - otherwise (e.g. LeNet's 6 -> 16): XLA's convolutions; nothing else measured faster.
     """
     kh, kw, cig, cout = w_shape
     if groups == 1 and cig == 1:
@@ -104,18 +104,10 @@ def _out_hw(in_hw, k_hw, cfg):
 
 
 def _transposed_kernel(w, groups):
-    """(kh, kw, C_in/G, C_out) -> (kh, kw, C_out/G, C_in'): in/out swapped within each group.
-
-    With groups == 1 and 5-7, 9-15, ... input channels, C_in' rounds C_in up to a multiple of 8
-    with zero filters (the caller drops those outputs): XLA's CPU convolution vectorises over
-    output channels, and 6 -> 8 made LeNet's second dX 1.8x faster (fewer than 5 gained nothing).
-    """
+    """(kh, kw, C_in/G, C_out) -> (kh, kw, C_out/G, C_in): in/out swapped within each group."""
     kh, kw, cig, cout = w.shape
     wt = w.reshape(kh, kw, cig, groups, cout // groups).transpose(0, 1, 4, 3, 2)
-    wt = wt.reshape(kh, kw, cout // groups, groups * cig)
-    if groups == 1 and cig > 4 and cig % 8:
-        wt = jnp.pad(wt, ((0, 0), (0, 0), (0, 0), (0, -cig % 8)))
-    return wt
+    return wt.reshape(kh, kw, cout // groups, groups * cig)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -170,12 +162,11 @@ def grad_input(g, w, in_hw, cfg):
         for f, (lo, hi), r in zip(_windows((kh, kw), cfg), cfg.padding,
                                   _remainders(in_hw, (kh, kw), cfg))
     )
-    dx = lax.conv_general_dilated(
+    return lax.conv_general_dilated(
         g, jnp.flip(_transposed_kernel(w, cfg.groups), (0, 1)), (1, 1), pads,
         lhs_dilation=cfg.stride, rhs_dilation=cfg.dilation,
         dimension_numbers=NHWC, feature_group_count=cfg.groups,
     )
-    return dx[..., : w.shape[2] * cfg.groups]
 
 
 def _grad_input_col2im(g, w, in_hw, cfg):
@@ -227,7 +218,7 @@ def _grad_input_phases(g, w, in_hw, cfg):
         rows.append(jnp.stack(cols, axis=3))  # (N, Mh, Mw, sw, C)
     full = jnp.stack(rows, axis=2).reshape(n, m[0] * sh, m[1] * sw, cin)
     (pt, _), (pl, _) = cfg.padding
-    return full[:, pt: pt + in_hw[0], pl: pl + in_hw[1], : w.shape[2] * cfg.groups]
+    return full[:, pt: pt + in_hw[0], pl: pl + in_hw[1]]
 
 
 # ----------------------------------------------------------------------------- dK

@@ -15,7 +15,7 @@ def relu(x):
 
 
 def leaky_relu(x, negative_slope=0.01):
-    """`x` for `x > 0`, else `negative_slope * x` (seed 004 uses 0.1); derivative at 0 is the slope."""
+    """`x` for `x > 0`, else `negative_slope * x` (seed 004 uses 0.1); slope at 0 is the slope."""
     x = _checks.floating("leaky_relu", "x", x)
     return _leaky_relu(x, _slope("leaky_relu", "negative_slope", negative_slope))
 

@@ -2,7 +2,7 @@
 
 Three linear maps close under differentiation, so each rule is written with the other two:
 
-    conv(x, w)            = y          y[n,i,j,o] = sum_{a,b,c} x[n, i*s + a*d, j*s + b*d, c] w[a,b,c,o]
+    conv(x, w)    = y     y[n,i,j,o] = sum_{a,b,c} x[n, i*s + a*d, j*s + b*d, c] w[a,b,c,o]
     conv_dx(g, w) = dX    full convolution of g with the kernel (flipped, in/out swapped)
     conv_dk(x, g) = dK    cross-correlation of the input with the upstream gradient
 
@@ -20,8 +20,6 @@ from functools import partial
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
-from jax import lax
 
 from fcnn import _args
 from fcnn.ops import _checks
@@ -84,6 +82,7 @@ def conv2d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, gro
       g: upstream gradient `(N, H_out, W_out, C_out)` or `(H_out, W_out, C_out)`.
       w: `(kh, kw, C_in // groups, C_out)`.
       input_shape: shape of the forward input, `(N, H, W, C_in)` or `(H, W, C_in)` like `g`.
+      stride, padding, dilation, groups, algorithm: those of the forward `conv2d`.
 
     Returns:
       `input_shape`-shaped gradient with respect to the input.
@@ -108,6 +107,7 @@ def conv2d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, g
       x: forward input `(N, H, W, C_in)` or `(H, W, C_in)`.
       g: upstream gradient `(N, H_out, W_out, C_out)`, batched like `x`.
       kernel_shape: `(kh, kw, C_in // groups, C_out)`.
+      stride, padding, dilation, groups, algorithm: those of the forward `conv2d`.
 
     Returns:
       `kernel_shape`-shaped gradient with respect to the kernel.

@@ -123,7 +123,7 @@ def _write_all(values, in_hw, cfg):
 
 
 def _tap_ids(cfg):
-    """Row-major tap index of each cell of a block, shaped to broadcast as `(1, 1, kh, 1, kw, 1)`."""
+    """Row-major tap index of each cell of a block, shaped `(1, 1, kh, 1, kw, 1)`."""
     kh, kw = cfg.window
     return np.arange(kh * kw, dtype=np.int32).reshape(1, 1, kh, 1, kw, 1)
 
@@ -196,7 +196,7 @@ def _max_pool_impl(x, cfg):
 
 
 def _argmax_taps(x, cfg):
-    """Index (row-major in the window) of the first maximum of each window, `(N, H_out, W_out, C)`."""
+    """Row-major window index of each window's first maximum, `(N, H_out, W_out, C)`."""
     best, index = None, None
     for a, b, xs in _taps(x, cfg, -jnp.inf):
         t = a * cfg.window[1] + b
