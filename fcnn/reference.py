@@ -133,3 +133,10 @@ def hinge(scores, labels, margin=1.0):
     m = jnp.maximum(scores - correct + margin, 0.0)
     m = jnp.where(jax.nn.one_hot(labels, scores.shape[-1], dtype=bool), 0.0, m)
     return jnp.mean(jnp.sum(m, axis=-1))
+
+
+def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
+    c = x.shape[-1]
+    sq = jnp.pad(x * x, [(0, 0)] * (x.ndim - 1) + [(size // 2, (size - 1) // 2)])
+    s = sum(sq[..., o: o + c] for o in range(size))
+    return x / (k + alpha * s) ** beta

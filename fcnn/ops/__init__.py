@@ -5,6 +5,7 @@ from fcnn.ops.conv import conv2d, conv2d_grad_input, conv2d_grad_kernel
 from fcnn.ops.dense import dense
 from fcnn.ops.dropout import dropout
 from fcnn.ops.losses import hinge, mse, softmax_cross_entropy
+from fcnn.ops.lrn import local_response_norm
 from fcnn.ops.pool import avg_pool2d, max_pool2d
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "elu",
     "hinge",
     "leaky_relu",
+    "local_response_norm",
     "max_pool2d",
     "mse",
     "relu",

@@ -1,0 +1,115 @@
+"""Combinators: `serial`, `parallel`, `residual`. Children's params nest as tuples."""
+
+from __future__ import annotations
+
+import jax
+
+from fcnn.layers._base import Layer, LayerError, make
+
+
+def _keys(key, n):
+    return (None,) * n if key is None else tuple(jax.random.split(key, n))
+
+
+def _init_child(child, key, shape, segment):
+    try:
+        return child.init(key, shape)
+    except LayerError as e:
+        raise e.under(segment) from None
+
+
+def serial(*layers: Layer) -> Layer:
+    """Compose layers in order; params are the tuple of the children's. The key (init and
+    apply) is split among the children."""
+    if not layers:
+        raise ValueError("serial: needs at least one layer.")
+
+    def shape(input_shape):
+        for i, child in enumerate(layers):
+            try:
+                input_shape = child.info.shape(input_shape)
+            except LayerError as e:
+                raise e.under(f"serial[{i}]") from None
+        return input_shape
+
+    def init(key, input_shape):
+        params = []
+        for i, (child, k) in enumerate(zip(layers, jax.random.split(key, len(layers)))):
+            p, input_shape = _init_child(child, k, input_shape, f"serial[{i}]")
+            params.append(p)
+        return tuple(params), input_shape
+
+    def apply(params, x, *, key=None, train=False):
+        for child, p, k in zip(layers, params, _keys(key, len(layers))):
+            x = child.apply(p, x, key=k, train=train)
+        return x
+
+    return make("serial", {}, shape, init, apply, children=layers)
+
+
+def parallel(*layers: Layer) -> Layer:
+    """Apply each layer to the same input; output (and out_shape) is the tuple of theirs."""
+    if not layers:
+        raise ValueError("parallel: needs at least one layer.")
+
+    def shape(input_shape):
+        out = []
+        for i, child in enumerate(layers):
+            try:
+                out.append(child.info.shape(input_shape))
+            except LayerError as e:
+                raise e.under(f"parallel[{i}]") from None
+        return tuple(out)
+
+    def init(key, input_shape):
+        pairs = [
+            _init_child(child, k, input_shape, f"parallel[{i}]")
+            for i, (child, k) in enumerate(zip(layers, jax.random.split(key, len(layers))))
+        ]
+        return tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
+
+    def apply(params, x, *, key=None, train=False):
+        return tuple(
+            child.apply(p, x, key=k, train=train)
+            for child, p, k in zip(layers, params, _keys(key, len(layers)))
+        )
+
+    return make("parallel", {}, shape, init, apply, children=layers)
+
+
+def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
+    """`block(x) + shortcut(x)` (identity shortcut when None; seed 001's skip connection).
+    Params: `(block_params, shortcut_params)`; the shortcut's are `{}` when it is the identity."""
+
+    def shape(input_shape):
+        try:
+            out = block.info.shape(input_shape)
+        except LayerError as e:
+            raise e.under("residual.block") from None
+        try:
+            skip = input_shape if shortcut is None else shortcut.info.shape(input_shape)
+        except LayerError as e:
+            raise e.under("residual.shortcut") from None
+        if tuple(out) != tuple(skip):
+            raise LayerError("residual", f"block output {tuple(out)} and shortcut output "
+                                         f"{tuple(skip)} must match to be added. Give the "
+                                         "shortcut a projection (e.g. a 1x1 Conv2D).")
+        return tuple(out)
+
+    def init(key, input_shape):
+        out = shape(input_shape)
+        k_block, k_short = jax.random.split(key)
+        p_block, _ = _init_child(block, k_block, input_shape, "residual.block")
+        p_short = {} if shortcut is None else _init_child(
+            shortcut, k_short, input_shape, "residual.shortcut")[0]
+        return (p_block, p_short), out
+
+    def apply(params, x, *, key=None, train=False):
+        k_block, k_short = _keys(key, 2)
+        y = block.apply(params[0], x, key=k_block, train=train)
+        skip = x if shortcut is None else shortcut.apply(params[1], x, key=k_short, train=train)
+        return y + skip
+
+    children = (block,) if shortcut is None else (block, shortcut)
+    return make("residual", {"identity_shortcut": shortcut is None}, shape, init, apply,
+                children=children)

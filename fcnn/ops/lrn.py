@@ -1,0 +1,83 @@
+"""Local response normalisation across channels (AlexNet's NORM layers), hand-written rule.
+
+    y_c = x_c * d_c^(-beta),   d_c = k + alpha * S_c,   S_c = sum_{c' in W(c)} x_{c'}^2
+
+with W(c) the `size` channels centred on c (for even sizes one more before than after), zero
+beyond the edges; alpha is *not* divided by `size` (Krizhevsky et al. 2012; PyTorch's
+LocalResponseNorm uses alpha / size).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fcnn.ops import _checks
+
+
+def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
+    """Normalise each activation by the energy of its `size` neighbouring channels.
+
+    Args:
+      x: `(..., C)` (NHWC or HWC), floating.
+      size: channels in the window (>= 1); AlexNet uses 5.
+      alpha, beta, k: AlexNet's 1e-4, 0.75, 2.
+
+    Returns:
+      An array like `x`.
+    """
+    op = "local_response_norm"
+    x = _checks.floating(op, "x", x)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"{op}: `size` must be an int >= 1, got {size!r}.")
+    if x.ndim < 1:
+        raise ValueError(f"{op}: `x` needs a channel axis, got a scalar.")
+    for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{op}: `{name}` must be a Python float, got {type(v).__name__}.")
+    return _lrn(x, (size, float(alpha), float(beta), float(k)))
+
+
+def _window_sum(v, before, after):
+    """sum_{o=-before..after} v[..., c + o], zero beyond the edges."""
+    c = v.shape[-1]
+    padded = lax.pad(v, jnp.array(0, v.dtype), [(0, 0, 0)] * (v.ndim - 1) + [(before, after, 0)])
+    return sum(lax.slice_in_dim(padded, o, o + c, axis=v.ndim - 1) for o in range(before + after + 1))
+
+
+def _bounds(size):
+    return size // 2, (size - 1) // 2  # channels before, after
+
+
+def _denominator(x, cfg):
+    size, alpha, _, k = cfg
+    before, after = _bounds(size)
+    return k + alpha * _window_sum(x * x, before, after)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _lrn(x, cfg):
+    return x * _denominator(x, cfg) ** -cfg[2]
+
+
+def _lrn_fwd(x, cfg):
+    d = _denominator(x, cfg)
+    return x * d ** -cfg[2], (x, d)
+
+
+def _lrn_bwd(cfg, res, g):
+    """dx_j = g_j d_j^-beta - 2 alpha beta x_j sum_{c : j in W(c)} g_c x_c d_c^(-beta-1).
+
+    The sum over the windows containing j is the adjoint window sum (before/after swapped).
+    Residuals: x and d."""
+    size, alpha, beta, _ = cfg
+    x, d = res
+    before, after = _bounds(size)
+    spread = _window_sum(g * x * d ** (-beta - 1), after, before)
+    return (g * d**-beta - 2 * alpha * beta * x * spread,)
+
+
+_lrn.defvjp(_lrn_fwd, _lrn_bwd)

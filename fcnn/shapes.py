@@ -1,0 +1,51 @@
+"""Shape arithmetic of the seeds: output sizes (with a strict tiling check) and receptive fields."""
+
+from __future__ import annotations
+
+from fcnn import _args
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding=0, dilation: int = 1,
+                     strict: bool = False) -> int:
+    """`floor((W + p_lo + p_hi - F_eff) / S) + 1` along one dimension (seed 003's
+    `(W - F + 2P) / S + 1`).
+
+    Args:
+      size, kernel, stride, dilation: ints (>= 1).
+      padding: int (both sides), `(lo, hi)`, "SAME" or "VALID".
+      strict: raise instead of flooring when the window does not tile the padded input.
+
+    Raises:
+      ValueError: bad arguments, a window larger than the padded input, or (strict) a stride
+        that leaves cells out, naming the paddings that would fit.
+    """
+    op = "conv_output_size"
+    size, kernel, stride, dilation = (
+        _args.as_pair(v, op, n)[0]
+        for v, n in ((size, "size"), (kernel, "kernel"), (stride, "stride"), (dilation, "dilation"))
+    )
+    window = _args.effective_window(kernel, dilation)
+    if isinstance(padding, (tuple, list)):
+        padding = (tuple(padding), (0, 0))
+    pad = _args.as_padding(padding, op, (size, 1), (window, 1), (stride, 1))[0]
+    _args.check_fits(op, (size, 1), (window, 1), (pad, (0, 0)))
+    r = _args.remainder(size, window, stride, pad)
+    if strict and r:
+        total = sum(pad)
+        fits = [total + (stride - r) + i * stride for i in range(3)]
+        raise ValueError(
+            f"{op}: a {window}-wide window with stride {stride} does not tile an input of {size} "
+            f"with padding {pad}: ({size} + {total} - {window}) / {stride} + 1 = "
+            f"{(size + total - window) / stride + 1:.4g} is not an integer, so {r} cell(s) "
+            f"would be dropped. Total paddings that fit: {', '.join(map(str, fits))}, ... "
+            f"(or a stride dividing {size + total - window})."
+        )
+    return _args.output_size(size, window, stride, pad)
+
+
+def receptive_field(layer, input_shape) -> tuple[int, int]:
+    """Receptive field `(h, w)`, in input pixels, of one output unit of `layer` on an input of
+    `input_shape` (H, W, C). After a Flatten or Dense every unit sees the whole input."""
+    from fcnn.summary import summary  # the walk lives there; one source of truth
+
+    return summary(layer, input_shape).rows[-1].receptive_field

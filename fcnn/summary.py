@@ -1,0 +1,157 @@
+"""`fcnn.summary`: a model's table from shapes alone (seed 003's VGG memory/params table).
+
+Nothing is allocated: output shapes come from each layer's shape function and parameter counts
+from `jax.eval_shape` of its init, so VGG-16 (138M parameters) summarises in well under a second.
+Conventions (the seed table's): activations count the input plus the outputs of conv, dense and
+pool layers (elementwise layers are fused into the layer before them and count 0); FLOPs are per
+example, forward, a multiply-add counted as 2.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+
+from fcnn import _args
+
+_COUNTED = ("Conv2D", "Dense", "MaxPool2D", "AvgPool2D")
+
+
+class Row(NamedTuple):
+    name: str  # position and type, e.g. "3 Conv2D" or "5.block.0 Conv2D"
+    output_shape: tuple
+    params: int
+    activations: int
+    flops: int
+    receptive_field: tuple[int, int]
+    note: str  # non-empty when a window does not tile its input (cells dropped by the floor)
+
+
+class Summary(NamedTuple):
+    rows: list[Row]
+    total_params: int
+    total_activations: int
+    total_flops: int
+
+    def __str__(self) -> str:
+        head = ("layer", "output shape", "params", "activations", "FLOPs", "RF", "")
+        body = [
+            (r.name, "x".join(map(str, _flat(r.output_shape))), f"{r.params:,}",
+             f"{r.activations:,}", f"{r.flops:,}", "x".join(map(str, r.receptive_field)),
+             ("! " + r.note) if r.note else "")
+            for r in self.rows
+        ]
+        total = ("total", "", f"{self.total_params:,}", f"{self.total_activations:,}",
+                 f"{self.total_flops:,}", "", "")
+        widths = [max(len(line[i]) for line in [head, *body, total]) for i in range(len(head))]
+
+        def fmt(line):
+            cells = [line[0].ljust(widths[0]), line[1].ljust(widths[1])]
+            cells += [c.rjust(w) for c, w in zip(line[2:6], widths[2:6])]
+            return "  ".join(cells + [line[6]]).rstrip()
+
+        rule = "-" * len(fmt(head))
+        return "\n".join([fmt(head), rule, *map(fmt, body), rule, fmt(total)])
+
+
+def _flat(shape):
+    if shape and isinstance(shape[0], tuple):  # parallel: a tuple of shapes
+        return ["(" + ",".join(map(str, s)) + ")" for s in shape]
+    return list(shape)
+
+
+class _Field(NamedTuple):
+    size: tuple[int, int]  # receptive field, input pixels
+    jump: tuple[int, int]  # input pixels between neighbouring units
+
+
+def _param_count(layer, shape) -> int:
+    structs = jax.eval_shape(lambda k: layer.init(k, shape)[0], jax.random.key(0))
+    return sum(math.prod(s.shape) for s in jax.tree_util.tree_leaves(structs))
+
+
+def _leaf(layer, shape, name, field, input_hw):
+    info = layer.info
+    out = info.shape(shape)
+    kind, cfg = info.name, info.config
+    flops, note = math.prod(out), ""
+    if kind in ("Conv2D", "MaxPool2D", "AvgPool2D"):
+        window = cfg.get("kernel_size", cfg.get("window"))
+        dilation = cfg.get("dilation", (1, 1))
+        eff = tuple(_args.effective_window(k, d) for k, d in zip(window, dilation))
+        pads = _args.as_padding(cfg["padding"], kind, shape[:2], eff, cfg["stride"])
+        dropped = [_args.remainder(n, f, s, p) for n, f, s, p in
+                   zip(shape[:2], eff, cfg["stride"], pads)]
+        if any(dropped):
+            note = (f"window {eff[0]}x{eff[1]} stride {cfg['stride'][0]}x{cfg['stride'][1]} does "
+                    f"not tile {shape[0]}x{shape[1]} (+padding): drops {dropped[0]} row(s), "
+                    f"{dropped[1]} col(s)")
+        field = _Field(tuple(r + (f - 1) * j for r, f, j in zip(field.size, eff, field.jump)),
+                       tuple(j * s for j, s in zip(field.jump, cfg["stride"])))
+        taps = math.prod(window)
+        flops = 2 * math.prod(out) * taps * shape[2] // cfg["groups"] if kind == "Conv2D" \
+            else math.prod(out) * taps
+    elif kind in ("Dense", "Flatten"):
+        field = _Field(input_hw, field.jump)
+        flops = 2 * shape[0] * out[0] if kind == "Dense" else 0
+    elif kind == "Dropout":
+        flops = 0
+    activations = math.prod(out) if kind in _COUNTED else 0
+    row = Row(name, tuple(out), _param_count(layer, shape), activations, flops, field.size, note)
+    return out, field, [row]
+
+
+def _widest(fields):
+    return _Field(tuple(max(f.size[i] for f in fields) for i in range(2)),
+                  tuple(max(f.jump[i] for f in fields) for i in range(2)))
+
+
+def _walk(layer, shape, prefix, field, input_hw):
+    info = layer.info
+    if info.name == "serial":
+        rows = []
+        for i, child in enumerate(info.children):
+            shape, field, more = _walk(child, shape, f"{prefix}{i}.", field, input_hw)
+            rows += more
+        return shape, field, rows
+    if info.name == "parallel":
+        outs, fields, rows = [], [], []
+        for i, child in enumerate(info.children):
+            out, f, more = _walk(child, shape, f"{prefix}{i}.", field, input_hw)
+            outs.append(out), fields.append(f)
+            rows += more
+        return tuple(outs), _widest(fields), rows
+    if info.name == "residual":
+        out, f_block, rows = _walk(info.children[0], shape, f"{prefix}block.", field, input_hw)
+        fields = [f_block, field]
+        if len(info.children) > 1:
+            _, f_short, more = _walk(info.children[1], shape, f"{prefix}shortcut.", field,
+                                     input_hw)
+            fields[1] = f_short
+            rows += more
+        return out, _widest(fields), rows
+    return _leaf(layer, shape, f"{prefix.rstrip('.')} {info.name}".strip(), field, input_hw)
+
+
+def summary(layer, input_shape) -> Summary:
+    """The table of `layer` on one example of `input_shape`, from shapes alone.
+
+    Args:
+      layer: any `fcnn.layers.Layer`.
+      input_shape: per-example shape, e.g. `(224, 224, 3)`.
+
+    Returns:
+      `Summary(rows, total_params, total_activations, total_flops)`; `print()` it for the table.
+
+    Raises:
+      ValueError: the layer's own shape errors, naming its position.
+    """
+    input_shape = tuple(input_shape)
+    layer.info.shape(input_shape)  # position-naming errors before anything else
+    input_hw = tuple(input_shape[:2]) if len(input_shape) == 3 else (1, 1)
+    _, _, rows = _walk(layer, input_shape, "", _Field((1, 1), (1, 1)), input_hw)
+    rows = [Row("Input", input_shape, 0, math.prod(input_shape), 0, (1, 1), ""), *rows]
+    return Summary(rows, sum(r.params for r in rows), sum(r.activations for r in rows),
+                   sum(r.flops for r in rows))
