@@ -34,7 +34,9 @@ def _batched(fn, x, *args, **kwargs):
     return fn(x, *args, **kwargs)
 
 
-def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, algorithm=None):
+    """`algorithm` is accepted (and ignored) so layers can run on this module unchanged."""
+
     def f(x):
         y = lax.conv_general_dilated(
             x, w, _pair(stride), _pads(padding), rhs_dilation=_pair(dilation),

@@ -1,6 +1,34 @@
-"""Named networks built from fcnn's public API (each function returns a ``Layer``).
+"""Named networks built from fcnn's public API; each function returns a `fcnn.layers.Layer`.
 
-The seeds' networks (LeNet-5, AlexNet, VGG, a small ResNet) arrive with ``fcnn.layers``.
+Input shapes (per example): lenet5 28x28x1, cs231n_convnet and resnet 32x32x3, alexnet
+227x227x3, vgg 224x224x3. `INPUT_SHAPES` maps each name to it.
 """
 
-__all__: list[str] = []
+from models.alexnet import alexnet
+from models.cs231n import cs231n_convnet
+from models.lenet import lenet5
+from models.resnet import resnet
+from models.vgg import vgg11, vgg13, vgg16, vgg19
+
+INPUT_SHAPES = {
+    "lenet5": (28, 28, 1),
+    "cs231n_convnet": (32, 32, 3),
+    "resnet": (32, 32, 3),
+    "alexnet": (227, 227, 3),
+    "vgg11": (224, 224, 3),
+    "vgg13": (224, 224, 3),
+    "vgg16": (224, 224, 3),
+    "vgg19": (224, 224, 3),
+}
+
+__all__ = [
+    "INPUT_SHAPES",
+    "alexnet",
+    "cs231n_convnet",
+    "lenet5",
+    "resnet",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+]

@@ -35,6 +35,7 @@ CALLS = {
     "softmax_cross_entropy": lambda: ops.softmax_cross_entropy(z, y),
     "mse": lambda: ops.mse(z, z),
     "hinge": lambda: ops.hinge(z, y),
+    "local_response_norm": lambda: ops.local_response_norm(x),
 }
 
 

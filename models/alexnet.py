@@ -1,0 +1,29 @@
+"""AlexNet, the single-tower layout of seed 003 (227x227x3): 62,378,344 parameters."""
+
+from fcnn.layers import (
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    LocalResponseNorm,
+    MaxPool2D,
+    ReLU,
+    serial,
+)
+
+
+def alexnet(num_classes: int = 1000, dropout: float = 0.5):
+    """CONV1 96@11x11 s4 -> 55x55x96, NORM, POOL 3x3 s2 -> 27; CONV2 256@5x5 p2, NORM, POOL -> 13;
+    CONV3 384@3x3 p1; CONV4 384@3x3 p1; CONV5 256@3x3 p1; POOL -> 6x6x256; FC 4096, 4096 (with
+    dropout), num_classes."""
+    return serial(
+        Conv2D(96, 11, stride=4), ReLU(), LocalResponseNorm(), MaxPool2D(3, 2),
+        Conv2D(256, 5, padding=2), ReLU(), LocalResponseNorm(), MaxPool2D(3, 2),
+        Conv2D(384, 3, padding=1), ReLU(),
+        Conv2D(384, 3, padding=1), ReLU(),
+        Conv2D(256, 3, padding=1), ReLU(), MaxPool2D(3, 2),
+        Flatten(),
+        Dropout(dropout), Dense(4096), ReLU(),
+        Dropout(dropout), Dense(4096), ReLU(),
+        Dense(num_classes),
+    )
