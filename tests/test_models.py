@@ -88,9 +88,9 @@ def test_whole_model_gradients_match_autodiff(name, shape, kwargs, on_reference)
         return ops.softmax_cross_entropy(net.apply(params, x), y)
 
     ours = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
-    assert "custom_vjp_call" in str(jax.make_jaxpr(net.apply)(params, x))
+    assert "custom_vjp_call" in str(jax.make_jaxpr(lambda p, x: net.apply(p, x))(params, x))
     on_reference()
-    assert "custom_vjp_call" not in str(jax.make_jaxpr(net.apply)(params, x))
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda p, x: net.apply(p, x))(params, x))
     ref = jax.jit(jax.value_and_grad(lambda p, x: R.softmax_cross_entropy(net.apply(p, x), y),
                                      argnums=(0, 1)))(params, x)
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):

@@ -7,7 +7,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from fcnn import _args, init as initializers, ops
+from fcnn import _args, ops
+from fcnn import init as initializers
 from fcnn.layers._base import Layer, LayerError, as_shape, batched, image_shape, make
 
 
@@ -81,6 +82,7 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
 
 
 def _pool(name, op, window, stride, padding) -> Layer:
+    """`op` names the fcnn.ops function, looked up at apply time (so the oracle can stand in)."""
     window = _args.as_pair(window, name, "window")
     strides = window if stride is None else _args.as_pair(stride, name, "stride")
 
@@ -91,19 +93,19 @@ def _pool(name, op, window, stride, padding) -> Layer:
         return {}, shape(input_shape)
 
     def apply(params, x, *, key=None, train=False):
-        return op(x, window, strides, padding)
+        return getattr(ops, op)(x, window, strides, padding)
 
     return make(name, dict(window=window, stride=strides, padding=padding), shape, init, apply)
 
 
 def MaxPool2D(window, stride=None, padding=0) -> Layer:
     """Max pooling; `stride` defaults to `window`."""
-    return _pool("MaxPool2D", ops.max_pool2d, window, stride, padding)
+    return _pool("MaxPool2D", "max_pool2d", window, stride, padding)
 
 
 def AvgPool2D(window, stride=None, padding=0) -> Layer:
     """Average pooling (padded zeros count); `stride` defaults to `window`."""
-    return _pool("AvgPool2D", ops.avg_pool2d, window, stride, padding)
+    return _pool("AvgPool2D", "avg_pool2d", window, stride, padding)
 
 
 def Dense(out_features, use_bias=True, w_init=None, b_init=None) -> Layer:
@@ -134,7 +136,8 @@ def Dense(out_features, use_bias=True, w_init=None, b_init=None) -> Layer:
     return make(name, dict(out_features=out_features, use_bias=use_bias), shape, init, apply)
 
 
-def _elementwise(name, fn, **config) -> Layer:
+def _elementwise(name, op, **config) -> Layer:
+    """`op` names the fcnn.ops function, called with the config, looked up at apply time."""
     def shape(input_shape):
         return as_shape(name, input_shape)
 
@@ -142,33 +145,31 @@ def _elementwise(name, fn, **config) -> Layer:
         return {}, shape(input_shape)
 
     def apply(params, x, *, key=None, train=False):
-        return fn(x)
+        return getattr(ops, op)(x, **config)
 
     return make(name, config, shape, init, apply)
 
 
 def ReLU() -> Layer:
-    return _elementwise("ReLU", ops.relu)
+    return _elementwise("ReLU", "relu")
 
 
 def LeakyReLU(negative_slope=0.01) -> Layer:
-    return _elementwise("LeakyReLU", lambda x: ops.leaky_relu(x, negative_slope),
-                        negative_slope=negative_slope)
+    return _elementwise("LeakyReLU", "leaky_relu", negative_slope=negative_slope)
 
 
 def Tanh() -> Layer:
-    return _elementwise("Tanh", ops.tanh)
+    return _elementwise("Tanh", "tanh")
 
 
 def Sigmoid() -> Layer:
-    return _elementwise("Sigmoid", ops.sigmoid)
+    return _elementwise("Sigmoid", "sigmoid")
 
 
 def LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0) -> Layer:
     """AlexNet's NORM layer (`ops.local_response_norm`, alpha not divided by size)."""
     _positive_int("LocalResponseNorm", "size", size)
-    return _elementwise("LocalResponseNorm",
-                        lambda x: ops.local_response_norm(x, size, alpha, beta, k),
+    return _elementwise("LocalResponseNorm", "local_response_norm",
                         size=size, alpha=alpha, beta=beta, k=k)
 
 

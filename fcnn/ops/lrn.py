@@ -45,7 +45,8 @@ def _window_sum(v, before, after):
     """sum_{o=-before..after} v[..., c + o], zero beyond the edges."""
     c = v.shape[-1]
     padded = lax.pad(v, jnp.array(0, v.dtype), [(0, 0, 0)] * (v.ndim - 1) + [(before, after, 0)])
-    return sum(lax.slice_in_dim(padded, o, o + c, axis=v.ndim - 1) for o in range(before + after + 1))
+    axis = v.ndim - 1
+    return sum(lax.slice_in_dim(padded, o, o + c, axis=axis) for o in range(before + after + 1))
 
 
 def _bounds(size):
