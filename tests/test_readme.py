@@ -38,3 +38,16 @@ def test_bench_ops_writes_its_table(tmp_path):
     assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
     assert all(r["fcnn_ms"] > 0 and r["autodiff_ms"] > 0 and r["ratio"] > 0 for r in rows)
     assert out.read_text().count('"ratio"') == len(rows)
+
+
+def test_readme_python_examples_run():
+    """Every ```python block of the README, executed in order in one namespace."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 3
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["out_shape"] == (10,)
+    assert namespace["per_example"][0]["w"].shape == (8, 5, 5, 1, 6)
+    assert namespace["ensemble"][0]["w"].shape == (4, 5, 5, 1, 6)
