@@ -73,7 +73,8 @@ def test_classification_losses(name, n, k, batched, dtype):
 @given(n=st.integers(1, 6), k=st.integers(2, 7))
 def test_soft_label_cross_entropy(n, k):
     z = normal(0, (n, k))
-    t = jax.nn.softmax(normal(1, (n, k)))
+    e = np.exp(np.asarray(normal(1, (n, k))))
+    t = jnp.asarray(e / e.sum(axis=-1, keepdims=True))  # numpy: no compile per shape
     check_vjp(ops.softmax_cross_entropy, R.softmax_cross_entropy, z, t)
 
 
