@@ -14,7 +14,7 @@ import pytest
 
 from fcnn import data
 from fcnn.data import _download
-from fcnn.data._files import atomic_write
+from fcnn._files import atomic_write
 
 
 def test_embedded_mnist_is_the_published_data():

@@ -8,7 +8,7 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from fcnn.data._files import atomic_write, digest
+from fcnn._files import atomic_write, digest
 from fcnn.data._formats import DataError
 
 # Published MD5s (datasets/README.md; the dataset authors' pages).
