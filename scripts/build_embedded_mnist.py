@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fcnn.data import _formats  # noqa: E402
 from fcnn._files import atomic_write  # noqa: E402
+from fcnn.data import _formats  # noqa: E402
 
 SOURCES = {  # path under --source: SHA-256 (datasets/README.md)
     "mnist/t10k-images-idx3-ubyte.gz":

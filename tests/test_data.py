@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from fcnn import data
-from fcnn.data import _download
 from fcnn._files import atomic_write
+from fcnn.data import _download
 
 
 def test_embedded_mnist_is_the_published_data():
