@@ -21,7 +21,7 @@ def test_quickstart_is_two_commands_and_ci_runs_the_second_verbatim():
     assert len(commands) == 2, commands
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert commands[1] in ci, f"{commands[1]!r} is not a line of .ci/run"
-    assert "pytest" in commands[1] and "scripts/" in commands[0]
+    assert "pytest" in commands[1] and "scripts/train.py" in commands[0]
 
 
 def test_demo_runs_and_reports_agreement(capsys):

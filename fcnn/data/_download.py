@@ -37,7 +37,7 @@ def data_root(data_dir=None) -> Path:
 
 
 def fetch(url: str, path: Path, md5: str, timeout: float = 60.0) -> Path:
-    """Download `url` to `path` atomically, refusing it (nothing written) unless its MD5 is `md5`."""
+    """Download `url` to `path` atomically; refused (nothing written) unless its MD5 is `md5`."""
     h = hashlib.md5()
 
     def write(f):

@@ -71,7 +71,8 @@ def read_idx_pair(images_path, labels_path, num_classes: int = 10):
         raise DataError(f"{images_path} has {images.shape[0]} images but {labels_path} has "
                         f"{labels.shape[0]} labels.")
     if labels.size and labels.max() >= num_classes:
-        raise DataError(f"{labels_path}: label {int(labels.max())} is outside 0..{num_classes - 1}.")
+        top = int(labels.max())
+        raise DataError(f"{labels_path}: label {top} is outside 0..{num_classes - 1}.")
     return images[..., None], labels.astype(np.int32)
 
 
