@@ -89,8 +89,9 @@ def main(argv=None):
     epoch, step, history = 0, 0, []
     ckpt = args.checkpoint_dir / "checkpoint.npz" if args.checkpoint_dir else None
     if args.resume and ckpt.exists():
-        state, info = checkpoint.restore(ckpt, dict(params=params, opt_state=opt_state))
-        params, opt_state = state["params"], state["opt_state"]
+        state, info = checkpoint.restore(
+            ckpt, dict(params=params, opt_state=opt_state, key=run_key))
+        params, opt_state, run_key = state["params"], state["opt_state"], state["key"]
         epoch, step, history = info["epoch"], info["step"], info["metadata"]["history"]
         print(f"resumed from {ckpt} at epoch {epoch}, step {step}")
     print(f"{args.model} on {args.dataset}: {len(ds.train_labels):,} train / "
@@ -129,8 +130,8 @@ def main(argv=None):
               f"{test_loss:.4f}  test accuracy {100 * test_acc:.2f}%  "
               f"{len(ds.train_labels) / elapsed:,.0f} img/s", flush=True)
         if ckpt:
-            checkpoint.save(ckpt, dict(params=params, opt_state=opt_state), step=step,
-                            epoch=epoch, metadata=dict(history=history))
+            checkpoint.save(ckpt, dict(params=params, opt_state=opt_state, key=run_key),
+                            step=step, epoch=epoch, metadata=dict(history=history))
     wall = time.perf_counter() - start
     result = dict(
         model=args.model, dataset=args.dataset, epochs=history,
