@@ -24,20 +24,28 @@ def l2_penalty(params) -> jax.Array:
 
 def make_step(model: Layer, optimizer: optax.GradientTransformation,
               loss: Callable = ops.softmax_cross_entropy, weight_decay: float = 0.0,
-              max_shift: int = 0):
+              max_shift: int = 0, compute_dtype=None):
     """`step(params, opt_state, x, y, key) -> (params, opt_state, metrics)`, jitted and pure.
 
     `key` drives the model's dropout (pass a fresh one per step, e.g. `fold_in(key, step)`);
     `metrics` holds the batch's `loss` (without the L2 term) and `accuracy`.
     `weight_decay` adds `weight_decay * sum ||w||^2 / 2` to the objective; `max_shift > 0`
     translates each training image by up to that many pixels (`data.random_shift`).
+    `compute_dtype` (e.g. `jnp.bfloat16`) is mixed precision: the forward and backward run in
+    that dtype on a cast copy of the parameters, the loss is taken in float32, and the gradients
+    arrive (through the cast) in the float32 master parameters the optimizer updates.
     """
 
     def objective(params, x, y, key):
         if max_shift:
             key, shift_key = jax.random.split(key)
             x = data.random_shift(shift_key, x, max_shift)
-        logits = model.apply(params, x, key=key, train=True)
+        if compute_dtype is not None:
+            params_c = jax.tree_util.tree_map(lambda p: p.astype(compute_dtype), params)
+            logits = model.apply(params_c, x.astype(compute_dtype), key=key, train=True)
+            logits = logits.astype(jnp.float32)
+        else:
+            logits = model.apply(params, x, key=key, train=True)
         value = loss(logits, y)
         total = value + weight_decay * l2_penalty(params) if weight_decay else value
         return total, (value, logits)
@@ -55,12 +63,15 @@ def make_step(model: Layer, optimizer: optax.GradientTransformation,
 
 
 def make_evaluate(model: Layer, loss: Callable = ops.softmax_cross_entropy,
-                  batch_size: int = 1000):
+                  batch_size: int = 1000, compute_dtype=None):
     """`evaluate(params, images, labels) -> (mean loss, accuracy)` over uint8 NHWC images."""
 
     @jax.jit
     def batch_stats(params, x, y):
-        logits = model.apply(params, x)
+        if compute_dtype is not None:
+            params = jax.tree_util.tree_map(lambda p: p.astype(compute_dtype), params)
+            x = x.astype(compute_dtype)
+        logits = model.apply(params, x).astype(jnp.float32)
         return loss(logits, y) * y.shape[0], jnp.sum(jnp.argmax(logits, -1) == y)
 
     def evaluate(params, images, labels):

@@ -41,6 +41,8 @@ def parse(argv=None):
                    help="sgd = Nesterov momentum 0.9")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 on weights")
     p.add_argument("--max-shift", type=int, default=2, help="random translation (pixels)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="compute dtype; bfloat16 keeps float32 master parameters")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", type=Path, help="save a checkpoint after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
@@ -83,9 +85,10 @@ def main(argv=None):
     steps_per_epoch = math.ceil(len(ds.train_labels) / args.batch_size)
     opt = optimizer(args, args.epochs * steps_per_epoch)
     opt_state = opt.init(params)
+    compute = None if args.dtype == "float32" else jax.numpy.dtype(args.dtype)
     step_fn = train.make_step(model, opt, weight_decay=args.weight_decay,
-                              max_shift=args.max_shift)
-    evaluate = train.make_evaluate(model)
+                              max_shift=args.max_shift, compute_dtype=compute)
+    evaluate = train.make_evaluate(model, compute_dtype=compute)
     epoch, step, history = 0, 0, []
     ckpt = args.checkpoint_dir / "checkpoint.npz" if args.checkpoint_dir else None
     if args.resume and ckpt.exists():
