@@ -1,6 +1,7 @@
 """FGSM adversarial examples (Goodfellow et al. 2015; seed 001) on a trained LeNet-5.
 
-Trains LeNet-5 on the embedded MNIST (or restores --checkpoint from scripts/train.py), then
+Trains LeNet-5 on the embedded MNIST with scripts/train.py's recipe (or restores --checkpoint,
+a checkpoint.npz that scripts/train.py wrote for lenet5), then
 perturbs each test image by `eps * sign(d loss / d x)` — the input gradient comes through the
 hand-written dX rule of every conv — and reports accuracy per epsilon, with a PNG grid of
 originals, perturbations and adversarial images.
@@ -11,17 +12,18 @@ originals, perturbations and adversarial images.
 from __future__ import annotations
 
 import argparse
+import runpy
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
-from fcnn import checkpoint, data, ops, train  # noqa: E402
+from fcnn import checkpoint, data, ops  # noqa: E402
 
 
 def fgsm(model, params, x, y, eps):
@@ -31,25 +33,19 @@ def fgsm(model, params, x, y, eps):
 
 
 def trained_lenet(epochs, checkpoint_path=None):
+    """LeNet-5 params from a scripts/train.py checkpoint, or trained now by scripts/train.py
+    itself (the main job's recipe, `epochs` epochs) into a temporary checkpoint."""
+    train_script = runpy.run_path(str(Path(__file__).with_name("train.py")))
     model = models.lenet5()
-    if checkpoint_path:
-        template, _ = model.init(jax.random.key(0), (28, 28, 1))
-        opt_state = optax.sgd(0.1, momentum=0.9, nesterov=True).init(template)
-        state, _ = checkpoint.restore(checkpoint_path, dict(
-            params=template, opt_state=opt_state, key=jax.random.key(0)))
-        return model, state["params"]
-    ds = data.load()
     params, _ = model.init(jax.random.key(0), (28, 28, 1))
-    steps = epochs * -(-len(ds.train_labels) // 64)
-    opt = optax.sgd(optax.cosine_decay_schedule(0.05, steps), momentum=0.9, nesterov=True)
-    opt_state = opt.init(params)
-    step = train.make_step(model, opt, weight_decay=5e-4, max_shift=2)
-    n = 0
-    for epoch in range(epochs):
-        for x, y in data.batches(ds.train_images, ds.train_labels, 64, epoch=epoch):
-            params, opt_state, _ = step(params, opt_state, x, y, jax.random.key(n))
-            n += 1
-    return model, params
+    opt = train_script["optimizer"](train_script["parse"]([]), 1)
+    template = dict(params=params, opt_state=opt.init(params), key=jax.random.key(0))
+    if checkpoint_path is not None:
+        return model, checkpoint.restore(checkpoint_path, template)[0]["params"]
+    with tempfile.TemporaryDirectory(prefix="fgsm-") as tmp:
+        if train_script["main"](["--epochs", str(epochs), "--checkpoint-dir", tmp]):
+            raise SystemExit("fgsm: training LeNet-5 failed")
+        return model, checkpoint.restore(Path(tmp) / "checkpoint.npz", template)[0]["params"]
 
 
 def grid(model, params, ds, attack, predict, eps, path, n=8):
