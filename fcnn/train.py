@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import jax
@@ -88,8 +89,6 @@ def make_evaluate(model: Layer, loss: Callable = ops.softmax_cross_entropy,
 
 def params_sha256(params) -> str:
     """A fingerprint of the parameters' bytes (leaf order and dtypes included)."""
-    import hashlib
-
     h = hashlib.sha256()
     for leaf in jax.tree_util.tree_leaves(params):
         a = np.asarray(leaf)
