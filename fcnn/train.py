@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fcnn import data, ops
+from fcnn import data, ops, parallel
 from fcnn.layers import Layer
 
 
@@ -25,7 +25,7 @@ def l2_penalty(params) -> jax.Array:
 
 def make_step(model: Layer, optimizer: optax.GradientTransformation,
               loss: Callable = ops.softmax_cross_entropy, weight_decay: float = 0.0,
-              max_shift: int = 0, compute_dtype=None):
+              max_shift: int = 0, compute_dtype=None, mesh=None):
     """`step(params, opt_state, x, y, key) -> (params, opt_state, metrics)`, jitted and pure.
 
     `key` drives the model's dropout (pass a fresh one per step, e.g. `fold_in(key, step)`);
@@ -35,6 +35,9 @@ def make_step(model: Layer, optimizer: optax.GradientTransformation,
     `compute_dtype` (e.g. `jnp.bfloat16`) is mixed precision: the forward and backward run in
     that dtype on a cast copy of the parameters, the loss is taken in float32, and the gradients
     arrive (through the cast) in the float32 master parameters the optimizer updates.
+    `mesh` (from `fcnn.parallel.batch_mesh`) makes it data-parallel: pass replicated parameters
+    and optimizer state and batches split with `parallel.shard_batch`; every output comes back
+    replicated on the mesh, and XLA all-reduces the gradients.
     """
 
     def objective(params, x, y, key):
@@ -51,7 +54,6 @@ def make_step(model: Layer, optimizer: optax.GradientTransformation,
         total = value + weight_decay * l2_penalty(params) if weight_decay else value
         return total, (value, logits)
 
-    @jax.jit
     def step(params, opt_state, x, y, key):
         (_, (value, logits)), grads = jax.value_and_grad(objective, has_aux=True)(
             params, x, y, key)
@@ -60,12 +62,15 @@ def make_step(model: Layer, optimizer: optax.GradientTransformation,
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
         return params, opt_state, {"loss": value, "accuracy": accuracy}
 
-    return step
+    if mesh is None:
+        return jax.jit(step)
+    return jax.jit(step, out_shardings=parallel.replicated(mesh))
 
 
 def make_evaluate(model: Layer, loss: Callable = ops.softmax_cross_entropy,
-                  batch_size: int = 1000, compute_dtype=None):
-    """`evaluate(params, images, labels) -> (mean loss, accuracy)` over uint8 NHWC images."""
+                  batch_size: int = 1000, compute_dtype=None, mesh=None):
+    """`evaluate(params, images, labels) -> (mean loss, accuracy)` over uint8 NHWC images;
+    with `mesh`, each batch is split over its devices (parameters replicated, as for make_step)."""
 
     @jax.jit
     def batch_stats(params, x, y):
@@ -78,6 +83,8 @@ def make_evaluate(model: Layer, loss: Callable = ops.softmax_cross_entropy,
     def evaluate(params, images, labels):
         total_loss, correct = 0.0, 0
         for x, y in data.batches(images, labels, batch_size, shuffle=False):
+            if mesh is not None:
+                x, y = parallel.shard_batch(mesh, x, y)
             batch_loss, batch_correct = batch_stats(params, x, y)
             total_loss += float(batch_loss)
             correct += int(batch_correct)

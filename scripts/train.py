@@ -5,6 +5,7 @@ official 10,000 MNIST test images, offline, in well under a minute on 2 CPU core
 
     python scripts/train.py [--model lenet5] [--dataset mnist_embedded] [--epochs 30]
         [--checkpoint-dir ckpt [--resume]] [--metrics metrics.json] [--plot curves.png]
+        [--devices N]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
-from fcnn import checkpoint, data, train  # noqa: E402
+from fcnn import checkpoint, data, parallel, train  # noqa: E402
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -43,6 +44,15 @@ def parse(argv=None):
     p.add_argument("--max-shift", type=int, default=2, help="random translation (pixels)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="compute dtype; bfloat16 keeps float32 master parameters")
+    p.add_argument("--devices", type=int,
+                   help="data-parallel over the first N of jax.devices(), the batch split N "
+                        "ways (default: 1; with --distributed: every device of every process)")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-process: jax.distributed.initialize() first (auto-detected on "
+                        "SLURM, MPI and TPU pods; else give the three flags below)")
+    p.add_argument("--coordinator", help="host:port of process 0 (with --distributed)")
+    p.add_argument("--num-processes", type=int, help="(with --distributed)")
+    p.add_argument("--process-id", type=int, help="(with --distributed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", type=Path, help="save a checkpoint after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
@@ -51,9 +61,13 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.resume and not args.checkpoint_dir:
         p.error("--resume needs --checkpoint-dir")
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
+    for name in ("epochs", "batch_size", "devices"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    given = [f for f in ("coordinator", "num_processes", "process_id") if getattr(args, f)
+             is not None]
+    if given and not args.distributed:
+        p.error(f"--{given[0].replace('_', '-')} needs --distributed")
     return args
 
 
@@ -76,6 +90,21 @@ def progress(total, desc):
 def main(argv=None):
     args = parse(argv)
     start = time.perf_counter()
+    if args.distributed:
+        # CPU processes exchange gradients through gloo; GPUs and TPUs use their own fabric.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    lead = jax.process_index() == 0
+    say = print if lead else (lambda *a, **k: None)
+    n_devices = args.devices or (jax.device_count() if args.distributed else 1)
+    if args.distributed and n_devices != jax.device_count():
+        print(f"train.py: --distributed trains on all {jax.device_count()} devices of the "
+              f"{jax.process_count()} processes; got --devices {n_devices}", file=sys.stderr)
+        return 2
+    if args.batch_size % n_devices:
+        print(f"train.py: --batch-size {args.batch_size} does not split evenly over "
+              f"{n_devices} devices", file=sys.stderr)
+        return 2
     ds = data.load(args.dataset, args.data_dir, args.download)
     shape = ds.train_images.shape[1:]
     model = getattr(models, args.model)(num_classes=10)
@@ -86,9 +115,14 @@ def main(argv=None):
     opt = optimizer(args, args.epochs * steps_per_epoch)
     opt_state = opt.init(params)
     compute = None if args.dtype == "float32" else jax.numpy.dtype(args.dtype)
+    try:
+        mesh = parallel.batch_mesh(n_devices) if n_devices > 1 else None
+    except ValueError as e:
+        print(f"train.py: --devices {n_devices}: {e}", file=sys.stderr)
+        return 2
     step_fn = train.make_step(model, opt, weight_decay=args.weight_decay,
-                              max_shift=args.max_shift, compute_dtype=compute)
-    evaluate = train.make_evaluate(model, compute_dtype=compute)
+                              max_shift=args.max_shift, compute_dtype=compute, mesh=mesh)
+    evaluate = train.make_evaluate(model, compute_dtype=compute, mesh=mesh)
     epoch, step, history = 0, 0, []
     ckpt = args.checkpoint_dir / "checkpoint.npz" if args.checkpoint_dir else None
     if args.resume and ckpt.exists():
@@ -96,15 +130,21 @@ def main(argv=None):
             ckpt, dict(params=params, opt_state=opt_state, key=run_key))
         params, opt_state, run_key = state["params"], state["opt_state"], state["key"]
         epoch, step, history = info["epoch"], info["step"], info["metadata"]["history"]
-        print(f"resumed from {ckpt} at epoch {epoch}, step {step}")
-    print(f"{args.model} on {args.dataset}: {len(ds.train_labels):,} train / "
+        say(f"resumed from {ckpt} at epoch {epoch}, step {step}")
+    if mesh is not None:
+        params, opt_state = parallel.replicate(mesh, (params, opt_state))
+        say(f"data-parallel over {n_devices} devices in {jax.process_count()} process(es): "
+            f"{args.batch_size // n_devices} images per device per step")
+    say(f"{args.model} on {args.dataset}: {len(ds.train_labels):,} train / "
           f"{len(ds.test_labels):,} test images, {args.epochs} epochs of {steps_per_epoch} steps")
     train_seconds, seen = 0.0, 0
     while epoch < args.epochs:
-        bar = progress(len(ds.train_labels), f"epoch {epoch + 1}/{args.epochs}")
+        bar = lead and progress(len(ds.train_labels), f"epoch {epoch + 1}/{args.epochs}")
         t0, losses = time.perf_counter(), []
         for x, y in data.batches(ds.train_images, ds.train_labels, args.batch_size,
                                  seed=args.seed, epoch=epoch):
+            if mesh is not None:
+                x, y = parallel.shard_batch(mesh, x, y)
             params_next, opt_state_next, m = step_fn(params, opt_state, x, y,
                                                      jax.random.fold_in(run_key, step))
             loss = float(m["loss"])
@@ -129,10 +169,10 @@ def main(argv=None):
         epoch += 1
         history.append(dict(epoch=epoch, train_loss=float(np.mean(losses)), test_loss=test_loss,
                             test_accuracy=test_acc))
-        print(f"epoch {epoch:3d}  train loss {history[-1]['train_loss']:.4f}  test loss "
+        say(f"epoch {epoch:3d}  train loss {history[-1]['train_loss']:.4f}  test loss "
               f"{test_loss:.4f}  test accuracy {100 * test_acc:.2f}%  "
               f"{len(ds.train_labels) / elapsed:,.0f} img/s", flush=True)
-        if ckpt:
+        if ckpt and lead:
             checkpoint.save(ckpt, dict(params=params, opt_state=opt_state, key=run_key),
                             step=step, epoch=epoch, metadata=dict(history=history))
     wall = time.perf_counter() - start
@@ -142,12 +182,12 @@ def main(argv=None):
         images_per_second=seen / train_seconds if train_seconds else None,
         wall_seconds=wall, params_sha256=train.params_sha256(params),
     )
-    print(f"test accuracy {100 * result['test_accuracy']:.2f}% in {wall:.1f} s "
+    say(f"test accuracy {100 * result['test_accuracy']:.2f}% in {wall:.1f} s "
           f"(params sha256 {result['params_sha256'][:16]})")
-    if args.metrics:
+    if args.metrics and lead:
         args.metrics.parent.mkdir(parents=True, exist_ok=True)
         args.metrics.write_text(json.dumps(result, indent=1))
-    if args.plot:
+    if args.plot and lead:
         plot(history, args.plot, f"{args.model} on {args.dataset}")
     return 0
 
