@@ -51,7 +51,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
       stride, dilation: int or pair, >= 1.
       padding: int, pair `(ph, pw)`, `((top, bottom), (left, right))`, "SAME" or "VALID".
       groups: feature groups; `groups == C_in` with `C_out = k * C_in` is depthwise.
-      algorithm: "auto" (default: chosen per shape), "xla", "phase" or "im2col": how the
+      algorithm: "auto" (default: chosen per shape), "xla", "phase", "im2col" or "taps": how the
         forward, dX and dK are computed (see fcnn.ops._conv_algorithms). Same maths, same rule.
 
     Returns:
