@@ -31,7 +31,7 @@ def image(op: str, name: str, a) -> tuple[jnp.ndarray, bool]:
     )
 
 
-def same_dtype(op: str, *arrays) -> list[jnp.ndarray]:
+def same_dtype(*arrays) -> list[jnp.ndarray]:
     """Promote floating arrays to their common dtype (jnp rules)."""
     dtype = jnp.result_type(*arrays)
     return [a.astype(dtype) for a in arrays]

@@ -66,7 +66,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
     x, batched = _checks.image(op, "x", x)
     w = _kernel(op, w)
     cfg = _config(op, x.shape, w.shape, stride, padding, dilation, groups, algorithm)
-    x, w = _checks.same_dtype(op, x, w)
+    x, w = _checks.same_dtype(x, w)
     y = _conv(x, w, cfg)
     if b is not None:
         b = check_bias(op, _checks.floating(op, "b", b), w.shape[3])
@@ -94,7 +94,7 @@ def conv2d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, gro
     x_shape = shape if batched else (g.shape[0], *shape)
     cfg = _config(op, x_shape, w.shape, stride, padding, dilation, groups, algorithm)
     _check_g(op, g.shape, _out_shape(x_shape, w.shape, cfg))
-    g, w = _checks.same_dtype(op, g, w)
+    g, w = _checks.same_dtype(g, w)
     dx = _conv_dx(g, w, x_shape[1:3], cfg)
     return dx if batched else dx[0]
 
@@ -123,7 +123,7 @@ def conv2d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, g
     k_shape = _shape_arg(op, "kernel_shape", kernel_shape, 4)
     cfg = _config(op, x.shape, k_shape, stride, padding, dilation, groups, algorithm)
     _check_g(op, g.shape, _out_shape(x.shape, k_shape, cfg))
-    x, g = _checks.same_dtype(op, x, g)
+    x, g = _checks.same_dtype(x, g)
     return _conv_dk(x, g, k_shape[:2], cfg)
 
 

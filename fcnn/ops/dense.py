@@ -35,7 +35,7 @@ def dense(x, w, b=None):
             f"dense: `x` has {x.shape[-1] if x.ndim else 'no'} features (shape {tuple(x.shape)}) "
             f"but `w` expects {w.shape[0]} (w.shape[0]). Flatten the input first if it is an image."
         )
-    x, w = _checks.same_dtype(op, x, w)
+    x, w = _checks.same_dtype(x, w)
     y = _matmul(x, w)
     if b is not None:
         b = check_bias(op, _checks.floating(op, "b", b), w.shape[1])

@@ -40,7 +40,7 @@ def softmax_cross_entropy(logits, labels):
                 f"{op}: probability `labels` must have the shape of `logits` "
                 f"{tuple(logits.shape)}, got {tuple(labels.shape)}."
             )
-        logits, labels = _checks.same_dtype(op, logits, labels)
+        logits, labels = _checks.same_dtype(logits, labels)
         return _xent_soft(logits, labels)
     raise TypeError(f"{op}: `labels` must be integer or floating, got dtype {labels.dtype}.")
 
@@ -58,7 +58,7 @@ def mse(pred, target):
             f"mse: `pred` and `target` must have the same shape, got {tuple(pred.shape)} and "
             f"{tuple(target.shape)}."
         )
-    return _mse(*_checks.same_dtype("mse", pred, target))
+    return _mse(*_checks.same_dtype(pred, target))
 
 
 def hinge(scores, labels, margin=1.0):
