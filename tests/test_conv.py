@@ -216,13 +216,14 @@ def test_depthwise_kernel_as_large_as_input():
     "x_shape,w_shape,kw,expected",
     [
         ((2, 12, 12, 1), (5, 5, 1, 6), dict(padding=2), ("taps", "im2col", "xla")),
-        ((2, 9, 9, 6), (5, 5, 6, 16), dict(stride=2), ("xla", "xla", "xla")),
+        ((2, 9, 9, 6), (5, 5, 6, 16), dict(stride=2), ("xla", "im2col", "xla")),
+        ((2, 9, 9, 12), (3, 3, 12, 8), dict(padding=1), ("xla", "xla", "xla")),
         ((2, 8, 8, 3), (3, 3, 3, 32), dict(padding=1), ("taps", "im2col", "im2col")),
         ((2, 8, 8, 16), (3, 3, 16, 16), dict(stride=2, padding=1), ("phase", "phase", "xla")),
         ((2, 7, 7, 32), (3, 3, 16, 32), dict(padding="SAME", groups=2),
          ("phase", "phase", "xla")),
         ((2, 7, 6, 7), (3, 2, 7, 5), dict(stride=(2, 1), padding=((1, 0), (0, 1))),
-         ("xla", "xla", "xla")),
+         ("xla", "im2col", "xla")),
     ],
 )
 def test_auto_choice_on_network_shapes(x_shape, w_shape, kw, expected):

@@ -48,12 +48,13 @@ def choose(w_shape, groups) -> tuple[str, str, str]:
     """The algorithms "auto" picks for (forward, dX, dK). Measured per map on a 2-core AVX-512
     CPU (jaxlib 0.10; scripts/bench_ops.py and the table in the README):
 
-    - one input channel (a grey image): taps forward (12x XLA's), col2im dX (2.5-3x), XLA's dK;
+    - one input channel (a grey image): taps forward (12x XLA's), col2im dX (7x), XLA's dK;
     - 2-4 input channels (RGB): taps forward (4.6x), im2col dX and dK (2x; XLA's CPU conv is
       memory-bound with 3 channels);
     - 16+ channels in and out: phase forward and dX (multi-threaded, no zero multiplies),
       XLA's dK;
-    - otherwise (e.g. LeNet's 6 -> 16): XLA's convolutions; nothing else measured faster.
+    - 5-8 input channels (e.g. LeNet's 6 -> 16): XLA's forward and dK, col2im dX (2x);
+    - otherwise: XLA's convolutions.
     """
     kh, kw, cig, cout = w_shape
     if groups == 1 and cig == 1:
@@ -62,6 +63,8 @@ def choose(w_shape, groups) -> tuple[str, str, str]:
         return ("taps", "im2col", "im2col")
     if min(cig, cout // groups) >= 16:
         return ("phase", "phase", "xla")
+    if groups == 1 and cig <= 8:
+        return ("xla", "im2col", "xla")
     return ("xla", "xla", "xla")
 
 
@@ -199,11 +202,21 @@ def grad_input(g, w, in_hw, cfg):
 def _grad_input_col2im(g, w, in_hw, cfg):
     kh, kw, cig, cout = w.shape
     n, ho, wo, _ = g.shape
-    gm = g.reshape(-1, cfg.groups, cout // cfg.groups)
-    wm = w.reshape(kh * kw, cig, cfg.groups, cout // cfg.groups)
-    cols = jnp.einsum("mgo,tcgo->mtgc", gm, wm).reshape(n, ho, wo, kh * kw, cfg.groups * cig)
+    gm = g.reshape(n, ho, wo, cfg.groups, cout // cfg.groups)
+    wm = w.reshape(kh, kw, cig, cfg.groups, cout // cfg.groups)
+    # (N, Ho, Wo, kh, kw, C_in): every tap's contribution, before it is written back
+    cols = jnp.einsum("nhwgo,abcgo->nhwabgc", gm, wm).reshape(n, ho, wo, kh, kw, cfg.groups * cig)
+    if cfg.stride == (1, 1):
+        # stride 1: each tap's block is a plain window of dX; accumulate in place (one buffer)
+        (pt, pb), (pl, pr) = cfg.padding
+        dh, dw = cfg.dilation
+        acc = jnp.zeros((n, in_hw[0] + pt + pb, in_hw[1] + pl + pr, cfg.groups * cig), g.dtype)
+        for a in range(kh):
+            for b in range(kw):
+                acc = acc.at[:, a * dh: a * dh + ho, b * dw: b * dw + wo].add(cols[:, :, :, a, b])
+        return acc[:, pt: pt + in_hw[0], pl: pl + in_hw[1]]
     return sum(
-        _taps.write(cols[:, :, :, a * kw + b], a, b, in_hw, cfg.padding, cfg.stride, cfg.dilation)
+        _taps.write(cols[:, :, :, a, b], a, b, in_hw, cfg.padding, cfg.stride, cfg.dilation)
         for a in range(kh) for b in range(kw)
     )
 
