@@ -17,7 +17,11 @@ compiled step's memory (arguments + outputs + XLA's temporary buffers, from memo
 Then per-example gradients/s (vmap of grad over a batch of 128; torch.func when installed).
 
     python scripts/bench_train.py [--repeats 15] [--models lenet5,cs231n_convnet]
-        [--variants fcnn,reference,stax,flax,torch,torch_cl] [--json bench_train.json]
+        [--variants fcnn,reference,stax,flax,torch,torch_cl] [--breakdown] [--json out.json]
+
+`--breakdown` adds where the time goes: every conv layer's forward, dX and dK (and each pool's
+and dense layer's forward and forward+backward) timed alone, fcnn's rule against autodiff of the
+fcnn.reference op on the same arrays.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import models  # noqa: E402
 from fcnn import ops, summary  # noqa: E402
 from fcnn import reference as R  # noqa: E402
 from fcnn.layers import core  # noqa: E402
+from fcnn.ops import _conv_algorithms as algo  # noqa: E402
 
 SHAPES = {"lenet5": (28, 28, 1), "cs231n_convnet": (32, 32, 3)}
 VARIANTS = ("fcnn", "reference", "stax", "flax", "torch", "torch_cl")
@@ -332,6 +337,91 @@ def _torch_per_example(name, shape, x, y):
     return run
 
 
+# --------------------------------------------------------------------------- breakdown
+class _Timed(Runner):
+    """A jitted function on fixed arguments, timed like a train step."""
+
+    def __init__(self, variant, fn, args):
+        self.variant, self.memory = variant, None
+        compiled = jax.jit(fn).lower(*args).compile()
+
+        def run(n):
+            for _ in range(n):
+                out = compiled(*args)
+            jax.block_until_ready(out)
+
+        self._run = run
+
+
+def _layer_maps(info, shape, batch, rng):
+    """(label, algorithm, {map: (fcnn fn, autodiff fn, args)}) for one layer, or None."""
+    c = info.config
+    r = lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32)  # noqa: E731
+    x, out = r((batch, *shape)), info.shape(shape)
+    g = r((batch, *out))
+    if info.name == "Conv2D":
+        kw = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"],
+                  groups=c["groups"])
+        w = r((*c["kernel_size"], shape[2] // c["groups"], c["out_channels"]))
+        chosen = "/".join(algo.choose(w.shape, c["groups"]))
+        maps = {
+            "fwd": (lambda x, w: ops.conv2d(x, w, **kw), lambda x, w: R.conv2d(x, w, **kw),
+                    (x, w)),
+            "dX": (lambda g, w: ops.conv2d_grad_input(g, w, x.shape, **kw),
+                   lambda g, w: jax.vjp(lambda x: R.conv2d(x, w, **kw), x)[1](g)[0], (g, w)),
+            "dK": (lambda x, g: ops.conv2d_grad_kernel(x, g, w.shape, **kw),
+                   lambda x, g: jax.vjp(lambda w: R.conv2d(x, w, **kw), w)[1](g)[0], (x, g)),
+        }
+        return chosen, maps
+    pools = {"MaxPool2D": "max_pool2d", "AvgPool2D": "avg_pool2d"}
+    if info.name in pools:
+        kw = dict(window=c["window"], stride=c["stride"], padding=c["padding"])
+        mine, theirs = getattr(ops, pools[info.name]), getattr(R, pools[info.name])
+
+        def fb(op):
+            return lambda x, g: jax.vjp(lambda x: op(x, **kw), x)[1](g)[0]
+
+        return "", {"fwd": (lambda x: mine(x, **kw), lambda x: theirs(x, **kw), (x,)),
+                    "fwd+bwd": (fb(mine), fb(theirs), (x, g))}
+    if info.name == "Dense":
+        x = r((batch, shape[0]))
+        w = r((shape[0], c["out_features"]))
+
+        def fb(op):
+            return lambda x, w, g: jax.vjp(op, x, w)[1](g)
+
+        return "", {"fwd": (ops.dense, R.dense, (x, w)),
+                    "fwd+bwd": (fb(ops.dense), fb(R.dense), (x, w, g))}
+    return None
+
+
+def breakdown(name, batch, repeats):
+    """Per layer and per map: fcnn's rule against autodiff of the reference op, in isolation."""
+    shape, rng, rows = SHAPES[name], np.random.default_rng(2), []
+    for i, child in enumerate(getattr(models, name)(num_classes=10).init.info.children):
+        info = child.init.info
+        found = _layer_maps(info, shape, batch, rng)
+        if found is not None:
+            chosen, maps = found
+            for label, (mine, theirs, args) in maps.items():
+                t = interleaved([_Timed("fcnn", mine, args), _Timed("autodiff", theirs, args)],
+                                repeats, target=0.05)
+                rows.append(dict(model=name, layer=f"{i} {info.name}",
+                                 shape="x".join(map(str, shape)), algorithm=chosen, map=label,
+                                 fcnn_ms=1e3 * t["fcnn"], autodiff_ms=1e3 * t["autodiff"],
+                                 ratio=t["autodiff"] / t["fcnn"]))
+        shape = info.shape(shape)
+    return rows
+
+
+BREAKDOWN_COLS = [
+    ("model", lambda r: r["model"]), ("layer", lambda r: r["layer"]),
+    ("input", lambda r: r["shape"]), ("auto (fwd/dX/dK)", lambda r: r["algorithm"]),
+    ("map", lambda r: r["map"]), ("fcnn ms", lambda r: f"{r['fcnn_ms']:.2f}"),
+    ("autodiff ms", lambda r: f"{r['autodiff_ms']:.2f}"), ("x", lambda r: f"{r['ratio']:.2f}"),
+]
+
+
 # --------------------------------------------------------------------------- main
 def available(variant):
     import importlib.util
@@ -416,6 +506,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--per-example", default="lenet5",
                    help="models for the per-example-gradient table ('' for none)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time every layer's maps (forward, dX, dK; pools, dense) alone")
     p.add_argument("--json", type=Path, help="write the rows and the machine here")
     args = p.parse_args(argv)
     names = [m for m in args.models.split(",") if m]
@@ -446,10 +538,18 @@ def main(argv=None):
     if pex:
         print(f"\nper-example gradients (vmap of grad), batch {args.batch}:")
         print(_table(pex, PEX_COLS))
+    layers = []
+    if args.breakdown:
+        for name in names:
+            layers += breakdown(name, args.batch, args.repeats)
+        print(f"\nper layer, batch {args.batch}: fcnn's rules vs autodiff of fcnn.reference "
+              "(x = autodiff / fcnn):")
+        print(_table(layers, BREAKDOWN_COLS))
     if args.json:
         args.json.write_text(json.dumps(dict(
             jax=jax.__version__, cores=os.cpu_count(), xla_flags=os.environ.get("XLA_FLAGS"),
-            matmul_peak_gflops=peak, train_step=steps, per_example=pex), indent=1))
+            matmul_peak_gflops=peak, train_step=steps, per_example=pex, layers=layers),
+            indent=1))
     return 0
 
 

@@ -54,7 +54,7 @@ def test_reference_variant_traces_no_custom_rule():
 def test_short_run_writes_rows(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bt.main(["--models", "lenet5", "--variants", "fcnn,reference,stax", "--batch", "8",
-                    "--repeats", "1", "--json", str(out)]) == 0
+                    "--repeats", "1", "--breakdown", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     rows = {r["variant"]: r for r in result["train_step"]}
     assert set(rows) == {"fcnn", "reference", "stax"}
@@ -62,6 +62,12 @@ def test_short_run_writes_rows(tmp_path, capsys):
         assert r["images_per_s"] > 0 and r["memory_mb"] > 0
     assert rows["fcnn"]["vs_stax"] == pytest.approx(rows["stax"]["ms"] / rows["fcnn"]["ms"])
     assert {r["variant"] for r in result["per_example"]} == {"fcnn", "reference", "stax"}
+    # the breakdown names every conv map with the algorithm "auto" chose for it
+    convs = [r for r in result["layers"] if r["layer"].endswith("Conv2D")]
+    assert [(r["layer"], r["map"]) for r in convs] == [
+        (f"{i} Conv2D", m) for i in (0, 3) for m in ("fwd", "dX", "dK")]
+    assert convs[0]["algorithm"] == "taps/im2col/xla" and convs[0]["shape"] == "28x28x1"
+    assert {r["map"] for r in result["layers"] if "Pool" in r["layer"]} == {"fwd", "fwd+bwd"}
     assert "x reference" in capsys.readouterr().out
 
 
