@@ -24,7 +24,9 @@ suite runs its whole sweep once per algorithm. ``cfg.algorithm`` is already reso
   small input from cache and writing y once (no patch matrix, no GEMM). dX is the adjoint:
   ``g @ w[a,b]^T`` written back per tap (as col2im); dK one contraction per tap,
   ``x_tap(a,b)^T g``. For 1-4 input channels the forward is 4-12x faster than XLA's
-  convolution or im2col on this CPU; beyond that the GEMM formulations win.
+  convolution or im2col on this CPU; beyond that the GEMM formulations win. With more than
+  ``TAPS_BROADCAST_MAX`` input channels each tap is one small GEMM instead (the program stays
+  ``kh*kw`` terms long whatever ``C_in``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 # channels ride in the lhs batch slot and come out as the kernel's I axis.
 DK = ("CHWN", "IHWO", "HWNC")
 ALGORITHMS = ("xla", "phase", "im2col", "taps")
+# taps: input channels up to this are broadcast multiply-adds; beyond, one GEMM per tap
+TAPS_BROADCAST_MAX = 8
 
 
 def choose(w_shape, groups) -> tuple[str, str, str]:
@@ -164,15 +168,18 @@ def _forward_taps(x, w, cfg):
     n, h, wd, _ = x.shape
     out_hw = _out_hw((h, wd), (kh, kw), cfg)
     xp = _taps.pad(x, cfg.padding)
-    groups = cfg.groups
+    groups, cog = cfg.groups, cout // cfg.groups
     y = None
     for a in range(kh):
         for b in range(kw):
             tap = _taps.read(xp, a, b, out_hw, cfg.stride, cfg.dilation)  # (N, Ho, Wo, C_in)
-            for c in range(cig):
-                # input channel c of every group times that group's output filters
-                xc = lax.slice_in_dim(tap, c, tap.shape[3], cig, axis=3)  # (N, Ho, Wo, G)
-                term = xc[..., None] * w[a, b, c].reshape(1, 1, 1, groups, cout // groups)
+            if cig > TAPS_BROADCAST_MAX:  # one small GEMM per tap keeps the program short
+                terms = [jnp.einsum("nhwgc,gco->nhwgo", tap.reshape(n, *out_hw, groups, cig),
+                                    w[a, b].reshape(cig, groups, cog).transpose(1, 0, 2))]
+            else:  # input channel c of every group times that group's output filters
+                terms = [lax.slice_in_dim(tap, c, tap.shape[3], cig, axis=3)[..., None]
+                         * w[a, b, c].reshape(1, 1, 1, groups, cog) for c in range(cig)]
+            for term in terms:
                 y = term if y is None else y + term
     return y.reshape(n, *out_hw, cout)
 
