@@ -363,7 +363,7 @@ def _layer_maps(info, shape, batch, rng):
         kw = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"],
                   groups=c["groups"])
         w = r((*c["kernel_size"], shape[2] // c["groups"], c["out_channels"]))
-        chosen = "/".join(algo.choose(w.shape, c["groups"]))
+        chosen = "/".join(algo.choose(w.shape, c["groups"], shape[:2]))
         maps = {
             "fwd": (lambda x, w: ops.conv2d(x, w, **kw), lambda x, w: R.conv2d(x, w, **kw),
                     (x, w)),

@@ -219,9 +219,9 @@ def test_depthwise_kernel_as_large_as_input():
         ((2, 9, 9, 6), (5, 5, 6, 16), dict(stride=2), ("xla", "im2col", "xla")),
         ((2, 9, 9, 12), (3, 3, 12, 8), dict(padding=1), ("xla", "xla", "xla")),
         ((2, 8, 8, 3), (3, 3, 3, 32), dict(padding=1), ("taps", "im2col", "im2col")),
-        ((2, 8, 8, 16), (3, 3, 16, 16), dict(stride=2, padding=1), ("phase", "phase", "xla")),
+        ((2, 8, 8, 16), (3, 3, 16, 16), dict(stride=2, padding=1), ("phase", "phase", "im2col")),
         ((2, 7, 7, 32), (3, 3, 16, 32), dict(padding="SAME", groups=2),
-         ("phase", "phase", "xla")),
+         ("phase", "phase", "im2col")),
         ((2, 7, 6, 7), (3, 2, 7, 5), dict(stride=(2, 1), padding=((1, 0), (0, 1))),
          ("xla", "im2col", "xla")),
     ],
@@ -230,10 +230,41 @@ def test_auto_choice_on_network_shapes(x_shape, w_shape, kw, expected):
     """What "auto" picks on LeNet/CIFAR-like layers, and that it is right there (f64 and f32)."""
     from fcnn.ops._conv_algorithms import choose
 
-    assert choose(w_shape, kw.get("groups", 1)) == expected
+    assert choose(w_shape, kw.get("groups", 1), x_shape[1:3]) == expected
     for dtype in (jnp.float64, jnp.float32):
         x, w = normal(0, x_shape, dtype), normal(1, w_shape, dtype)
         check_vjp(lambda x, w: ops.conv2d(x, w, **kw), lambda x, w: R.conv2d(x, w, **kw), x, w)
+
+
+def test_auto_keeps_xla_dk_when_one_images_patches_outgrow_the_cache():
+    from fcnn.ops._conv_algorithms import IM2COL_CHUNK_BYTES, choose
+
+    assert choose((3, 3, 64, 64), 1, (32, 32)) == ("phase", "phase", "im2col")  # 2.4 MB
+    assert 224 * 224 * 9 * 64 * 4 > 2 * IM2COL_CHUNK_BYTES
+    assert choose((3, 3, 64, 64), 1, (224, 224)) == ("phase", "phase", "xla")  # VGG block 1
+
+
+def test_im2col_dk_chunks_the_batch_and_pads_the_last_chunk():
+    """Small chunk size: 5 images in chunks of 2 (the last padded with a zero image)."""
+    from fcnn.ops import _conv_algorithms as algo
+
+    x, g = normal(0, (5, 6, 6, 3), jnp.float64), normal(1, (5, 6, 6, 4), jnp.float64)
+    want = R.conv2d_grad_kernel(x, g, (3, 3, 3, 4), padding=1)
+    per_image = 6 * 6 * 9 * 3 * 8
+    saved = algo.IM2COL_CHUNK_BYTES
+    try:
+        algo.IM2COL_CHUNK_BYTES = 2 * per_image
+        def dk(x, g):
+            return ops.conv2d_grad_kernel(x, g, (3, 3, 3, 4), padding=1, algorithm="im2col")
+
+        got = dk(x, g)
+        jaxpr = str(jax.make_jaxpr(dk)(x, g))
+        batched = jax.vmap(dk)(jnp.stack([x, 2 * x]), jnp.stack([g, g]))  # vmap of the scan
+    finally:
+        algo.IM2COL_CHUNK_BYTES = saved
+    assert "scan" in jaxpr and "length=3" in jaxpr
+    assert_close(got, want, "chunked im2col dK", rtol=1e-12, atol=1e-12)
+    assert_close(batched[1], 2 * want, "vmapped chunked dK", rtol=1e-12, atol=1e-12)
 
 
 @algorithms

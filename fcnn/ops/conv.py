@@ -170,7 +170,8 @@ def _config(op, x_shape, w_shape, stride, padding, dilation, groups, algorithm) 
     windows = (_args.effective_window(kh, dilation[0]), _args.effective_window(kw, dilation[1]))
     pads = _args.as_padding(padding, op, x_shape[1:3], windows, stride)
     _args.check_fits(op, x_shape[1:3], windows, pads, "kernel")
-    chosen = algo.choose(w_shape, groups) if algorithm == "auto" else (algorithm,) * 3
+    chosen = (algo.choose(w_shape, groups, x_shape[1:3]) if algorithm == "auto"
+              else (algorithm,) * 3)
     return ConvConfig(stride, pads, dilation, groups, chosen)
 
 
