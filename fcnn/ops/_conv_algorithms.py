@@ -17,7 +17,7 @@ suite runs its whole sweep once per algorithm. ``cfg.algorithm`` is already reso
   2 cores for 32-64 channels (scripts/bench_ops.py). Other platforms run the plain convolution.
 - ``im2col``: patches of the padded input (one strided slice per tap, concatenated) times the
   kernel as a matrix. Forward ``P @ W``, dK ``P^T @ G``, dX ``col2im(G @ W^T)``: every tap's
-  column block written back with ``_taps.write``. Pays off when ``kh*kw*C_in`` is small (first
+  column block written back with ``_taps.write_all``. Pays off when ``kh*kw*C_in`` is small (first
   layers on images), where XLA's CPU convolution is slow.
 - ``taps``: the direct sum written out. Forward ``y = sum_{a,b,c} x_tap(a,b)[..., c] * w[a,b,c,:]``:
   ``kh*kw*C_in`` broadcast multiply-adds that XLA fuses into one loop over the output, reading the
@@ -217,19 +217,8 @@ def _grad_input_col2im(g, w, in_hw, cfg):
     wm = w.reshape(kh, kw, cig, cfg.groups, cout // cfg.groups)
     # (N, Ho, Wo, kh, kw, C_in): every tap's contribution, before it is written back
     cols = jnp.einsum("nhwgo,abcgo->nhwabgc", gm, wm).reshape(n, ho, wo, kh, kw, cfg.groups * cig)
-    if cfg.stride == (1, 1):
-        # stride 1: each tap's block is a plain window of dX; accumulate in place (one buffer)
-        (pt, pb), (pl, pr) = cfg.padding
-        dh, dw = cfg.dilation
-        acc = jnp.zeros((n, in_hw[0] + pt + pb, in_hw[1] + pl + pr, cfg.groups * cig), g.dtype)
-        for a in range(kh):
-            for b in range(kw):
-                acc = acc.at[:, a * dh: a * dh + ho, b * dw: b * dw + wo].add(cols[:, :, :, a, b])
-        return acc[:, pt: pt + in_hw[0], pl: pl + in_hw[1]]
-    return sum(
-        _taps.write(cols[:, :, :, a, b], a, b, in_hw, cfg.padding, cfg.stride, cfg.dilation)
-        for a in range(kh) for b in range(kw)
-    )
+    taps = [cols[:, :, :, a, b] for a in range(kh) for b in range(kw)]
+    return _taps.write_all(taps, (kh, kw), in_hw, cfg.padding, cfg.stride, cfg.dilation)
 
 
 def _phase_taps(k, d, s, r):

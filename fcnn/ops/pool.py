@@ -113,13 +113,8 @@ def _untile(tiled, in_hw, cfg):
 
 
 def _write_all(values, in_hw, cfg):
-    """Adjoint of reading every tap: `values[a * kw + b]` (each `(N, H_out, W_out, C)`) written
-    back to the cells tap (a, b) reads, summed, as an `(N, H, W, C)` array."""
-    kh, kw = cfg.window
-    return sum(
-        _taps_mod.write(values[a * kw + b], a, b, in_hw, cfg.padding, cfg.stride)
-        for a in range(kh) for b in range(kw)
-    )
+    """Adjoint of reading every tap (`_taps.write_all` with this pool's window and stride)."""
+    return _taps_mod.write_all(values, cfg.window, in_hw, cfg.padding, cfg.stride)
 
 
 def _tap_ids(cfg):
