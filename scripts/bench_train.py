@@ -231,43 +231,53 @@ def torch_variant(name, shape, channels_last=False):
 
 
 # --------------------------------------------------------------------------- timing
-class Runner:
-    """One variant's step closed over its inputs: `run(n)` does n steps and waits."""
+class Timed:
+    """A variant's `run(n)` (n calls on fixed inputs, then wait), and for a compiled JAX program
+    its memory: arguments + outputs + XLA temporaries, and the temporaries alone (bytes)."""
 
-    def __init__(self, variant, name, shape, x, y):
-        self.variant, self.memory = variant, None
-        if variant.startswith("torch"):
-            import torch
-
-            step, self.net, cl = torch_variant(name, shape, variant == "torch_cl")
-            tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-            if cl:
-                tx = tx.contiguous(memory_format=torch.channels_last)
-            ty = torch.from_numpy(y.astype(np.int64))
-            self._run = lambda n: [step(tx, ty) for _ in range(n)][-1].item()
-            return
-        built = JAX_VARIANTS[variant](name, shape)
-        step, opt_state = train_step(built)
-        params, xj, yj = built.params, jnp.asarray(x), jnp.asarray(y)
-        with built.context():  # the trace happens here, on the chosen ops
-            compiled = step.lower(params, opt_state, xj, yj).compile()
-        m = compiled.memory_analysis()
-        if m is not None:
-            self.memory = (m.argument_size_in_bytes + m.output_size_in_bytes
-                           + m.temp_size_in_bytes - m.alias_size_in_bytes)
-            self.temp = m.temp_size_in_bytes
-
-        def run(n):
-            for _ in range(n):
-                out = compiled(params, opt_state, xj, yj)
-            return float(out[2])
-
-        self._run = run
+    def __init__(self, variant, run, memory=None, temp=None):
+        self.variant, self._run, self.memory, self.temp = variant, run, memory, temp
 
     def sample(self, n):
         t = time.perf_counter()
         self._run(n)
         return (time.perf_counter() - t) / n
+
+
+def jax_timed(variant, fn, args, context=contextlib.nullcontext) -> Timed:
+    """`fn` jitted and compiled on `args` (traced inside `context`, e.g. on the oracle's ops)."""
+    with context():
+        compiled = jax.jit(fn).lower(*args).compile()
+    m = compiled.memory_analysis()
+    memory = temp = None
+    if m is not None:
+        memory = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                  - m.alias_size_in_bytes)
+        temp = m.temp_size_in_bytes
+
+    def run(n):
+        for _ in range(n):
+            out = compiled(*args)
+        jax.block_until_ready(out)
+
+    return Timed(variant, run, memory, temp)
+
+
+def train_runner(variant, name, shape, x, y) -> Timed:
+    """One variant's train step closed over its inputs."""
+    if variant.startswith("torch"):
+        import torch
+
+        step, _, cl = torch_variant(name, shape, variant == "torch_cl")
+        tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        if cl:
+            tx = tx.contiguous(memory_format=torch.channels_last)
+        ty = torch.from_numpy(y.astype(np.int64))
+        return Timed(variant, lambda n: [step(tx, ty) for _ in range(n)][-1].item())
+    built = JAX_VARIANTS[variant](name, shape)
+    step, opt_state = train_step(built)
+    args = (built.params, opt_state, jnp.asarray(x), jnp.asarray(y))
+    return jax_timed(variant, step, args, built.context)  # traced on the variant's ops
 
 
 def interleaved(runners, repeats, target=0.25):
@@ -296,23 +306,15 @@ def matmul_peak(repeats=10, n=2048):
 
 
 # --------------------------------------------------------------------------- per-example
-def per_example_runner(variant, name, shape, x, y):
-    """Per-example gradients of the whole batch (vmap of grad), as a timed `run(n)`."""
+def per_example_runner(variant, name, shape, x, y) -> Timed | None:
+    """Per-example gradients of the whole batch (vmap of grad)."""
     if variant == "torch":
-        return _torch_per_example(name, shape, x, y)
+        return Timed(variant, _torch_per_example(name, shape, x, y))
     if variant not in JAX_VARIANTS:
         return None
     built = JAX_VARIANTS[variant](name, shape)
-    xj, yj = jnp.asarray(x), jnp.asarray(y)
-    with built.context():
-        compiled = per_example_fn(built).lower(built.params, xj, yj).compile()
-
-    def run(n):
-        for _ in range(n):
-            out = compiled(built.params, xj, yj)
-        jax.block_until_ready(out)
-
-    return run
+    return jax_timed(variant, per_example_fn(built), (built.params, jnp.asarray(x),
+                                                      jnp.asarray(y)), built.context)
 
 
 def _torch_per_example(name, shape, x, y):
@@ -338,21 +340,6 @@ def _torch_per_example(name, shape, x, y):
 
 
 # --------------------------------------------------------------------------- breakdown
-class _Timed(Runner):
-    """A jitted function on fixed arguments, timed like a train step."""
-
-    def __init__(self, variant, fn, args):
-        self.variant, self.memory = variant, None
-        compiled = jax.jit(fn).lower(*args).compile()
-
-        def run(n):
-            for _ in range(n):
-                out = compiled(*args)
-            jax.block_until_ready(out)
-
-        self._run = run
-
-
 def _layer_maps(info, shape, batch, rng):
     """(label, algorithm, {map: (fcnn fn, autodiff fn, args)}) for one layer, or None."""
     c = info.config
@@ -404,8 +391,8 @@ def breakdown(name, batch, repeats):
         if found is not None:
             chosen, maps = found
             for label, (mine, theirs, args) in maps.items():
-                t = interleaved([_Timed("fcnn", mine, args), _Timed("autodiff", theirs, args)],
-                                repeats, target=0.05)
+                t = interleaved([jax_timed("fcnn", mine, args),
+                                 jax_timed("autodiff", theirs, args)], repeats, target=0.05)
                 rows.append(dict(model=name, layer=f"{i} {info.name}",
                                  shape="x".join(map(str, shape)), algorithm=chosen, map=label,
                                  fcnn_ms=1e3 * t["fcnn"], autodiff_ms=1e3 * t["autodiff"],
@@ -435,7 +422,7 @@ def bench_model(name, variants, batch, repeats, peak):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, *shape)).astype(np.float32)
     y = rng.integers(0, 10, batch).astype(np.int32)
-    runners = [Runner(v, name, shape, x, y) for v in variants]
+    runners = [train_runner(v, name, shape, x, y) for v in variants]
     medians = interleaved(runners, repeats)
     flops = 3 * summary(getattr(models, name)(num_classes=10), shape).total_flops * batch
     rows = []
@@ -458,13 +445,7 @@ def bench_per_example(name, variants, batch, repeats):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((batch, *shape)).astype(np.float32)
     y = rng.integers(0, 10, batch).astype(np.int32)
-    runners = []
-    for v in variants:
-        run = per_example_runner(v, name, shape, x, y)
-        if run is not None:
-            runner = Runner.__new__(Runner)
-            runner.variant, runner._run, runner.memory = v, run, None
-            runners.append(runner)
+    runners = [r for v in variants if (r := per_example_runner(v, name, shape, x, y))]
     medians = interleaved(runners, repeats)
     return [dict(model=name, variant=v, batch=batch, ms=1e3 * t, grads_per_s=batch / t)
             for v, t in medians.items()]
