@@ -244,8 +244,17 @@ def test_auto_keeps_xla_dk_when_one_images_patches_outgrow_the_cache():
     assert choose((3, 3, 64, 64), 1, (224, 224)) == ("phase", "phase", "xla")  # VGG block 1
 
 
+def test_im2col_dk_chunk_size_prefers_a_divisor_of_the_batch():
+    from fcnn.ops._conv_algorithms import _chunk_size
+
+    # CIFAR net at batch 128: caps 27 / 2 / 10 / 5 images -> 16 / 2 / 8 / 4, no padding
+    assert [_chunk_size(128, c) for c in (27, 2, 10, 5)] == [16, 2, 8, 4]
+    assert _chunk_size(5, 3) == 3  # 5 is prime: chunks of 3, the last padded
+    assert _chunk_size(6, 4) == 3 and _chunk_size(1, 1) == 1
+
+
 def test_im2col_dk_chunks_the_batch_and_pads_the_last_chunk():
-    """Small chunk size: 5 images in chunks of 2 (the last padded with a zero image)."""
+    """Small chunk size: 5 images in chunks of 3 (the last padded with a zero image)."""
     from fcnn.ops import _conv_algorithms as algo
 
     x, g = normal(0, (5, 6, 6, 3), jnp.float64), normal(1, (5, 6, 6, 4), jnp.float64)
@@ -253,7 +262,7 @@ def test_im2col_dk_chunks_the_batch_and_pads_the_last_chunk():
     per_image = 6 * 6 * 9 * 3 * 8
     saved = algo.IM2COL_CHUNK_BYTES
     try:
-        algo.IM2COL_CHUNK_BYTES = 2 * per_image
+        algo.IM2COL_CHUNK_BYTES = 3 * per_image
         def dk(x, g):
             return ops.conv2d_grad_kernel(x, g, (3, 3, 3, 4), padding=1, algorithm="im2col")
 
@@ -262,7 +271,7 @@ def test_im2col_dk_chunks_the_batch_and_pads_the_last_chunk():
         batched = jax.vmap(dk)(jnp.stack([x, 2 * x]), jnp.stack([g, g]))  # vmap of the scan
     finally:
         algo.IM2COL_CHUNK_BYTES = saved
-    assert "scan" in jaxpr and "length=3" in jaxpr
+    assert "scan" in jaxpr and "length=2" in jaxpr
     assert_close(got, want, "chunked im2col dK", rtol=1e-12, atol=1e-12)
     assert_close(batched[1], 2 * want, "vmapped chunked dK", rtol=1e-12, atol=1e-12)
 

@@ -277,6 +277,14 @@ def grad_kernel(x, g, k_hw, cfg):
     )
 
 
+def _chunk_size(n, cap):
+    """Images per dK chunk: the largest divisor of `n` up to `cap` when it is at least half of
+    `cap` (the batch reshapes into chunks for free), else `cap` and the batch is padded with
+    zero images (a copy of x and g: CIFAR net step 3% slower than with divisors)."""
+    divisor = max(d for d in range(1, cap + 1) if n % d == 0)
+    return divisor if 2 * divisor >= cap else cap
+
+
 def _grad_kernel_im2col(x, g, k_hw, cfg):
     """dK = patches^T @ G, cache-blocked: the batch is cut into chunks whose patch matrix is
     about IM2COL_CHUNK_BYTES, and a scan accumulates one GEMM per chunk, so the 9x patch matrix
@@ -285,7 +293,7 @@ def _grad_kernel_im2col(x, g, k_hw, cfg):
     _, ho, wo, cout = g.shape
     groups = cfg.groups
     per_image = ho * wo * k_hw[0] * k_hw[1] * cin * x.dtype.itemsize
-    size = max(1, min(n, IM2COL_CHUNK_BYTES // per_image))
+    size = _chunk_size(n, max(1, min(n, IM2COL_CHUNK_BYTES // per_image)))
     chunks = -(-n // size)
     acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
 
