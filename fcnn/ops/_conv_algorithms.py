@@ -195,16 +195,22 @@ def grad_input(g, w, in_hw, cfg):
     algorithm = cfg.algorithm[1]
     if algorithm in ("im2col", "taps"):  # the adjoint of reading taps is writing them back
         return _grad_input_col2im(g, w, in_hw, cfg)
-    if algorithm == "phase":
-        return _grad_input_phases(g, w, in_hw, cfg)
     kh, kw = w.shape[:2]
     pads = tuple(
         (f - 1 - lo, f - 1 - hi + r)
         for f, (lo, hi), r in zip(_windows((kh, kw), cfg), cfg.padding,
                                   _remainders(in_hw, (kh, kw), cfg))
     )
+    flipped = jnp.flip(_transposed_kernel(w, cfg.groups), (0, 1))
+    if algorithm == "phase" and cfg.stride == (1, 1):
+        # one phase: the full convolution itself, only the rows of dX (not of the padded
+        # input), routed to all cores (the CIFAR net's 16x16 layers: 17x16 rows, not 19x18)
+        return _conv(g, flipped, pads, rhs_dilation=cfg.dilation, groups=cfg.groups,
+                     all_cores=True)
+    if algorithm == "phase":
+        return _grad_input_phases(g, w, in_hw, cfg)
     return lax.conv_general_dilated(
-        g, jnp.flip(_transposed_kernel(w, cfg.groups), (0, 1)), (1, 1), pads,
+        g, flipped, (1, 1), pads,
         lhs_dilation=cfg.stride, rhs_dilation=cfg.dilation,
         dimension_numbers=NHWC, feature_group_count=cfg.groups,
     )
