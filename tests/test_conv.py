@@ -216,14 +216,14 @@ def test_depthwise_kernel_as_large_as_input():
     "x_shape,w_shape,kw,expected",
     [
         ((2, 12, 12, 1), (5, 5, 1, 6), dict(padding=2), ("taps", "im2col", "xla")),
-        ((2, 9, 9, 6), (5, 5, 6, 16), dict(stride=2), ("xla", "im2col", "xla")),
+        ((2, 9, 9, 6), (5, 5, 6, 16), dict(stride=2), ("xla", "im2col", "im2col")),
         ((2, 9, 9, 12), (3, 3, 12, 8), dict(padding=1), ("xla", "xla", "xla")),
         ((2, 8, 8, 3), (3, 3, 3, 32), dict(padding=1), ("taps", "im2col", "im2col")),
         ((2, 8, 8, 16), (3, 3, 16, 16), dict(stride=2, padding=1), ("phase", "phase", "im2col")),
         ((2, 7, 7, 32), (3, 3, 16, 32), dict(padding="SAME", groups=2),
          ("phase", "phase", "im2col")),
         ((2, 7, 6, 7), (3, 2, 7, 5), dict(stride=(2, 1), padding=((1, 0), (0, 1))),
-         ("xla", "im2col", "xla")),
+         ("xla", "im2col", "im2col")),
     ],
 )
 def test_auto_choice_on_network_shapes(x_shape, w_shape, kw, expected):
@@ -242,6 +242,8 @@ def test_auto_keeps_xla_dk_when_one_images_patches_outgrow_the_cache():
     assert choose((3, 3, 64, 64), 1, (32, 32)) == ("phase", "phase", "im2col")  # 2.4 MB
     assert 224 * 224 * 9 * 64 * 4 > 2 * IM2COL_CHUNK_BYTES
     assert choose((3, 3, 64, 64), 1, (224, 224)) == ("phase", "phase", "xla")  # VGG block 1
+    assert choose((5, 5, 6, 16), 1, (14, 14)) == ("xla", "im2col", "im2col")  # LeNet c2
+    assert choose((5, 5, 6, 16), 1, (224, 224)) == ("xla", "im2col", "xla")
 
 
 def test_im2col_dk_chunk_size_prefers_a_divisor_of_the_batch():
