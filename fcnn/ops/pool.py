@@ -214,10 +214,6 @@ def _max_scatter_impl(x, g, cfg):
         hit = index[:, :, None, :, None, :] == _tap_ids(cfg)
         return _untile(jnp.where(hit, g[:, :, None, :, None, :], zero), x.shape[1:3], cfg)
     area = cfg.window[0] * cfg.window[1]
-    # The window argmax is materialised once: XLA otherwise fuses it into every tap's write
-    # and recomputes it area times per cell (LeNet-5 step 1.12x faster; the tiled path above
-    # was 0.97x with the barrier, so it has none)
-    index = lax.optimization_barrier(index)
     return _write_all([jnp.where(index == t, g, zero) for t in range(area)], x.shape[1:3], cfg)
 
 
