@@ -253,16 +253,10 @@ def test_im2col_dk_chunk_size_prefers_a_divisor_of_the_batch():
     assert [_chunk_size(128, c) for c in (27, 2, 10, 5)] == [16, 2, 8, 4]
     assert _chunk_size(5, 3) == 3  # 5 is prime: chunks of 3, the last padded
     assert _chunk_size(6, 4) == 3 and _chunk_size(1, 1) == 1
-    # a 32x32x32 image's 3x3 patches are 1.2 MB: 4 images per chunk (not 2), so 8 -> 2 chunks
-    x = jax.ShapeDtypeStruct((8, 32, 32, 32), jnp.float32)
-    jaxpr = str(jax.make_jaxpr(lambda x, g: ops.conv2d_grad_kernel(
-        x, g, (3, 3, 32, 32), padding=1, algorithm="im2col"))(x, x))
-    assert "length=2" in jaxpr
 
 
 def test_im2col_dk_chunks_the_batch_and_pads_the_last_chunk():
-    """Small chunk size: 5 images in chunks of 4 (a cap of 3 images' patches, raised to
-    IM2COL_MIN_IMAGES within twice the cap; the last chunk padded with zero images)."""
+    """Small chunk size: 5 images in chunks of 3 (the last padded with a zero image)."""
     from fcnn.ops import _conv_algorithms as algo
 
     x, g = normal(0, (5, 6, 6, 3), jnp.float64), normal(1, (5, 6, 6, 4), jnp.float64)

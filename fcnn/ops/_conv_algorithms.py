@@ -48,7 +48,6 @@ ALGORITHMS = ("xla", "phase", "im2col", "taps")
 TAPS_BROADCAST_MAX = 8
 # im2col dK: batch chunk whose patch matrix is at most this size (about L2 + a share of L3)
 IM2COL_CHUNK_BYTES = 3 << 20
-IM2COL_MIN_IMAGES = 4
 
 
 def choose(w_shape, groups, in_hw=(1, 1)) -> tuple[str, str, str]:
@@ -302,12 +301,7 @@ def _grad_kernel_im2col(x, g, k_hw, cfg):
     _, ho, wo, cout = g.shape
     groups = cfg.groups
     per_image = ho * wo * k_hw[0] * k_hw[1] * cin * x.dtype.itemsize
-    # at least IM2COL_MIN_IMAGES per chunk while that stays within twice the cap: one 32x32x32
-    # image's 3x3 patches are 1.2 MB, and two-image GEMMs were too small (CIFAR net: 4 images
-    # per chunk made the step 2-6% faster than 2; 8 were no faster)
-    cap = max(IM2COL_CHUNK_BYTES // per_image,
-              min(IM2COL_MIN_IMAGES, 2 * IM2COL_CHUNK_BYTES // per_image))
-    size = _chunk_size(n, max(1, min(n, cap)))
+    size = _chunk_size(n, max(1, min(n, IM2COL_CHUNK_BYTES // per_image)))
     chunks = -(-n // size)
     acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
 
