@@ -281,13 +281,14 @@ def train_runner(variant, name, shape, x, y) -> Timed:
 
 
 def interleaved(runners, repeats, target=0.25):
-    """Medians (s/step) over `repeats` round-robin samples of ~`target` s each."""
+    """Medians (s/step) over `repeats` round-robin samples of ~`target` s each; every other
+    round runs in reverse order, so no variant always follows the same neighbour."""
     for r in runners:
         r.sample(2)  # warm up
     inner = {r.variant: max(1, int(target / r.sample(2))) for r in runners}
     times = {r.variant: [] for r in runners}
-    for _ in range(repeats):
-        for r in runners:
+    for i in range(repeats):
+        for r in runners if i % 2 == 0 else runners[::-1]:
             times[r.variant].append(r.sample(inner[r.variant]))
     return {v: statistics.median(t) for v, t in times.items()}
 
