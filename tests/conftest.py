@@ -1,6 +1,8 @@
 """Suite-wide settings: float64 available, strict rank promotion, exact float32 matmuls."""
 
 import os
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -26,3 +28,21 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+def pytest_configure(config):
+    """Many tests compile the same programs (a LeNet-5 train step in a dozen of them): the
+    xdist workers of one run, and the scripts the tests start as subprocesses, share a
+    persistent compilation cache in a fresh directory, which the controller removes at the end
+    (the suite: 9m01s -> 8m00s on 2 cores)."""
+    if not hasattr(config, "workerinput"):  # the controller, or a run without workers
+        config._fcnn_cache = tempfile.mkdtemp(prefix="fcnn-jax-cache-")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = config._fcnn_cache
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_fcnn_cache", None):
+        shutil.rmtree(config._fcnn_cache, ignore_errors=True)
