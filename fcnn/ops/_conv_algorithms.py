@@ -2,7 +2,8 @@
 
 Each map (forward y, dX, dK) has the same mathematical definition under every algorithm; the
 suite runs its whole sweep once per algorithm. ``cfg.algorithm`` is already resolved (never
-"auto") when these run.
+"auto") when these run; under "auto" it is the CPU's choice, and ``_per_platform`` gives every
+other platform XLA's own convolution (the formulations below were measured on a CPU only).
 
 - ``xla``: one ``lax.conv_general_dilated`` per map, exactly DESIGN.md's formulation: dX with
   the upstream gradient dilated by the stride (``lhs_dilation``), dK with the batch contracted.
@@ -32,6 +33,7 @@ suite runs its whole sweep once per algorithm. ``cfg.algorithm`` is already reso
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax.numpy as jnp
 from jax import lax
@@ -51,8 +53,9 @@ IM2COL_CHUNK_BYTES = 3 << 20
 
 
 def choose(w_shape, groups, in_hw=(1, 1)) -> tuple[str, str, str]:
-    """The algorithms "auto" picks for (forward, dX, dK). Measured per map on a 2-core AVX-512
-    CPU (jaxlib 0.10; scripts/bench_ops.py and the table in the README):
+    """The algorithms "auto" picks for (forward, dX, dK) on a CPU (other platforms run "xla",
+    see `_per_platform`). Measured per map on a 2-core AVX-512 CPU (jaxlib 0.10;
+    scripts/bench_ops.py and the table in the README):
 
     - one input channel (a grey image): taps forward (12x XLA's), col2im dX (7x), XLA's dK;
     - 2-4 input channels (RGB): taps forward (4.6x), im2col dX and dK (2x; XLA's CPU conv is
@@ -105,6 +108,23 @@ def _conv(lhs, rhs, pads, *, lhs_dilation=(1, 1), rhs_dilation=(1, 1), groups=1,
     return lax.platform_dependent(lhs, rhs, cpu=cpu, default=plain)
 
 
+def _per_platform(cfg, which, run, a, b):
+    """`run(algorithm, a, b)` for map `which` (0 forward, 1 dX, 2 dK) of `cfg`.
+
+    Under "auto" the choice is a measurement on a CPU, so it sits behind
+    `lax.platform_dependent`: lowered for CPU the program holds the chosen formulation; for any
+    other platform (CUDA, ROCm, TPU) XLA's own convolution, which cuDNN and the TPU's
+    convolution units take (no im2col patches, no scan over batch chunks there). The choice is
+    resolved when the program is lowered for one platform; an artifact exported for several
+    carries both branches and the platform picks its own when it compiles. An algorithm named
+    explicitly runs as named on every platform.
+    """
+    algorithm = cfg.algorithm[which]
+    if not cfg.auto or algorithm == "xla":
+        return run(algorithm, a, b)
+    return lax.platform_dependent(a, b, cpu=partial(run, algorithm), default=partial(run, "xla"))
+
+
 def _windows(k_hw, cfg):
     return tuple(_args.effective_window(k, d) for k, d in zip(k_hw, cfg.dilation))
 
@@ -134,7 +154,10 @@ def _transposed_kernel(w, groups):
 
 
 def forward(x, w, cfg):
-    algorithm = cfg.algorithm[0]
+    return _per_platform(cfg, 0, lambda algorithm, x, w: _forward(algorithm, x, w, cfg), x, w)
+
+
+def _forward(algorithm, x, w, cfg):
     if algorithm == "im2col":
         return _forward_im2col(x, w, cfg)
     if algorithm == "taps":
@@ -194,7 +217,11 @@ def _forward_taps(x, w, cfg):
 
 
 def grad_input(g, w, in_hw, cfg):
-    algorithm = cfg.algorithm[1]
+    return _per_platform(
+        cfg, 1, lambda algorithm, g, w: _grad_input(algorithm, g, w, in_hw, cfg), g, w)
+
+
+def _grad_input(algorithm, g, w, in_hw, cfg):
     if algorithm in ("im2col", "taps"):  # the adjoint of reading taps is writing them back
         return _grad_input_col2im(g, w, in_hw, cfg)
     kh, kw = w.shape[:2]
@@ -273,9 +300,14 @@ def _grad_input_phases(g, w, in_hw, cfg):
 
 
 def grad_kernel(x, g, k_hw, cfg):
-    if cfg.algorithm[2] == "taps":
+    return _per_platform(
+        cfg, 2, lambda algorithm, x, g: _grad_kernel(algorithm, x, g, k_hw, cfg), x, g)
+
+
+def _grad_kernel(algorithm, x, g, k_hw, cfg):
+    if algorithm == "taps":
         return _grad_kernel_taps(x, g, k_hw, cfg)
-    if cfg.algorithm[2] == "im2col":
+    if algorithm == "im2col":
         return _grad_kernel_im2col(x, g, k_hw, cfg)
     pads = tuple((lo, hi - r) for (lo, hi), r in zip(cfg.padding,
                                                      _remainders(x.shape[1:3], k_hw, cfg)))

@@ -35,6 +35,8 @@ class ConvConfig(NamedTuple):
     dilation: _args.Pair
     groups: int
     algorithm: tuple[str, str, str]  # resolved for (forward, dX, dK), from algo.ALGORITHMS
+    # "auto": `algorithm` is the CPU's measured choice; other platforms run XLA's convolution
+    auto: bool = False
 
 
 # ----------------------------------------------------------------------------- public wrappers
@@ -172,7 +174,7 @@ def _config(op, x_shape, w_shape, stride, padding, dilation, groups, algorithm) 
     _args.check_fits(op, x_shape[1:3], windows, pads, "kernel")
     chosen = (algo.choose(w_shape, groups, x_shape[1:3]) if algorithm == "auto"
               else (algorithm,) * 3)
-    return ConvConfig(stride, pads, dilation, groups, chosen)
+    return ConvConfig(stride, pads, dilation, groups, chosen, auto=algorithm == "auto")
 
 
 def _out_shape(x_shape, w_shape, cfg):
