@@ -1,12 +1,19 @@
 """Argument normalisation and shape arithmetic: pure Python on ints, testable without JAX.
 
-Every public op normalises its configuration here, at the boundary, so the custom rules only
-ever see one form: pairs of ints for stride, dilation and window, and explicit
-``((top, bottom), (left, right))`` pairs for padding. Errors name the op and the argument.
+Every public op and layer normalises its configuration here, at the boundary, so the custom
+rules only ever see one form: Python ints and floats, pairs of ints for stride, dilation and
+window, and explicit ``((top, bottom), (left, right))`` pairs for padding. Each kind of value
+is checked by one function (`as_int`, `as_float`, `as_pair`, `as_shape`, `as_padding`), and
+errors name the op and the argument.
+
+Configuration is static: Python numbers, numpy scalars and arrays (``np.int64(2)``,
+``np.array([1, 2])``) and concrete jax arrays are accepted as the equal Python values; a value
+traced under ``jit`` has none at trace time and is a TypeError (see `static`).
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 
@@ -14,27 +21,105 @@ Pair = tuple[int, int]
 Padding = tuple[Pair, Pair]
 
 
-def _as_int(value, op: str, name: str) -> int:
+def static(value, op: str, name: str, kind: str = "a Python value"):
+    """``value`` with numpy / jax arrays and scalars as Python numbers and (nested) tuples.
+
+    Lists and tuples are converted element by element; anything else comes back unchanged. A
+    traced jax value cannot be converted (jax raises a TypeError subclass): a TypeError saying
+    ``name`` must be ``kind``.
+    """
+    if isinstance(value, (list, tuple)):
+        return tuple(static(v, op, name, kind) for v in value)
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy or jax array / scalar
+        try:
+            value = value.tolist()
+        except TypeError:
+            raise TypeError(
+                f"{op}: `{name}` must be {kind} known at trace time, got a traced array "
+                f"({type(value).__name__}). It is static configuration: pass a Python or numpy "
+                f"value, or mark the argument static in jax.jit."
+            ) from None
+        return static(value, op, name, kind) if isinstance(value, list) else value
+    return value
+
+
+def _bounds(minimum=None, above=None, below=None) -> str:
+    """`` in [0, 1)``, `` >= 1``, `` > 0``... for messages; empty without bounds."""
+    low = f"{minimum:g}" if minimum is not None else None if above is None else f"{above:g}"
+    if low is not None and below is not None:
+        return f" in {'[' if minimum is not None else '('}{low}, {below:g})"
+    if low is not None:
+        return f" {'>=' if minimum is not None else '>'} {low}"
+    return "" if below is None else f" < {below:g}"
+
+
+def as_int(value, op: str, name: str, *, minimum: int | None = None) -> int:
+    """A plain int (numpy integers and 0-d integer arrays included; bools refused),
+    ``>= minimum`` when given."""
+    value = static(value, op, name, "an int")
+    need = _bounds(minimum)
     if isinstance(value, bool):
-        raise TypeError(f"{op}: `{name}` must be an int, got bool {value!r}.")
+        raise TypeError(f"{op}: `{name}` must be an int{need}, got bool {value!r}.")
     try:
-        return operator.index(value)
+        v = operator.index(value)
     except TypeError:
         raise TypeError(
-            f"{op}: `{name}` must be an int, got {type(value).__name__} {value!r}."
+            f"{op}: `{name}` must be an int{need}, got {type(value).__name__} {value!r}."
         ) from None
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{op}: `{name}` must be an int{need}, got {v}.")
+    return v
+
+
+def as_float(value, op: str, name: str, *, minimum: float | None = None,
+             above: float | None = None, below: float | None = None, note: str = "") -> float:
+    """A finite Python float from an int or float (numpy scalars and 0-d arrays included; bools
+    refused), within ``[minimum`` / ``(above`` and ``below)`` when given.
+
+    ``note`` is said after the name, e.g. ``rate`` (the drop probability).
+    """
+    value = static(value, op, name, "a float")
+    what = f"{op}: `{name}`" + (f" ({note})" if note else "")
+    need = _bounds(minimum, above, below)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a float{need}, got {type(value).__name__} {value!r}.")
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond float's range
+        v = math.inf
+    if not math.isfinite(v):
+        raise ValueError(f"{what} must be a finite float{need}, got {value!r}.")
+    if ((minimum is not None and v < minimum) or (above is not None and v <= above)
+            or (below is not None and v >= below)):
+        raise ValueError(f"{what} must be a float{need}, got {value!r}.")
+    return v
+
+
+def as_shape(value, op: str, name: str, rank: int | None = None, *,
+             minimum: Sequence[int] | int = 1) -> tuple[int, ...]:
+    """A tuple of ``rank`` (any number if None) plain ints (a jax / numpy shape, a list or a 1-D
+    integer array), each ``>= minimum`` (one bound, or one per axis)."""
+    kind = "a tuple of " + ("" if rank is None else f"{rank} ") + "ints"
+    value = static(value, op, name, kind)
+    if not isinstance(value, tuple) or (rank is not None and len(value) != rank):
+        raise ValueError(f"{op}: `{name}` must be {kind}, got {value!r}.")
+    lows = (minimum,) * len(value) if isinstance(minimum, int) else tuple(minimum)
+    return tuple(as_int(v, op, f"{name}[{i}]", minimum=low)
+                 for i, (v, low) in enumerate(zip(value, lows)))
 
 
 def as_pair(value, op: str, name: str, *, minimum: int = 1) -> Pair:
-    """An int or a length-2 sequence of ints, each >= ``minimum``, as a pair."""
+    """An int or a length-2 sequence of ints (a numpy array of shape (2,) included), each
+    >= ``minimum``, as a pair."""
+    value = static(value, op, name, "an int or a pair (h, w)")
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != 2:
             raise ValueError(
                 f"{op}: `{name}` must be an int or a pair (h, w), got {tuple(value)!r}."
             )
-        pair = (_as_int(value[0], op, name), _as_int(value[1], op, name))
+        pair = (as_int(value[0], op, name), as_int(value[1], op, name))
     else:
-        v = _as_int(value, op, name)
+        v = as_int(value, op, name)
         pair = (v, v)
     if min(pair) < minimum:
         raise ValueError(f"{op}: `{name}` must be >= {minimum} in each dimension, got {value!r}.")
@@ -63,12 +148,16 @@ def remainder(size: int, window: int, stride: int, pad: Pair) -> int:
     return (size + pad[0] + pad[1] - window) % stride
 
 
+_PADDING_FORMS = "an int, a pair (ph, pw), ((top, bottom), (left, right)), 'SAME' or 'VALID'"
+
+
 def as_padding(padding, op: str, spatial: Pair, windows: Pair, strides: Pair) -> Padding:
     """Normalise ``padding`` to explicit ``((top, bottom), (left, right))``.
 
     Args:
-      padding: an int, a pair ``(ph, pw)``, explicit ``((top, bottom), (left, right))``, or
-        the strings ``"SAME"`` / ``"VALID"`` (any case).
+      padding: an int, a pair ``(ph, pw)``, explicit ``((top, bottom), (left, right))`` (numpy
+        arrays of shape (2,) or (2, 2) as the pair and explicit forms), or the strings
+        ``"SAME"`` / ``"VALID"`` (any case).
       op: op name for error messages.
       spatial: input ``(H, W)``.
       windows: effective window ``(F_eff_h, F_eff_w)`` (dilation included).
@@ -78,6 +167,7 @@ def as_padding(padding, op: str, spatial: Pair, windows: Pair, strides: Pair) ->
       ValueError: unknown string, negative padding, or a malformed sequence.
       TypeError: padding of a type that is none of the above.
     """
+    padding = static(padding, op, "padding", _PADDING_FORMS)
     if isinstance(padding, str):
         mode = padding.upper()
         if mode == "VALID":
@@ -89,33 +179,35 @@ def as_padding(padding, op: str, spatial: Pair, windows: Pair, strides: Pair) ->
         raise ValueError(
             f"{op}: `padding` string must be 'SAME' or 'VALID', got {padding!r}."
         )
-    if isinstance(padding, Sequence):
-        if len(padding) != 2:
-            raise ValueError(
-                f"{op}: `padding` must be an int, a pair (ph, pw), "
-                f"((top, bottom), (left, right)), 'SAME' or 'VALID', got {padding!r}."
-            )
-        if all(isinstance(p, Sequence) and not isinstance(p, str) for p in padding):
+    if isinstance(padding, tuple):  # `static` made lists and arrays tuples
+        nested = [isinstance(p, tuple) for p in padding]
+        if len(padding) != 2 or any(nested) != all(nested):
+            raise ValueError(f"{op}: `padding` must be {_PADDING_FORMS}, got {padding!r}.")
+        if all(nested):
             pads = tuple(as_pair(p, op, "padding", minimum=-(2**62)) for p in padding)
-            if any(len(p) != 2 for p in padding):
-                raise ValueError(f"{op}: explicit `padding` needs two pairs, got {padding!r}.")
         else:
             ph, pw = as_pair(padding, op, "padding", minimum=-(2**62))
             pads = ((ph, ph), (pw, pw))
+    elif isinstance(padding, int) and not isinstance(padding, bool):
+        pads = ((padding, padding), (padding, padding))
     else:
-        p = _as_int(padding, op, "padding")
-        pads = ((p, p), (p, p))
+        raise TypeError(
+            f"{op}: `padding` must be {_PADDING_FORMS}, got {type(padding).__name__} {padding!r}."
+        )
     if min(min(p) for p in pads) < 0:
         raise ValueError(f"{op}: `padding` must be non-negative, got {padding!r}.")
     return pads  # type: ignore[return-value]
 
 
-def check_fits(op: str, spatial: Pair, windows: Pair, pads: Padding, what: str = "window") -> None:
-    """Raise if the (effective) window is larger than the padded input in some dimension."""
+def check_fits(op: str, spatial: Pair, windows: Pair, pads: Padding, what: str = "window", *,
+               dilated: bool = True) -> None:
+    """Raise if the (effective) window is larger than the padded input in some dimension;
+    ``dilated=False`` for windows that have no dilation (pools), so the message does not say so."""
     for axis, n, f, (lo, hi) in zip("HW", spatial, windows, pads):
         if n + lo + hi < f:
+            span = f"{f} with dilation" if dilated else f"{f}"
             raise ValueError(
-                f"{op}: the {what} ({f} with dilation) is larger than the padded input along "
+                f"{op}: the {what} ({span}) is larger than the padded input along "
                 f"{axis} ({n} + padding {lo} + {hi} = {n + lo + hi}). "
                 f"Use a smaller {what} or more padding."
             )

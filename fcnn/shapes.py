@@ -21,12 +21,13 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding=0, dilatio
     """
     op = "conv_output_size"
     size, kernel, stride, dilation = (
-        _args.as_pair(v, op, n)[0]
+        _args.as_int(v, op, n, minimum=1)
         for v, n in ((size, "size"), (kernel, "kernel"), (stride, "stride"), (dilation, "dilation"))
     )
     window = _args.effective_window(kernel, dilation)
-    if isinstance(padding, (tuple, list)):
-        padding = (tuple(padding), (0, 0))
+    padding = _args.static(padding, op, "padding")  # a numpy (lo, hi) is a tuple from here
+    if isinstance(padding, tuple):
+        padding = (padding, (0, 0))
     pad = _args.as_padding(padding, op, (size, 1), (window, 1), (stride, 1))[0]
     _args.check_fits(op, (size, 1), (window, 1), (pad, (0, 0)))
     r = _args.remainder(size, window, stride, pad)

@@ -150,7 +150,7 @@ def test_init_errors_name_position_and_type(make, shape, pattern):
         (lambda: L.Conv2D(4, 3, stride=0), r"Conv2D: `stride` must be >= 1"),
         (lambda: L.Conv2D(5, 3, groups=2), r"Conv2D: `groups` \(=2\) must divide `out_channels`"),
         (lambda: L.Dropout(1.0), r"Dropout: `rate` \(the drop probability\) must be a float"),
-        (lambda: L.Dense(2.5), r"Dense: `out_features` must be an int >= 1"),
+        (lambda: L.Dense(0), r"Dense: `out_features` must be an int >= 1, got 0"),
         (lambda: L.serial(), r"serial: needs at least one layer"),
     ],
 )

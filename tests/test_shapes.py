@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from fcnn import layers as L
@@ -30,8 +31,11 @@ def test_strict_explains_the_paddings_that_fit():
 def test_strict_and_size_errors():
     with pytest.raises(ValueError, match="larger than the padded input"):
         shapes.conv_output_size(4, 5)
-    with pytest.raises(ValueError, match="`stride` must be >= 1"):
+    with pytest.raises(ValueError, match="`stride` must be an int >= 1, got 0"):
         shapes.conv_output_size(8, 3, stride=0)
+    with pytest.raises(TypeError, match=r"`kernel` must be an int >= 1, got tuple \(3, 3\)"):
+        shapes.conv_output_size(8, (3, 3))  # was taken as 3
+    assert shapes.conv_output_size(8, 3, padding=np.array([1, 0])) == 7  # (lo, hi), as a tuple
 
 
 def test_receptive_fields():

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from fcnn import _args
+
 
 class LayerError(ValueError):
     """A ValueError raised at init, carrying where in the model it happened."""
@@ -63,14 +65,11 @@ def make(name: str, config: dict, shape: Callable, init: Callable, apply: Callab
 
 
 def as_shape(layer: str, input_shape) -> tuple[int, ...]:
-    """`input_shape` as a tuple of positive ints, or a LayerError."""
+    """`input_shape` as a tuple of positive ints (`_args.as_shape`), or a LayerError."""
     try:
-        shape = tuple(int(d) for d in input_shape)
-    except TypeError:
-        raise LayerError(layer, f"`input_shape` must be a tuple of ints, got {input_shape!r}.")
-    if any(d < 1 for d in shape):
-        raise LayerError(layer, f"`input_shape` must be positive, got {shape}.")
-    return shape
+        return _args.as_shape(input_shape, layer, "input_shape")
+    except (TypeError, ValueError) as e:  # a LayerError, so combinators can add the position
+        raise LayerError(layer, str(e).split(": ", 1)[-1]) from None
 
 
 def image_shape(layer: str, input_shape) -> tuple[int, int, int]:

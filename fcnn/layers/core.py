@@ -10,6 +10,8 @@ import jax.numpy as jnp
 from fcnn import _args, ops
 from fcnn import init as initializers
 from fcnn.layers._base import Layer, LayerError, as_shape, batched, image_shape, make
+from fcnn.ops.dropout import check_rate
+from fcnn.ops.lrn import config as lrn_config
 
 
 def _config_error(layer, fn, *args, **kwargs):
@@ -21,19 +23,13 @@ def _config_error(layer, fn, *args, **kwargs):
         raise LayerError(layer, str(e).split(": ", 1)[-1]) from None
 
 
-def _positive_int(layer, name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{layer}: `{name}` must be an int >= 1, got {value!r}.")
-    return value
-
-
 def _window_shape(layer, input_shape, window, stride, padding, dilation, out_channels=None):
     """Output (H, W, C) of a conv/pool window over `input_shape`; errors as LayerErrors."""
     h, w, c = image_shape(layer, input_shape)
     effective = tuple(_args.effective_window(k, d) for k, d in zip(window, dilation))
     pads = _config_error(layer, _args.as_padding, padding, layer, (h, w), effective, stride)
     _config_error(layer, _args.check_fits, layer, (h, w), effective, pads,
-                  "kernel" if out_channels else "window")
+                  "kernel" if out_channels else "window", dilated=out_channels is not None)
     ho, wo = (_args.output_size(n, f, s, p) for n, f, s, p in zip((h, w), effective, stride, pads))
     return (ho, wo, c if out_channels is None else out_channels)
 
@@ -44,11 +40,12 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
 
     `w_init` defaults to he_normal, `b_init` to zeros; `algorithm` as `ops.conv2d`."""
     name = "Conv2D"
-    out_channels = _positive_int(name, "out_channels", out_channels)
+    out_channels = _args.as_int(out_channels, name, "out_channels", minimum=1)
     kernel = _args.as_pair(kernel_size, name, "kernel_size")
     strides = _args.as_pair(stride, name, "stride")
     dilations = _args.as_pair(dilation, name, "dilation")
-    groups = _positive_int(name, "groups", groups)
+    groups = _args.as_int(groups, name, "groups", minimum=1)
+    padding = _args.static(padding, name, "padding")  # numpy -> tuples; checked at init
     if out_channels % groups:
         raise ValueError(f"{name}: `groups` (={groups}) must divide `out_channels` "
                          f"(={out_channels}).")
@@ -85,6 +82,7 @@ def _pool(name, op, window, stride, padding) -> Layer:
     """`op` names the fcnn.ops function, looked up at apply time (so the oracle can stand in)."""
     window = _args.as_pair(window, name, "window")
     strides = window if stride is None else _args.as_pair(stride, name, "stride")
+    padding = _args.static(padding, name, "padding")  # numpy -> tuples; checked at init
 
     def shape(input_shape):
         return _window_shape(name, input_shape, window, strides, padding, (1, 1))
@@ -111,7 +109,7 @@ def AvgPool2D(window, stride=None, padding=0) -> Layer:
 def Dense(out_features, use_bias=True, w_init=None, b_init=None) -> Layer:
     """Fully connected; params `{"w": (in, out_features), "b": (out_features,)}`."""
     name = "Dense"
-    out_features = _positive_int(name, "out_features", out_features)
+    out_features = _args.as_int(out_features, name, "out_features", minimum=1)
     w_init = w_init or initializers.he_normal()
     b_init = b_init or initializers.zeros()
 
@@ -155,7 +153,8 @@ def ReLU() -> Layer:
 
 
 def LeakyReLU(negative_slope=0.01) -> Layer:
-    return _elementwise("LeakyReLU", "leaky_relu", negative_slope=negative_slope)
+    slope = _args.as_float(negative_slope, "LeakyReLU", "negative_slope")
+    return _elementwise("LeakyReLU", "leaky_relu", negative_slope=slope)
 
 
 def Tanh() -> Layer:
@@ -168,7 +167,7 @@ def Sigmoid() -> Layer:
 
 def LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0) -> Layer:
     """AlexNet's NORM layer (`ops.local_response_norm`, alpha not divided by size)."""
-    _positive_int("LocalResponseNorm", "size", size)
+    size, alpha, beta, k = lrn_config("LocalResponseNorm", size, alpha, beta, k)
     return _elementwise("LocalResponseNorm", "local_response_norm",
                         size=size, alpha=alpha, beta=beta, k=k)
 
@@ -177,9 +176,7 @@ def Dropout(rate) -> Layer:
     """Inverted dropout; `rate` is the **drop** probability. Identity unless `train=True`, which
     needs a `key`."""
     name = "Dropout"
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-        raise ValueError(f"{name}: `rate` (the drop probability) must be a float in [0, 1), "
-                         f"got {rate!r}.")
+    rate = check_rate(name, rate)
 
     def shape(input_shape):
         return as_shape(name, input_shape)
@@ -193,7 +190,7 @@ def Dropout(rate) -> Layer:
         if key is None:
             raise ValueError(f"{name}: apply(..., train=True) needs a PRNG `key` "
                              "(e.g. key=jax.random.key(step)).")
-        return ops.dropout(key, x, float(rate))
+        return ops.dropout(key, x, rate)
 
     return make(name, dict(rate=rate), shape, init, apply)
 
@@ -201,7 +198,7 @@ def Dropout(rate) -> Layer:
 def Flatten(ndim=3) -> Layer:
     """Flatten each example's `ndim` axes (default 3: an (H, W, C) image) into one."""
     name = "Flatten"
-    ndim = _positive_int(name, "ndim", ndim)
+    ndim = _args.as_int(ndim, name, "ndim", minimum=1)
 
     def shape(input_shape):
         input_shape = as_shape(name, input_shape)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fcnn import _args
 from fcnn.ops import _checks
 
 
@@ -15,15 +16,17 @@ def relu(x):
 
 
 def leaky_relu(x, negative_slope=0.01):
-    """`x` for `x > 0`, else `negative_slope * x` (seed 004 uses 0.1); slope at 0 is the slope."""
+    """`x` for `x > 0`, else `negative_slope * x` (seed 004 uses 0.1); slope at 0 is the slope.
+
+    `negative_slope` is a finite float (Python or numpy scalar)."""
     x = _checks.floating("leaky_relu", "x", x)
-    return _leaky_relu(x, _slope("leaky_relu", "negative_slope", negative_slope))
+    return _leaky_relu(x, _args.as_float(negative_slope, "leaky_relu", "negative_slope"))
 
 
 def elu(x, alpha=1.0):
-    """`x` for `x > 0`, else `alpha * (exp(x) - 1)`; derivative at 0 is `alpha`."""
+    """`x` for `x > 0`, else `alpha * (exp(x) - 1)`; derivative at 0 is `alpha` (a finite float)."""
     x = _checks.floating("elu", "x", x)
-    return _elu(x, _slope("elu", "alpha", alpha))
+    return _elu(x, _args.as_float(alpha, "elu", "alpha"))
 
 
 def sigmoid(x):
@@ -34,12 +37,6 @@ def sigmoid(x):
 def tanh(x):
     """Hyperbolic tangent."""
     return _tanh(_checks.floating("tanh", "x", x))
-
-
-def _slope(op, name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{op}: `{name}` must be a Python float, got {type(value).__name__}.")
-    return float(value)
 
 
 @jax.custom_vjp

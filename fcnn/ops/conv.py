@@ -52,7 +52,9 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
       b: optional `(C_out,)`.
       stride, dilation: int or pair, >= 1.
       padding: int, pair `(ph, pw)`, `((top, bottom), (left, right))`, "SAME" or "VALID".
-      groups: feature groups; `groups == C_in` with `C_out = k * C_in` is depthwise.
+        Ints and pairs may be numpy values (`np.array([1, 2])`, shape (2,) or (2, 2) for
+        padding); configuration is static, so a value traced under `jit` is a TypeError.
+      groups: feature groups, one int; `groups == C_in` with `C_out = k * C_in` is depthwise.
       algorithm: "auto" (default: chosen per shape), "xla", "phase", "im2col" or "taps": how the
         forward, dX and dK are computed (see fcnn.ops._conv_algorithms). Same maths, same rule.
 
@@ -83,7 +85,8 @@ def conv2d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, gro
     Args:
       g: upstream gradient `(N, H_out, W_out, C_out)` or `(H_out, W_out, C_out)`.
       w: `(kh, kw, C_in // groups, C_out)`.
-      input_shape: shape of the forward input, `(N, H, W, C_in)` or `(H, W, C_in)` like `g`.
+      input_shape: shape of the forward input, `(N, H, W, C_in)` or `(H, W, C_in)` like `g`:
+        a tuple or list of ints (`x.shape`, numpy ints or a 1-D integer array too); N may be 0.
       stride, padding, dilation, groups, algorithm: those of the forward `conv2d`.
 
     Returns:
@@ -92,7 +95,8 @@ def conv2d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, gro
     op = "conv2d_grad_input"
     g, batched = _checks.image(op, "g", g)
     w = _kernel(op, w)
-    shape = _shape_arg(op, "input_shape", input_shape, 4 if batched else 3)
+    rank, lows = (4, (0, 1, 1, 1)) if batched else (3, 1)  # an empty batch, as `conv2d` allows
+    shape = _args.as_shape(input_shape, op, "input_shape", rank, minimum=lows)
     x_shape = shape if batched else (g.shape[0], *shape)
     cfg = _config(op, x_shape, w.shape, stride, padding, dilation, groups, algorithm)
     _check_g(op, g.shape, _out_shape(x_shape, w.shape, cfg))
@@ -108,7 +112,7 @@ def conv2d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, g
     Args:
       x: forward input `(N, H, W, C_in)` or `(H, W, C_in)`.
       g: upstream gradient `(N, H_out, W_out, C_out)`, batched like `x`.
-      kernel_shape: `(kh, kw, C_in // groups, C_out)`.
+      kernel_shape: `(kh, kw, C_in // groups, C_out)`, positive ints (as `input_shape`).
       stride, padding, dilation, groups, algorithm: those of the forward `conv2d`.
 
     Returns:
@@ -122,7 +126,7 @@ def conv2d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, g
             f"{op}: `x` and `g` must both be batched or both unbatched, got shapes "
             f"{tuple(x.shape)} and {tuple(g.shape)}."
         )
-    k_shape = _shape_arg(op, "kernel_shape", kernel_shape, 4)
+    k_shape = _args.as_shape(kernel_shape, op, "kernel_shape", 4)
     cfg = _config(op, x.shape, k_shape, stride, padding, dilation, groups, algorithm)
     _check_g(op, g.shape, _out_shape(x.shape, k_shape, cfg))
     x, g = _checks.same_dtype(x, g)
@@ -142,12 +146,6 @@ def _kernel(op, w):
     return w
 
 
-def _shape_arg(op, name, shape, rank):
-    if not isinstance(shape, (tuple, list)) or len(shape) != rank:
-        raise ValueError(f"{op}: `{name}` must be a tuple of {rank} ints, got {shape!r}.")
-    return tuple(_args.as_pair(s, op, name)[0] for s in shape)
-
-
 def _config(op, x_shape, w_shape, stride, padding, dilation, groups, algorithm) -> ConvConfig:
     """Validate shapes and normalise configuration; `x_shape` is batched NHWC."""
     if algorithm != "auto" and algorithm not in algo.ALGORITHMS:
@@ -156,7 +154,7 @@ def _config(op, x_shape, w_shape, stride, padding, dilation, groups, algorithm) 
         )
     stride = _args.as_pair(stride, op, "stride")
     dilation = _args.as_pair(dilation, op, "dilation")
-    groups = _args.as_pair(groups, op, "groups")[0]
+    groups = _args.as_int(groups, op, "groups", minimum=1)
     kh, kw, cig, cout = w_shape
     cin = x_shape[3]
     if cin % groups or cout % groups:

@@ -7,6 +7,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from fcnn import _args
 from fcnn.ops import _checks
 
 
@@ -19,22 +20,22 @@ def dropout(key, x, rate):
     Args:
       key: a PRNG key (`jax.random.key` or a legacy uint32 key).
       x: any floating array.
-      rate: Python float in `[0, 1)`.
+      rate: float in `[0, 1)` (Python or numpy scalar; static, not traced).
 
     Returns:
       An array like `x`.
     """
     x = _checks.floating("dropout", "x", x)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
-        raise TypeError(
-            f"dropout: `rate` must be a Python float in [0, 1), got {type(rate).__name__}."
-        )
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout: `rate` (the drop probability) must be in [0, 1), got {rate}.")
+    rate = check_rate("dropout", rate)
     if rate == 0.0:
         return x
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return _dropout(x, keep, float(rate))
+    return _dropout(x, keep, rate)
+
+
+def check_rate(op, rate) -> float:
+    """`rate` as a float in [0, 1), or an error naming it the drop probability (op and layer)."""
+    return _args.as_float(rate, op, "rate", minimum=0, below=1, note="the drop probability")
 
 
 def _dropout_impl(x, keep, rate):

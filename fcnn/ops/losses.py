@@ -6,7 +6,9 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from fcnn import _args
 from fcnn.ops import _checks
 
 
@@ -15,16 +17,28 @@ def softmax_cross_entropy(logits, labels):
 
     Args:
       logits: `(N, K)` (or `(..., K)`; `(K,)` for one example).
-      labels: integer class indices `(N,)` (the leading shape of `logits`), or probability
-        targets of the same shape as `logits` (soft labels, e.g. label smoothing).
+      labels: integer class indices in `[0, K)` of shape `(N,)` (the leading shape of
+        `logits`), or probability targets of the same shape as `logits` (soft labels, e.g.
+        label smoothing).
 
     Returns:
       Scalar `mean_n [logsumexp(z_n) - sum_k t_nk z_nk]`.
       Gradient: `(softmax(z) - onehot(y)) / N` (seed 004's `p - y`).
+
+    Raises:
+      ValueError: shapes that do not match, or concrete integer labels outside `[0, K)`.
+      TypeError: non-floating logits, labels neither integer nor floating.
+
+    Labels traced under `jit` (or `vmap`) have no values at trace time, so they cannot be
+    checked there: an example whose label is outside `[0, K)` makes its term of the loss NaN and
+    its row of the gradient NaN (hence the loss and the parameters after an update), instead of
+    a silently wrong finite value; valid labels cost one compare and select per example, no
+    host callback. To have the run stop there, wrap the step in
+    `jax.experimental.checkify.checkify(..., errors=checkify.float_checks)`.
     """
     op = "softmax_cross_entropy"
     logits = _checks.floating(op, "logits", logits)
-    labels = jnp.asarray(labels)
+    raw, labels = labels, jnp.asarray(labels)
     if logits.ndim < 1:
         raise ValueError(f"{op}: `logits` must have a class axis (..., K), got a scalar.")
     if jnp.issubdtype(labels.dtype, jnp.integer):
@@ -33,6 +47,7 @@ def softmax_cross_entropy(logits, labels):
                 f"{op}: integer `labels` must have shape {tuple(logits.shape[:-1])} (the batch "
                 f"shape of `logits` {tuple(logits.shape)}), got {tuple(labels.shape)}."
             )
+        _check_classes(op, raw, logits.shape[-1], "logits")
         return _xent_int(logits, labels)
     if jnp.issubdtype(labels.dtype, jnp.floating):
         if labels.shape != logits.shape:
@@ -66,12 +81,19 @@ def hinge(scores, labels, margin=1.0):
 
     Args:
       scores: `(N, K)` (or `(..., K)`).
-      labels: integer `(N,)`, the leading shape of `scores`.
-      margin: Python float (CS231n's delta).
+      labels: integer class indices in `[0, K)`, `(N,)`, the leading shape of `scores`.
+      margin: a finite float, Python or numpy scalar (CS231n's delta).
+
+    Raises:
+      ValueError: shapes that do not match, or concrete labels outside `[0, K)`.
+      TypeError: non-floating scores, non-integer labels, a margin that is not a float.
+
+    Under `jit` out-of-range labels give NaN terms and NaN gradient rows, as in
+    `softmax_cross_entropy`.
     """
     op = "hinge"
     scores = _checks.floating(op, "scores", scores)
-    labels = jnp.asarray(labels)
+    raw, labels = labels, jnp.asarray(labels)
     if scores.ndim < 1:
         raise ValueError(f"{op}: `scores` must have a class axis (..., K), got a scalar.")
     if not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -81,9 +103,33 @@ def hinge(scores, labels, margin=1.0):
             f"{op}: `labels` must have shape {tuple(scores.shape[:-1])} (the batch shape of "
             f"`scores` {tuple(scores.shape)}), got {tuple(labels.shape)}."
         )
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise TypeError(f"{op}: `margin` must be a Python float, got {type(margin).__name__}.")
-    return _hinge(scores, labels, float(margin))
+    margin = _args.as_float(margin, op, "margin")
+    _check_classes(op, raw, scores.shape[-1], "scores")
+    return _hinge(scores, labels, margin)
+
+
+def _check_classes(op, labels, k, against):
+    """Refuse concrete integer labels outside [0, k), naming a few; a traced array has no
+    values until it runs (its out-of-range rows come out NaN in the rules below)."""
+    if isinstance(labels, jax.core.Tracer):
+        return
+    values = np.asarray(labels)
+    bad = np.argwhere((values < 0) | (values >= k))
+    if len(bad) == 0:
+        return
+    shown = ", ".join(
+        f"labels[{', '.join(map(str, i))}] = {values[tuple(i)]}" if values.ndim else str(values)
+        for i in bad[:3]
+    )
+    more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+    raise ValueError(
+        f"{op}: integer `labels` must be class indices in [0, {k}) (`{against}` has {k} "
+        f"classes), got {shown}{more}."
+    )
+
+
+def _out_of_range(labels, k):
+    return (labels < 0) | (labels >= k)
 
 
 def _count(a):
@@ -105,6 +151,7 @@ def _onehot(labels, k, dtype):
 def _xent_int(z, labels):
     logp = _log_softmax(z)
     picked = jnp.sum(logp * _onehot(labels, z.shape[-1], z.dtype), axis=-1)
+    picked = jnp.where(_out_of_range(labels, z.shape[-1]), jnp.nan, picked)
     return -jnp.sum(picked) / _count(z)
 
 
@@ -113,10 +160,13 @@ def _xent_int_fwd(z, labels):
 
 
 def _xent_int_bwd(res, g):
-    """dz = g * (softmax(z) - onehot(y)) / N; integer labels get no gradient. Residuals: z, y."""
+    """dz = g * (softmax(z) - onehot(y)) / N, NaN on the rows of out-of-range labels (their
+    term is NaN); integer labels get no gradient. Residuals: z, y."""
     z, labels = res
     p = jnp.exp(_log_softmax(z))
-    return g * (p - _onehot(labels, z.shape[-1], z.dtype)) / _count(z), None
+    dz = jnp.where(_out_of_range(labels, z.shape[-1])[..., None], jnp.nan,
+                   p - _onehot(labels, z.shape[-1], z.dtype))
+    return g * dz / _count(z), None
 
 
 _xent_int.defvjp(_xent_int_fwd, _xent_int_bwd)
@@ -171,7 +221,8 @@ def _margins(s, labels, margin):
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _hinge(s, labels, margin):
     m, is_y = _margins(s, labels, margin)
-    return jnp.sum(jnp.where(is_y, 0, jnp.maximum(m, 0))) / _count(s)
+    rows = jnp.sum(jnp.where(is_y, 0, jnp.maximum(m, 0)), axis=-1)
+    return jnp.sum(jnp.where(_out_of_range(labels, s.shape[-1]), jnp.nan, rows)) / _count(s)
 
 
 def _hinge_fwd(s, labels, margin):
@@ -180,11 +231,13 @@ def _hinge_fwd(s, labels, margin):
 
 def _hinge_bwd(margin, res, g):
     """With a_j = 1[j != y and s_j - s_y + margin > 0]: ds_j = a_j for j != y,
-    ds_y = -sum_j a_j, all times g / N (subgradient 0 at the hinge)."""
+    ds_y = -sum_j a_j, all times g / N (subgradient 0 at the hinge); NaN on the rows of
+    out-of-range labels, whose term is NaN."""
     s, labels = res
     m, is_y = _margins(s, labels, margin)
     active = jnp.where(is_y, 0, (m > 0)).astype(s.dtype)
     ds = active - is_y.astype(s.dtype) * jnp.sum(active, axis=-1, keepdims=True)
+    ds = jnp.where(_out_of_range(labels, s.shape[-1])[..., None], jnp.nan, ds)
     return g * ds / _count(s), None
 
 

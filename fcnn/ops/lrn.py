@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fcnn import _args
 from fcnn.ops import _checks
 
 
@@ -23,22 +24,27 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
 
     Args:
       x: `(..., C)` (NHWC or HWC), floating.
-      size: channels in the window (>= 1); AlexNet uses 5.
-      alpha, beta, k: AlexNet's 1e-4, 0.75, 2.
+      size: channels in the window, an int >= 1; AlexNet uses 5.
+      alpha, beta, k: finite floats, AlexNet's 1e-4, 0.75, 2; `alpha >= 0` and `k > 0`, so the
+        denominator `k + alpha * S_c` is positive (otherwise `d^-beta` can be inf or NaN).
 
     Returns:
       An array like `x`.
     """
     op = "local_response_norm"
     x = _checks.floating(op, "x", x)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"{op}: `size` must be an int >= 1, got {size!r}.")
+    cfg = config(op, size, alpha, beta, k)
     if x.ndim < 1:
         raise ValueError(f"{op}: `x` needs a channel axis, got a scalar.")
-    for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"{op}: `{name}` must be a Python float, got {type(v).__name__}.")
-    return _lrn(x, (size, float(alpha), float(beta), float(k)))
+    return _lrn(x, cfg)
+
+
+def config(op, size, alpha, beta, k) -> tuple[int, float, float, float]:
+    """`(size, alpha, beta, k)` validated (see `local_response_norm`); the layer's check too."""
+    return (_args.as_int(size, op, "size", minimum=1),
+            _args.as_float(alpha, op, "alpha", minimum=0),
+            _args.as_float(beta, op, "beta"),
+            _args.as_float(k, op, "k", above=0))
 
 
 def _window_sum(v, before, after):

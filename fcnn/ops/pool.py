@@ -45,7 +45,7 @@ def max_pool2d(x, window, stride=None, padding=0):
       window: int or pair.
       stride: int or pair; defaults to `window` (non-overlapping).
       padding: int, pair, `((top, bottom), (left, right))`, "SAME" or "VALID"; each side must be
-        smaller than the window.
+        smaller than the window. Ints and pairs may be numpy values, as in `conv2d`.
 
     Returns:
       `(N, H_out, W_out, C)` (or unbatched). The backward sends each window's gradient to its
@@ -82,7 +82,7 @@ def _prepare(op, x, window, stride, padding):
                 f"{op}: `padding` must be smaller than the window on each side (a window of "
                 f"padding only has nothing to pool), got padding {padding!r} for window {window}."
             )
-    _args.check_fits(op, x.shape[1:3], window, pads)
+    _args.check_fits(op, x.shape[1:3], window, pads, dilated=False)
     return x, batched, PoolConfig(window, stride, pads)
 
 
