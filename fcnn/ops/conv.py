@@ -55,8 +55,10 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
         Ints and pairs may be numpy values (`np.array([1, 2])`, shape (2,) or (2, 2) for
         padding); configuration is static, so a value traced under `jit` is a TypeError.
       groups: feature groups, one int; `groups == C_in` with `C_out = k * C_in` is depthwise.
-      algorithm: "auto" (default: chosen per shape), "xla", "phase", "im2col" or "taps": how the
-        forward, dX and dK are computed (see fcnn.ops._conv_algorithms). Same maths, same rule.
+      algorithm: "auto" (default: chosen per shape on a CPU; XLA's native convolution when
+        lowered for CUDA, ROCm or TPU), "xla", "phase", "im2col" or "taps" (on every platform):
+        how the forward, dX and dK are computed (see fcnn.ops._conv_algorithms). Same maths,
+        same rule.
 
     Returns:
       `(N, H_out, W_out, C_out)` (or unbatched), `H_out = floor((H + p_t + p_b - F_eff) / s) + 1`.
