@@ -23,7 +23,8 @@ def test_member_k_equals_a_separate_run_with_key_k():
     _, together = script["train_ensemble"](keys, epochs=1, ds=ds)
     for k in (0, 2):
         _, alone = script["train_ensemble"](keys[k:k + 1], epochs=1, ds=ds)
-        for a, b in zip(jax.tree_util.tree_leaves(together), jax.tree_util.tree_leaves(alone)):
+        for a, b in zip(jax.tree_util.tree_leaves(together), jax.tree_util.tree_leaves(alone),
+                        strict=True):
             assert_close(a[k], b[0], f"member {k}", rtol=1e-4, atol=1e-5)
     w0 = jax.tree_util.tree_leaves(together)[0]
     assert not np.allclose(w0[0], w0[1])  # different keys, different members
@@ -31,6 +32,10 @@ def test_member_k_equals_a_separate_run_with_key_k():
 
 def test_script_reports_members_and_ensemble(capsys):
     members, ensemble = script["main"](["--members", "2", "--epochs", "1"])
-    assert len(members) == 2 and all(0.8 < a <= 1 for a in members)
+    # --members 2 --epochs 1, --seed 0-5: 11 of 12 members 84.3-94.2% (87.8% and 91.5% at seed
+    # 0, as here), one 48.8% (seed 5's first member, train.py --seed 5's initialisation, which
+    # stalls after one epoch there too); ensemble minus its worse member +1.7 to +45 points.
+    # Other CPU kernels (XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=): within 0.2.
+    assert len(members) == 2 and all(0.7 < a <= 1 for a in members)
     assert ensemble >= min(members) - 0.01
     assert "averaged ensemble of 2" in capsys.readouterr().out

@@ -38,6 +38,10 @@ def test_input_gradient_matches_autodiff_and_attack_is_bounded(monkeypatch):
 def test_script_accuracy_falls_with_epsilon(tmp_path):
     results = script["main"](["--epochs", "2", "--eps", "0", "0.25",
                               "--out", str(tmp_path / "g.png")])
-    assert results[0.0] > 0.9 and results[0.25] < results[0.0] - 0.3
+    # The main job's recipe for 2 epochs; over train.py --seed 0-5 (fgsm.py trains seed 0):
+    # clean 88.7-95.9% (94.3% at seed 0), eps 0.25 costs 73-89 points (seed 0: 94.3 -> 6.1%);
+    # with other CPU kernels (XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=) within 1.2
+    # points.
+    assert results[0.0] > 0.8 and results[0.25] < results[0.0] - 0.3
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
     assert np.isfinite(list(results.values())).all()

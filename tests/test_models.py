@@ -93,7 +93,8 @@ def test_whole_model_gradients_match_autodiff(name, shape, kwargs, on_reference)
     assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda p, x: net.apply(p, x))(params, x))
     ref = jax.jit(jax.value_and_grad(lambda p, x: R.softmax_cross_entropy(net.apply(p, x), y),
                                      argnums=(0, 1)))(params, x)
-    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref),
+                    strict=True):
         fcnn.testing.assert_close(a, b, f"{name} loss/gradient")
 
 
@@ -113,4 +114,7 @@ def test_lenet_loss_falls_with_sgd():
     for _ in range(8):
         params, loss = step(params)
         losses.append(float(loss))
-    assert losses[-1] < 0.5 * losses[0], losses
+    # last / first loss over init key and input seed s = 0-9: 0.32-0.51 (0.42 at s = 0, as
+    # here), within 2e-7 with other CPU kernels (YNNPACK off: XLA_FLAGS=
+    # --xla_cpu_experimental_ynn_fusion_type=); 0.7 sits 0.19 above the largest.
+    assert losses[-1] < 0.7 * losses[0], losses

@@ -45,7 +45,7 @@ CHILD = textwrap.dedent("""
 
     def diff(a, b):
         return max(float(jnp.max(jnp.abs(u - v))) for u, v in
-                   zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+                   zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
     for name, n in (("even", 64), ("remainder", 6)):
         xs, ys = parallel.shard_batch(mesh, x[:n], y[:n])
@@ -116,7 +116,7 @@ def test_train_py_two_processes_match_one_process_with_four_devices(tmp_path):
                           str(tmp_path / "one.json")], env=_env(4), capture_output=True,
                          text=True, timeout=600)
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     assert one.returncode == 0, one.stderr[-3000:]
     assert "4 devices in 2 process(es): 16 images per device" in outs[0][0]
@@ -127,7 +127,10 @@ def test_train_py_two_processes_match_one_process_with_four_devices(tmp_path):
     assert dist["train_loss"] == pytest.approx(local["train_loss"], rel=1e-5)
     assert dist["test_loss"] == pytest.approx(local["test_loss"], rel=1e-4)
     assert abs(dist["test_accuracy"] - local["test_accuracy"]) <= 2e-4  # <= 2 of 10,000
-    assert local["test_accuracy"] > 0.8
+    # One epoch of the main job, 1 device, --seed 0-15: 85.2-93.6%, but 42.5% for seed 5
+    # (its initialisation: the same with other CPU kernels); seed 3: 90.4% on 1 device and
+    # 89.1% on 4 (as here); the floor sits 15 points under the rest.
+    assert local["test_accuracy"] > 0.7
 
 
 def test_batch_mesh_checks_its_argument():

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import pathlib
 import re
 import runpy
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -40,14 +43,31 @@ def test_bench_ops_writes_its_table(tmp_path):
     assert out.read_text().count('"ratio"') == len(rows)
 
 
+# A block that ends by showing an error, `# AssertionError: message` with the message's wrapped
+# lines continued by `#   `, must raise exactly that error with exactly that message.
+_SHOWN_ERROR = re.compile(r"^# (\w+Error): (.*(?:\n#   .*)*)\n\Z", re.M)
+
+
 def test_readme_python_examples_run():
-    """Every ```python block of the README, executed in order in one namespace."""
+    """Every ```python block of the README, executed in order in one namespace; blocks that
+    show an error raise it, word for word."""
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert len(blocks) >= 3
     namespace: dict = {}
+    raising = []
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+        code = compile(block, "README.md", "exec")
+        shown = _SHOWN_ERROR.search(block)
+        if shown is None:
+            exec(code, namespace)
+            continue
+        with pytest.raises(getattr(builtins, shown.group(1))) as raised:
+            exec(code, namespace)
+        assert str(raised.value) == shown.group(2).replace("\n#   ", " ")
+        raising.append(block)
+    # "Checking your own ops": check_vjp catches a deliberately wrong rule
+    assert any("check_vjp" in block and "custom_vjp" in block for block in raising), raising
     assert namespace["out_shape"] == (10,)
     assert namespace["per_example"][0]["w"].shape == (8, 5, 5, 1, 6)
     assert namespace["ensemble"][0]["w"].shape == (4, 5, 5, 1, 6)

@@ -45,6 +45,8 @@ def test_step_learns_and_is_pure():
     p, s = params, state
     for i in range(30):
         p, s, m = step(p, s, x, y, jax.random.key(i))
+    # last / first loss over seeds 0-9 (init key, batch, dropout keys): 0.040-0.112 (0.065 as
+    # here), within 2e-7 with other CPU kernels (XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=)
     assert float(m["loss"]) < 0.5 * first and set(m) == {"loss", "accuracy"}
 
 
@@ -131,7 +133,10 @@ def test_main_job_writes_metrics_and_plot(tmp_path):
                "--plot", str(tmp_path / "c.png"))
     m = json.loads((tmp_path / "m.json").read_text())
     assert [e["epoch"] for e in m["epochs"]] == [1, 2]
-    assert 0.9 < m["test_accuracy"] <= 1 and m["images_per_second"] > 0 and m["wall_seconds"] > 0
+    # 2 epochs of the main job, --seed 0-5: 88.7-95.9% (94.3% at seed 0, as here; 94.4% with
+    # other CPU kernels, XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=); the floor is 8.7
+    # points under the lowest (seed 5, whose initialisation stalls at 42.5% after one epoch).
+    assert 0.8 < m["test_accuracy"] <= 1 and m["images_per_second"] > 0 and m["wall_seconds"] > 0
     assert len(m["params_sha256"]) == 64 and "test accuracy" in out.stdout
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
