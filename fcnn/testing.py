@@ -38,15 +38,17 @@ def assert_close(got, want, what: str, rtol=None, atol=None) -> None:
     rtol, atol = tolerance(got.dtype, rtol, atol)
     g64, w64 = got.astype(np.float64), want.astype(np.float64)
     finite = np.isfinite(w64)
-    if not np.array_equal(np.isfinite(g64), finite) or not np.array_equal(
-        g64[~finite], w64[~finite]
-    ):
-        bad = np.unravel_index(np.argmax(np.isfinite(g64) != finite), got.shape)
+    # Non-finite values must match exactly: NaN where the reference has NaN (NaN != NaN, so
+    # compared with isnan), an infinity of the same sign where it has one.
+    same = (np.isfinite(g64) & finite) | (np.isnan(g64) & np.isnan(w64)) | (g64 == w64)
+    if not same.all():
+        bad = tuple(int(i) for i in np.unravel_index(np.argmax(~same), got.shape))
         raise AssertionError(
             f"{what}: non-finite values differ, first at index {bad}: "
             f"got {got[bad]}, reference {want[bad]}"
         )
-    err = np.where(finite, np.abs(g64 - w64), 0.0)
+    err = np.zeros(got.shape)
+    err[finite] = np.abs(g64[finite] - w64[finite])  # g64 is finite there: `same` held
     bound = atol + rtol * (np.max(np.abs(w64[finite])) if finite.any() else 0.0)
     worst = np.unravel_index(np.argmax(err), err.shape)
     if err[worst] > bound:
@@ -73,6 +75,29 @@ def _names(fn, n):
     return names
 
 
+def _differentiated(args, names):
+    """Flatten `args` and pick the leaves check_vjp differentiates: floating-point arrays.
+
+    Returns the flat leaves, their treedef, the indices of the differentiated leaves and a
+    name for each (`argument 0 (`params`)['w']`). Raises TypeError on a Python float."""
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(tuple(args))
+    diff, labels = [], {}
+    for j, (path, leaf) in enumerate(with_paths):
+        label = names[path[0].idx] + jax.tree_util.keystr(path[1:])
+        if hasattr(leaf, "dtype"):
+            if jnp.issubdtype(leaf.dtype, jnp.inexact):
+                diff.append(j)
+                labels[j] = label
+        elif isinstance(leaf, (float, complex)):
+            raise TypeError(
+                f"check_vjp: {label} is a Python {type(leaf).__name__} ({leaf!r}), which could "
+                f"be an input to differentiate or a constant. Pass jnp.asarray({leaf!r}) to "
+                f"differentiate it, or bind it inside `fn` and `reference_fn` (a lambda or "
+                f"functools.partial) to hold it fixed."
+            )
+    return [leaf for _, leaf in with_paths], treedef, diff, labels
+
+
 def check_vjp(
     fn, reference_fn, *args, rtol=None, atol=None, seed: int = 0, jit: bool = True
 ) -> None:
@@ -80,12 +105,22 @@ def check_vjp(
 
     Both are called on `args`; outputs (any pytree) are compared, then the VJPs of both are
     applied to the same random normal cotangent and the gradients with respect to every
-    floating-point argument are compared. Integer and non-array arguments (labels, shapes) are
-    held fixed. Cotangents must have the primal's shape and dtype.
+    floating-point array are compared. Cotangents must have the primal's shape and dtype.
+
+    Which arguments are differentiated:
+      - floating-point arrays (jax or numpy, scalars included), alone or as leaves of a pytree
+        argument (a list of arrays, a params dict `{"w", "b"}`): every one, each gradient
+        named by argument and path, e.g. ``gradient of argument 0 (`params`)['w']``;
+      - held fixed: integer, boolean and PRNG-key arrays (labels, keys), Python ints and bools,
+        strings, None, and the integer leaves of a pytree (shapes);
+      - refused: a Python float or complex (alone or in a pytree) raises a TypeError naming
+        it, since it may be a constant (a rate, a slope) or an input: pass `jnp.asarray(v)` to
+        differentiate it, or bind it inside both functions to hold it fixed.
 
     Example:
       >>> check_vjp(ops.conv2d, reference.conv2d, x, w)
       >>> check_vjp(lambda x, w: ops.conv2d(x, w, stride=2), lambda x, w: ..., x, w)
+      >>> check_vjp(lambda p, x: ops.dense(x, p["w"], p["b"]), ..., {"w": w, "b": b}, x)
 
     Args:
       fn: the function under test.
@@ -98,23 +133,20 @@ def check_vjp(
 
     Raises:
       AssertionError: naming the output or argument and the worst element.
+      TypeError: an argument (or a leaf of one) is a Python float or complex.
     """
-    diff = [
-        i for i, a in enumerate(args)
-        if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.inexact)
-    ]
-    names = _names(fn, len(args))
+    flat, treedef, diff, labels = _differentiated(args, _names(fn, len(args)))
 
     def restrict(f):
         def g(*d):
-            full = list(args)
-            for i, v in zip(diff, d):
-                full[i] = v
-            return f(*full)
+            full = list(flat)
+            for j, v in zip(diff, d, strict=True):
+                full[j] = v
+            return f(*jax.tree_util.tree_unflatten(treedef, full))
 
         return g
 
-    primals = [args[i] for i in diff]
+    primals = [flat[j] for j in diff]
     out_shapes = jax.eval_shape(restrict(fn), *primals)
     leaves, tree = jax.tree_util.tree_flatten(out_shapes)
     rng = np.random.default_rng(seed)  # numpy: no compilation per cotangent shape
@@ -135,12 +167,13 @@ def check_vjp(
     ref_leaves, ref_tree = jax.tree_util.tree_flatten(ref_out)
     if tree != ref_tree:
         raise AssertionError(f"output structure {tree} != reference {ref_tree}")
-    for k, (a, b) in enumerate(zip(leaves, ref_leaves)):
+    for k, (a, b) in enumerate(zip(leaves, ref_leaves, strict=True)):
         assert_close(a, b, f"output {k}" if len(leaves) > 1 else "output", rtol, atol)
-    for i, p, g, r in zip(diff, primals, grads, ref_grads):
+    for j, p, g, r in zip(diff, primals, grads, ref_grads, strict=True):
+        p = jnp.asarray(p)
         if g.shape != p.shape or g.dtype != p.dtype:
             raise AssertionError(
-                f"gradient of {names[i]}: cotangent {g.shape} {g.dtype} does not match the "
+                f"gradient of {labels[j]}: cotangent {g.shape} {g.dtype} does not match the "
                 f"primal {p.shape} {p.dtype}"
             )
-        assert_close(g, r, f"gradient of {names[i]}", rtol, atol)
+        assert_close(g, r, f"gradient of {labels[j]}", rtol, atol)

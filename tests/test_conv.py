@@ -8,14 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from jax.test_util import check_grads
 
 from fcnn import ops
 from fcnn import reference as R
-from fcnn.ops._conv_algorithms import ALGORITHMS
-from fcnn.testing import assert_close, check_vjp
-from tests.strategies import conv_cases, normal
+from fcnn.ops._conv_algorithms import ALGORITHMS, TAPS_BROADCAST_MAX
+from fcnn.testing import assert_close, check_vjp, tolerance
+from tests.strategies import conv_cases, costly, normal
 
 
 def _operands(case, dtype, seed=0):
@@ -63,7 +63,7 @@ def test_grad_input_and_grad_kernel_match_autodiff(case, algorithm):
 
 
 @algorithms
-@settings(max_examples=10)
+@costly(ci_examples=10)
 @given(case=conv_cases())
 def test_grad_of_grad_matches_autodiff(case, algorithm):
     x, w, b = _operands(case, jnp.float64)
@@ -80,7 +80,8 @@ def test_grad_of_grad_matches_autodiff(case, algorithm):
         return jax.jit(jax.grad(outer, argnums=(0, 1, 2)))
 
     ours = partial(ops.conv2d, algorithm=algorithm)
-    for got, want, name in zip(second(ours)(x, w, b), second(R.conv2d)(x, w, b), "xwb"):
+    for got, want, name in zip(second(ours)(x, w, b), second(R.conv2d)(x, w, b), "xwb",
+                                strict=True):
         assert_close(got, want, f"d2/d{name}")
 
 
@@ -192,17 +193,18 @@ def test_forward_mode_is_refused_with_jax_message():
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 def test_low_precision_keeps_dtype(dtype):
-    x = normal(0, (2, 6, 6, 3), jnp.float32)
-    w = normal(1, (3, 3, 3, 4), jnp.float32)
-    b = normal(2, (4,), jnp.float32)
-    f = lambda x, w, b: jnp.sum(ops.conv2d(x, w, b, stride=2, padding=1).astype(jnp.float32))
-    y = ops.conv2d(x.astype(dtype), w.astype(dtype), b.astype(dtype), stride=2, padding=1)
-    assert y.dtype == dtype
-    low = jax.grad(f, argnums=(0, 1, 2))(x.astype(dtype), w.astype(dtype), b.astype(dtype))
-    high = jax.grad(f, argnums=(0, 1, 2))(x, w, b)
-    for lo, hi in zip(low, high):
-        assert lo.dtype == dtype
-        assert_close(lo.astype(jnp.float32), hi, "low precision grad", rtol=3e-2, atol=3e-2)
+    """Value and VJP in `dtype` keep the dtype and agree, within `dtype`'s tolerance, with the
+    float64 oracle run on the same (already rounded) inputs and cotangent."""
+    x, w, b = normal(0, (2, 6, 6, 3), dtype), normal(1, (3, 3, 3, 4), dtype), normal(2, (4,), dtype)
+    kw = dict(stride=2, padding=1)
+    y, vjp = jax.vjp(partial(ops.conv2d, **kw), x, w, b)
+    g = normal(3, y.shape, dtype)
+    f64 = lambda a: a.astype(jnp.float64)
+    want, ref_vjp = jax.vjp(partial(R.conv2d, **kw), f64(x), f64(w), f64(b))
+    pairs = [(y, want), *zip(vjp(g), ref_vjp(f64(g)), strict=True)]
+    for name, (got, ref) in zip(["y", "dx", "dw", "db"], pairs, strict=True):
+        assert got.dtype == dtype, name
+        assert_close(f64(got), ref, f"{name} in {jnp.dtype(dtype).name}", *tolerance(dtype))
 
 
 def test_depthwise_kernel_as_large_as_input():
@@ -282,7 +284,8 @@ def test_im2col_dk_chunks_the_batch_and_pads_the_last_chunk():
 @pytest.mark.parametrize("cin", [5, 6, 9])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_many_input_channels_dx(cin, stride, algorithm):
-    """dX with more input channels than the hypothesis sweep draws (it keeps C_in <= 6)."""
+    """dX with 5-9 input channels in one group at strides 1 and 2: fixed cases beside the
+    sweep's random ones (it draws up to 9 per group, one past the taps broadcast limit)."""
     x, w = normal(0, (2, 7, 6, cin)), normal(1, (3, 3, cin, 4))
     kw = dict(stride=stride, padding=1, algorithm=algorithm)
     g = normal(2, ops.conv2d(x, w, **kw).shape)
@@ -291,6 +294,25 @@ def test_many_input_channels_dx(cin, stride, algorithm):
         lambda g, w: R.conv2d_grad_input(g, w, x.shape, stride=stride, padding=1),
         g, w,
     )
+
+
+@pytest.mark.parametrize("cig,groups", [(TAPS_BROADCAST_MAX, 2), (TAPS_BROADCAST_MAX + 1, 3)])
+def test_taps_forward_with_groups(cig, groups):
+    """The taps forward with groups > 1 on both sides of TAPS_BROADCAST_MAX: broadcast
+    multiply-adds per input channel (C_in/groups <= it) and one GEMM per tap (above). Value and
+    VJP in float64 and float32, and dX's VJP, whose d/dg is the taps forward again."""
+    kw = dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2), groups=groups)
+    ours = partial(ops.conv2d, **kw, algorithm="taps")
+    for dtype in (jnp.float64, jnp.float32):
+        x = normal(0, (2, 7, 6, cig * groups), dtype)
+        w = normal(1, (3, 2, cig, 3 * groups), dtype)
+        check_vjp(ours, partial(R.conv2d, **kw), x, w, normal(2, (3 * groups,), dtype))
+    gemm = "dot_general" in str(jax.make_jaxpr(ours)(x, w))
+    assert gemm == (cig > TAPS_BROADCAST_MAX), "not the taps path this case is for"
+    x, w = x.astype(jnp.float64), w.astype(jnp.float64)
+    check_vjp(lambda g, w: ops.conv2d_grad_input(g, w, x.shape, **kw, algorithm="taps"),
+              lambda g, w: R.conv2d_grad_input(g, w, x.shape, **kw),
+              normal(3, ours(x, w).shape), w)
 
 
 def test_lowers_for_cpu_gpu_and_tpu():
@@ -309,5 +331,5 @@ def test_lowers_for_cpu_gpu_and_tpu():
     assert exported.platforms == ("cpu", "cuda", "tpu")
     got = exported.call(x, w)
     want = jax.grad(loss, argnums=(0, 1))(x, w)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         assert_close(a, b, "exported grad")

@@ -97,8 +97,8 @@ def test_batches_seeded_complete_and_scaled():
     again = list(data.batches(images, labels, 4, seed=3, epoch=1))
     other = list(data.batches(images, labels, 4, seed=3, epoch=2))
     assert [len(y) for _, y in first] == [4, 4, 2]  # the partial batch is kept
-    assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, again))
-    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(first, other))
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(first, other, strict=True))
     assert sorted(np.concatenate([y for _, y in first]).tolist()) == list(range(10))
     x, y = first[0]
     assert x.dtype == np.float32 and np.allclose(x[:, 0, 0, 0], images[y, 0, 0, 0] / 255)

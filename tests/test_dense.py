@@ -54,7 +54,7 @@ def test_grad_of_grad_and_vmap():
                                     jax.grad(inner, argnums=(0, 1, 2))(x, w, b))
         return jax.grad(outer, argnums=(0, 1, 2))(x, w, b)
 
-    for got, want in zip(second(ops.dense), second(R.dense)):
+    for got, want in zip(second(ops.dense), second(R.dense), strict=True):
         assert_close(got, want, "d2")
     per_example = jax.vmap(jax.grad(lambda w, x: jnp.sum(ops.dense(x, w) ** 2)), (None, 0))(w, x)
     loop = jnp.stack([jax.grad(lambda w: jnp.sum(R.dense(xi, w) ** 2))(w) for xi in x])

@@ -47,7 +47,7 @@ def test_vmap_over_keys_and_jit(key):
     x = normal(4, (8, 16))
     keys = jax.random.split(key, 8)
     per = jax.vmap(lambda k, xi: ops.dropout(k, xi, 0.5))(keys, x)
-    loop = jnp.stack([ops.dropout(k, xi, 0.5) for k, xi in zip(keys, x)])
+    loop = jnp.stack([ops.dropout(k, xi, 0.5) for k, xi in zip(keys, x, strict=True)])
     np.testing.assert_array_equal(per, loop)
     np.testing.assert_array_equal(jax.jit(lambda k, x: ops.dropout(k, x, 0.5))(key, x),
                                   ops.dropout(key, x, 0.5))

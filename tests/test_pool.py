@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from jax.test_util import check_grads
 
 from fcnn import ops
 from fcnn import reference as R
 from fcnn.testing import assert_close, check_vjp
-from tests.strategies import distinct, pool_cases
+from tests.strategies import costly, distinct, normal, pool_cases
 
 POOLS = [(ops.max_pool2d, R.max_pool2d), (ops.avg_pool2d, R.avg_pool2d)]
 
@@ -29,7 +29,7 @@ def test_value_and_vjp_match_autodiff(case, pool, dtype):
     check_vjp(_bind(pool[0], case), _bind(pool[1], case), x)
 
 
-@settings(max_examples=10)
+@costly(ci_examples=10)
 @pytest.mark.parametrize("pool", POOLS, ids=["max", "avg"])
 @given(case=pool_cases())
 def test_grad_of_grad_matches_autodiff(case, pool):
@@ -40,6 +40,42 @@ def test_grad_of_grad_matches_autodiff(case, pool):
         return jax.jit(jax.grad(lambda x: jnp.sum(jnp.cos(jax.grad(inner)(x)))))
 
     assert_close(second(_bind(pool[0], case))(x), second(_bind(pool[1], case))(x), "d2/dx")
+
+
+# stride == window with 32+ channels (the CIFAR net's pools): max pool's backward writes every
+# window's block with one select, `(N, H_out, kh, W_out, kw, C)`, instead of a write per tap.
+TILED = [
+    ((2, 8, 8, 32), 2, 0),  # exact tiling
+    ((2, 9, 7, 32), 2, 0),  # floor remainder: the last row and column are in no window
+    ((2, 10, 11, 40), (3, 2), ((1, 0), (0, 1))),  # non-square, asymmetric padding, remainders
+    ((10, 9, 33), 3, ((2, 1), (1, 0))),  # unbatched, padding on both sides, remainders
+]
+
+
+@pytest.mark.parametrize("shape,window,padding", TILED)
+def test_tiled_max_pool_backward_and_its_second_order_rules(shape, window, padding):
+    """Value and VJP of the tiled max-pool backward (the scatter) in float64 and float32, and in
+    float64 its own rules: d/dg of the scatter is the gather, whose d/dct is the scatter again;
+    d/dx of both is 0."""
+    def pool(impl):
+        return lambda x: impl(x, window, None, padding)
+
+    def scatter(impl):  # (x, g) -> dx, linear in g
+        return lambda x, g: jax.vjp(pool(impl), x)[1](g)[0]
+
+    def gather(impl):  # (x, ct) -> d<scatter(x, g), ct>/dg, linear in ct
+        return lambda x, ct: jax.vjp(lambda g: scatter(impl)(x, g), g)[1](ct)[0]
+
+    x = distinct(8, shape)  # no ties: the argmax is unambiguous
+    g = normal(9, jax.eval_shape(pool(ops.max_pool2d), x).shape)
+    n, h, w, c = x.shape if x.ndim == 4 else (1, *x.shape)
+    (kh, kw), ((pt, pb), (pl, pr)) = np.broadcast_to(window, 2), np.broadcast_to(padding, (2, 2))
+    blocks = f"[{n},{(h + pt + pb) // kh},{kh},{(w + pl + pr) // kw},{kw},{c}]"
+    assert blocks in str(jax.make_jaxpr(scatter(ops.max_pool2d))(x, g)), "not the tiled path"
+    check_vjp(scatter(ops.max_pool2d), scatter(R.max_pool2d), x, g)
+    check_vjp(gather(ops.max_pool2d), gather(R.max_pool2d), x, normal(10, x.shape))
+    x32 = distinct(8, shape, jnp.float32)
+    check_vjp(pool(ops.max_pool2d), pool(R.max_pool2d), x32)
 
 
 @pytest.mark.parametrize("pool", POOLS, ids=["max", "avg"])

@@ -64,3 +64,45 @@ def test_tolerances_per_dtype_and_overrides():
         assert_close(jnp.ones(2, jnp.float32), jnp.ones(2), "x")
     with pytest.raises(AssertionError, match="non-finite"):
         assert_close(jnp.array([1.0, jnp.nan]), jnp.array([1.0, 2.0]), "x")
+
+
+def test_nan_in_the_same_places_passes_and_any_other_non_finite_mismatch_fails():
+    nan, inf = jnp.nan, jnp.inf
+    assert_close(jnp.array([1.0, nan, inf, -inf]), jnp.array([1.0, nan, inf, -inf]), "same")
+    for got, want in [(nan, 2.0), (2.0, nan), (nan, inf), (inf, nan), (inf, -inf), (-inf, inf),
+                      (inf, 2.0)]:
+        with pytest.raises(AssertionError, match=r"non-finite values differ, first at index \(1,"):
+            assert_close(jnp.array([1.0, got, 0.0]), jnp.array([1.0, want, 0.0]), "x")
+
+
+def _wrong_second_gradient(f):
+    """`f` with the gradient of its second input scaled by 1.01."""
+    bad = jax.custom_vjp(f)
+    bad.defvjp(lambda a, b: (f(a, b), (a, b)),
+               lambda res, g: tuple(d * s for d, s in zip(jax.vjp(f, *res)[1](g), (1.0, 1.01),
+                                                          strict=True)))
+    return bad
+
+
+def test_pytree_arguments_are_differentiated_and_named_by_path():
+    f = lambda a, b: jnp.sin(a) * b
+    bad = _wrong_second_gradient(f)
+    x, y = normal(0, (3,)), normal(1, (3,))
+    check_vjp(lambda xs: f(xs[0], xs[1]), lambda xs: f(xs[0], xs[1]), [x, y])
+    with pytest.raises(AssertionError, match=r"gradient of argument 0 \(`xs`\)\[1\]: worst"):
+        check_vjp(lambda xs: bad(xs[0], xs[1]), lambda xs: f(xs[0], xs[1]), [x, y])
+    with pytest.raises(AssertionError, match=r"gradient of argument 0 \(`p`\)\['w'\]: worst"):
+        check_vjp(lambda p, n: bad(p["b"], p["w"])[:n], lambda p, n: f(p["b"], p["w"])[:n],
+                  {"w": y, "b": x}, 2)
+
+
+def test_a_python_float_is_refused_with_its_name():
+    x = normal(0, (3,))
+    with pytest.raises(TypeError, match=r"argument 1 \(`slope`\) is a Python float \(0\.1\)"):
+        check_vjp(lambda x, slope: ops.leaky_relu(x, slope),
+                  lambda x, slope: R.leaky_relu(x, slope), x, 0.1)
+    with pytest.raises(TypeError, match=r"argument 0 \(`xs`\)\[1\] is a Python float"):
+        check_vjp(lambda xs: xs[0] * xs[1], lambda xs: xs[0] * xs[1], [x, 2.0])
+    # the two ways out the message names: an array is differentiated, a bound float held fixed
+    check_vjp(lambda x, s: ops.relu(x) * s, lambda x, s: R.relu(x) * s, x, jnp.asarray(0.1))
+    check_vjp(lambda x: ops.leaky_relu(x, 0.1), lambda x: R.leaky_relu(x, 0.1), x)

@@ -1,0 +1,137 @@
+"""The hypothesis sweeps reach the cases that break hand derivations, and follow the profile."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+
+import pytest
+from hypothesis import given, settings
+
+from fcnn.ops._conv_algorithms import TAPS_BROADCAST_MAX
+from tests.strategies import conv_cases, costly, pool_cases
+
+TESTS = pathlib.Path(__file__).parent
+
+
+def _draws(strategy, n):
+    """The first `n` cases a test drawing from `strategy` sees under the ci profile (derandomized;
+    each test function has its own seed, so these are one such sequence)."""
+    seen = []
+
+    @settings(settings.get_profile("ci"), max_examples=n, database=None)
+    @given(strategy)
+    def collect(case):
+        seen.append(case)
+
+    collect()
+    return seen
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _asymmetric(padding):
+    return not isinstance(padding, (str, int)) and not isinstance(padding[0], int) and any(
+        lo != hi for lo, hi in padding)
+
+
+def _explicit(padding):
+    """Explicit pads of a non-"SAME" padding."""
+    if padding == "VALID":
+        return ((0, 0), (0, 0))
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    if isinstance(padding[0], int):
+        return tuple((p, p) for p in padding)
+    return padding
+
+
+def _conv_features(case):
+    kw, x_shape, (kh, kw_, cig, _) = case["kwargs"], case["x_shape"], case["w_shape"]
+    stride, dilation, padding = _pair(kw["stride"]), _pair(kw["dilation"]), kw["padding"]
+    remainder = padding != "SAME" and any(  # what the forward's floor drops
+        (n + lo + hi - (k - 1) * d - 1) % s
+        for n, k, d, s, (lo, hi) in zip(x_shape[-3:-1], (kh, kw_), dilation, stride,
+                                        _explicit(padding), strict=True))
+    return {
+        "batch >= 2": len(x_shape) == 4 and x_shape[0] >= 2,
+        "batch 3": len(x_shape) == 4 and x_shape[0] == 3,
+        "unbatched": len(x_shape) == 3,
+        "asymmetric padding": _asymmetric(padding),
+        "SAME": padding == "SAME",
+        "C_in/groups > 2": cig > 2,
+        "C_in/groups > 2 with groups > 1": cig > 2 and kw["groups"] > 1,
+        "C_in/groups past the taps broadcast limit": cig > TAPS_BROADCAST_MAX,
+        "stride 3": 3 in stride,
+        "dilation 3": 3 in dilation,
+        "remainder r != 0": remainder,
+        "bias": case["bias"],
+    }
+
+
+def _pool_features(case):
+    shape, window = case["shape"], _pair(case["window"])
+    tiles = case["stride"] is None or _pair(case["stride"]) == window
+    return {
+        "batch >= 2": len(shape) == 4 and shape[0] >= 2,
+        "unbatched": len(shape) == 3,
+        "asymmetric padding": _asymmetric(case["padding"]),
+        "channels > 3": shape[-1] > 3,
+        "channels >= 8": shape[-1] >= 8,
+        "tiled max-pool backward (stride == window, 32+ channels)": tiles and shape[-1] >= 32,
+        "overlapping windows": any(s < k for s, k in zip(_pair(case["stride"] or window), window,
+                                                          strict=True)),
+    }
+
+
+def _counts(cases, features):
+    """How many of `cases` show each feature."""
+    seen = [features(c) for c in cases]
+    return {name: sum(s[name] for s in seen) for name in seen[0]}
+
+
+# Shown in the first 20 draws (a ci-sized sweep; each test has its own seed, and the suite runs
+# each sweep several times: per dtype, per algorithm). Every feature above shows in at least 5
+# of 200 draws. (Hypothesis's draws are not independent: rates move whenever a strategy
+# changes, so only presence is pinned.)
+IN_A_CI_SWEEP = {
+    "conv": ["batch >= 2", "asymmetric padding", "C_in/groups > 2",
+             "C_in/groups > 2 with groups > 1", "stride 3", "dilation 3", "remainder r != 0"],
+    "pool": ["batch >= 2", "asymmetric padding", "channels >= 8",
+             "tiled max-pool backward (stride == window, 32+ channels)"],
+}
+
+
+@pytest.mark.parametrize("name,strategy,features", [
+    ("conv", conv_cases(), _conv_features), ("pool", pool_cases(), _pool_features)])
+def test_sweep_reaches_the_hard_cases(name, strategy, features):
+    first = _counts(_draws(strategy, 20), features)
+    assert all(first[f] > 0 for f in IN_A_CI_SWEEP[name]), first
+    counts = _counts(_draws(strategy, 200), features)
+    assert min(counts.values()) >= 5, counts
+
+
+def test_costly_sweeps_follow_the_profile():
+    try:
+        settings.load_profile("thorough")
+        assert costly(ci_examples=10).max_examples == 300
+        settings.load_profile("ci")
+        assert costly(ci_examples=10).max_examples == 10
+        assert costly(ci_examples=50).max_examples == 20  # never more than the profile asks
+    finally:
+        settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def test_no_sweep_fixes_its_own_example_count():
+    """A literal `max_examples` in a test would override the profile (thorough included):
+    counts live in conftest.py's profiles and strategies.costly only."""
+    pattern = re.compile(r"max_examples\s*=")
+    offenders = [
+        f"{path.name}:{i}"
+        for path in sorted(TESTS.glob("test_*.py")) if path.name != pathlib.Path(__file__).name
+        for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)
+    ]
+    assert not offenders, offenders
