@@ -12,6 +12,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from fcnn import _args
+
 
 def fans(shape, groups: int = 1) -> tuple[float, float]:
     """`(fan_in, fan_out)` of a weight of `shape` (1-D: both are its length)."""
@@ -57,7 +59,8 @@ def glorot_normal():
 
 
 def normal(std: float = 0.01):
-    """Normal with a fixed standard deviation `std`."""
+    """Normal with a fixed standard deviation `std` (a finite float >= 0)."""
+    std = _args.as_float(std, "init.normal", "std", minimum=0)
 
     def init(key, shape, dtype=jnp.float32, *, groups=1):
         return jax.random.normal(key, shape, dtype) * std
@@ -66,7 +69,8 @@ def normal(std: float = 0.01):
 
 
 def constant(value: float):
-    """Every element equal to `value`."""
+    """Every element equal to `value` (a finite float)."""
+    value = _args.as_float(value, "init.constant", "value")
 
     def init(key, shape, dtype=jnp.float32, *, groups=1):
         return jnp.full(shape, value, dtype)

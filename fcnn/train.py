@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fcnn import data, ops, parallel
+from fcnn import _args, data, ops, parallel
 from fcnn.layers import Layer
 
 
@@ -39,6 +39,8 @@ def make_step(model: Layer, optimizer: optax.GradientTransformation,
     and optimizer state and batches split with `parallel.shard_batch`; every output comes back
     replicated on the mesh, and XLA all-reduces the gradients.
     """
+    weight_decay = _args.as_float(weight_decay, "make_step", "weight_decay", minimum=0)
+    max_shift = _args.as_int(max_shift, "make_step", "max_shift", minimum=0)
 
     def objective(params, x, y, key):
         if max_shift:

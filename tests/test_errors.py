@@ -5,10 +5,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from fcnn import data, init, ops, train
 from fcnn import layers as L
-from fcnn import ops
 from fcnn import reference as R
 
 x4 = jnp.zeros((2, 8, 8, 3))
@@ -296,3 +297,19 @@ def test_soft_labels_are_not_range_checked():
     t = jnp.array([[0.0, 0.0, 0.0, 1.0], [0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0.0, 0.0]])
     np.testing.assert_allclose(ops.softmax_cross_entropy(z, t), R.softmax_cross_entropy(z, t),
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("call,exc,pattern", [
+    (lambda: train.make_step(L.serial(L.Dense(2)), optax.sgd(0.1), weight_decay=-1e-4),
+     ValueError, r"make_step: `weight_decay` must be a float >= 0, got -0.0001"),
+    (lambda: train.make_step(L.serial(L.Dense(2)), optax.sgd(0.1), max_shift=1.5),
+     TypeError, r"make_step: `max_shift` must be an int >= 0, got float 1.5"),
+    (lambda: data.random_shift(jax.random.key(0), x4, -1),
+     ValueError, r"random_shift: `max_shift` must be an int >= 0, got -1"),
+    (lambda: init.normal(float("nan")), ValueError, r"init.normal: `std` must be a finite float"),
+    (lambda: init.constant("1"), TypeError, r"init.constant: `value` must be a float"),
+])
+def test_training_configuration_is_refused_at_the_boundary(call, exc, pattern):
+    """Outside the ops too: a negative shift once reached jnp.pad, a NaN std every weight."""
+    with pytest.raises(exc, match=pattern):
+        call()

@@ -95,6 +95,9 @@ def random_shift(key, x, max_shift: int = 2):
     import jax
     import jax.numpy as jnp
 
+    from fcnn import _args
+
+    max_shift = _args.as_int(max_shift, "random_shift", "max_shift", minimum=0)
     if max_shift == 0:
         return x
     n, h, w, _ = x.shape
