@@ -64,12 +64,19 @@ def make(name: str, config: dict, shape: Callable, init: Callable, apply: Callab
     return Layer(init, apply)
 
 
+def config_error(layer: str, fn, *args, catch=ValueError, **kwargs):
+    """Run an `_args` normaliser with `layer` as the op name; the errors in `catch` become a
+    LayerError (so combinators can add the position)."""
+    try:
+        return fn(*args, **kwargs)
+    except catch as e:
+        raise LayerError(layer, str(e).split(": ", 1)[-1]) from None
+
+
 def as_shape(layer: str, input_shape) -> tuple[int, ...]:
     """`input_shape` as a tuple of positive ints (`_args.as_shape`), or a LayerError."""
-    try:
-        return _args.as_shape(input_shape, layer, "input_shape")
-    except (TypeError, ValueError) as e:  # a LayerError, so combinators can add the position
-        raise LayerError(layer, str(e).split(": ", 1)[-1]) from None
+    return config_error(layer, _args.as_shape, input_shape, layer, "input_shape",
+                        catch=(TypeError, ValueError))
 
 
 def image_shape(layer: str, input_shape) -> tuple[int, int, int]:

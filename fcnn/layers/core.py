@@ -9,26 +9,17 @@ import jax.numpy as jnp
 
 from fcnn import _args, ops
 from fcnn import init as initializers
-from fcnn.layers._base import Layer, LayerError, as_shape, batched, image_shape, make
+from fcnn.layers._base import Layer, LayerError, as_shape, batched, config_error, image_shape, make
 from fcnn.ops.dropout import check_rate
 from fcnn.ops.lrn import config as lrn_config
-
-
-def _config_error(layer, fn, *args, **kwargs):
-    """Run an `_args` normaliser with `layer` as the op name; its ValueError becomes a
-    LayerError (so combinators can add the position)."""
-    try:
-        return fn(*args, **kwargs)
-    except ValueError as e:
-        raise LayerError(layer, str(e).split(": ", 1)[-1]) from None
 
 
 def _window_shape(layer, input_shape, window, stride, padding, dilation, out_channels=None):
     """Output (H, W, C) of a conv/pool window over `input_shape`; errors as LayerErrors."""
     h, w, c = image_shape(layer, input_shape)
     effective = tuple(_args.effective_window(k, d) for k, d in zip(window, dilation))
-    pads = _config_error(layer, _args.as_padding, padding, layer, (h, w), effective, stride)
-    _config_error(layer, _args.check_fits, layer, (h, w), effective, pads,
+    pads = config_error(layer, _args.as_padding, padding, layer, (h, w), effective, stride)
+    config_error(layer, _args.check_fits, layer, (h, w), effective, pads,
                   "kernel" if out_channels else "window", dilated=out_channels is not None)
     ho, wo = (_args.output_size(n, f, s, p) for n, f, s, p in zip((h, w), effective, stride, pads))
     return (ho, wo, c if out_channels is None else out_channels)

@@ -5,8 +5,9 @@ suite runs its whole sweep once per algorithm. ``cfg.algorithm`` is already reso
 "auto") when these run; under "auto" it is the CPU's choice, and ``_per_platform`` gives every
 other platform XLA's own convolution (the formulations below were measured on a CPU only).
 
-- ``xla``: one ``lax.conv_general_dilated`` per map, exactly DESIGN.md's formulation: dX with
-  the upstream gradient dilated by the stride (``lhs_dilation``), dK with the batch contracted.
+- ``xla``: one ``lax.conv_general_dilated`` per map, exactly the formulation in conv.py's
+  rules: dX with the upstream gradient dilated by the stride (``lhs_dilation``), dK with the
+  batch contracted.
 - ``phase``: as ``xla``, but a strided dX is split by output phase (sub-pixel decomposition).
   Row ``q = r + m*s`` of dX only receives kernel taps ``a`` with ``a*d = r (mod s)``, so each of
   the ``s_h * s_w`` phases is a stride-1 full convolution of the *undilated* g with that subset

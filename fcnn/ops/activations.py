@@ -1,4 +1,5 @@
-"""Elementwise activations, each with its derivative written out (seed 004's table)."""
+"""Elementwise activations, each with its derivative written out (the activations of the CS231n
+notes, "Neural Networks Part 1: Setting up the Architecture")."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from fcnn.ops import _checks
 
 
 def relu(x):
-    """`max(0, x)`; the subgradient at 0 is 0 (seed 001)."""
+    """`max(0, x)`; the subgradient at 0 is 0 (the usual convention, as in `jax.nn.relu`)."""
     return _relu(_checks.floating("relu", "x", x))
 
 
 def leaky_relu(x, negative_slope=0.01):
-    """`x` for `x > 0`, else `negative_slope * x` (seed 004 uses 0.1); slope at 0 is the slope.
+    """`x` for `x > 0`, else `negative_slope * x` (0.01 as in Maas, Hannun & Ng 2013; 0.1 is
+    also common); slope at 0 is the slope.
 
     `negative_slope` is a finite float (Python or numpy scalar)."""
     x = _checks.floating("leaky_relu", "x", x)

@@ -1,4 +1,5 @@
-"""Losses, each a scalar mean over the batch with its gradient written out (seed 004)."""
+"""Losses, each a scalar mean over the batch with its gradient written out (CS231n notes, "Linear
+Classification": the softmax and multiclass SVM losses)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def softmax_cross_entropy(logits, labels):
 
     Returns:
       Scalar `mean_n [logsumexp(z_n) - sum_k t_nk z_nk]`.
-      Gradient: `(softmax(z) - onehot(y)) / N` (seed 004's `p - y`).
+      Gradient: `(softmax(z) - onehot(y)) / N` (the softmax classifier's `p - y`).
 
     Raises:
       ValueError: shapes that do not match, or concrete integer labels outside `[0, K)`.
