@@ -3,9 +3,11 @@
 Format (version 1): an uncompressed `.npz` (a zip of `.npy` arrays, read with
 `allow_pickle=False`) holding every leaf of the saved tree as `leaf_00000`, ... and a `meta` entry:
 JSON with the format version, step, epoch, the tree's structure as text, each leaf's shape and
-dtype, user metadata, and the SHA-256 of all leaf bytes. Restoring needs a template of the same
-structure (e.g. fresh params and optimizer state), checks shapes and dtypes against it, and
-refuses a file whose bytes do not hash to the recorded digest (truncated or tampered).
+dtype, the run's configuration, user metadata, and the SHA-256 of all leaf bytes. Restoring
+needs a template of the same structure (e.g. fresh params and optimizer state), checks shapes
+and dtypes against it, refuses a file whose bytes do not hash to the recorded digest (truncated
+or tampered) and, given the configuration of the run that wants to continue, refuses one made
+under another (`ConfigMismatch`, naming every differing entry).
 """
 
 from __future__ import annotations
@@ -28,6 +30,32 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, tampered with, or does not fit the template."""
 
 
+class ConfigMismatch(CheckpointError):
+    """A checkpoint made under another configuration than the run that wants to resume it.
+
+    `differences` lists `(key, saved, now)` for every entry that differs (`None`: absent).
+    """
+
+    def __init__(self, path, differences: list[tuple[str, object, object]]):
+        self.path, self.differences = Path(path), differences
+        listed = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in differences)
+        super().__init__(f"{path}: made under another configuration ({listed}). Resuming would "
+                         "reproduce neither run: continue with the checkpoint's configuration, or "
+                         "start a new run (from its parameters, if that is what you want).")
+
+
+def _json(value):
+    """`value` as it reads back from JSON (tuples become lists), so configurations compare."""
+    return json.loads(json.dumps(value))
+
+
+def config_differences(saved: dict, now: dict) -> list[tuple[str, object, object]]:
+    """`(key, saved, now)` for each key whose values differ, in `now`'s order, then `saved`'s."""
+    saved, now = _json(saved), _json(now)
+    keys = [*now, *(k for k in saved if k not in now)]
+    return [(k, saved.get(k), now.get(k)) for k in keys if saved.get(k) != now.get(k)]
+
+
 def _leaves(tree):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     out = []
@@ -46,29 +74,26 @@ def _digest(arrays) -> str:
     return h.hexdigest()
 
 
-def save(path, tree, *, step: int = 0, epoch: int = 0, metadata: dict | None = None) -> None:
+def save(path, tree, *, step: int = 0, epoch: int = 0, metadata: dict | None = None,
+         config: dict | None = None) -> None:
     """Save `tree` (any pytree of arrays: params, optimizer state, PRNG keys) atomically: a crash
-    mid-save leaves the previous file at `path` intact."""
+    mid-save leaves the previous file at `path` intact.
+
+    `config` (JSON-serialisable) is what determined the run — `restore(..., config=)` compares
+    against it; `metadata` is anything else worth keeping (e.g. a metrics history).
+    """
     arrays, treedef = _leaves(tree)
     meta = dict(format_version=FORMAT_VERSION, step=int(step), epoch=int(epoch),
                 treedef=str(treedef), shapes=[list(a.shape) for a in arrays],
                 dtypes=[a.dtype.str for a in arrays], sha256=_digest(arrays),
-                metadata=metadata or {})
+                config=_json(config or {}), metadata=metadata or {})
     entries = {f"leaf_{i:05d}": a for i, a in enumerate(arrays)}
     entries["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     atomic_write(path, lambda f: np.savez(f, **entries))
 
 
-def restore(path, template):
-    """Restore a tree saved by `save`, shaped like `template`.
-
-    Returns:
-      `(tree, info)` where info is the dict with `step`, `epoch`, `metadata`.
-
-    Raises:
-      CheckpointError: missing, truncated or tampered file; another format version; a tree
-        that does not match the template.
-    """
+def _read(path):
+    """`(meta, arrays)` of a checkpoint file, or a CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint here.")
@@ -85,6 +110,42 @@ def restore(path, template):
     if _digest(arrays) != meta["sha256"]:
         raise CheckpointError(f"{path}: contents do not match their recorded SHA-256 "
                               "(tampered or corrupt).")
+    return meta, arrays
+
+
+def _info(meta) -> dict:
+    return dict(step=meta["step"], epoch=meta["epoch"], config=meta.get("config", {}),
+                metadata=meta["metadata"])
+
+
+def read_info(path) -> dict:
+    """A checkpoint's `step`, `epoch`, `config` (`{}` if none) and `metadata`, after the same
+    checks as `restore`, without a template."""
+    return _info(_read(path)[0])
+
+
+def restore(path, template, *, config: dict | None = None):
+    """Restore a tree saved by `save`, shaped like `template`.
+
+    Args:
+      path: the checkpoint file.
+      template: a tree of the saved structure, shapes and dtypes (e.g. fresh params).
+      config: the configuration of the run that continues from this checkpoint; when given,
+        it must equal the saved one entry for entry.
+
+    Returns:
+      `(tree, info)` where info is the dict with `step`, `epoch`, `config`, `metadata`.
+
+    Raises:
+      CheckpointError: missing, truncated or tampered file; another format version; a tree
+        that does not match the template.
+      ConfigMismatch: (a CheckpointError) `config` given and different from the saved one.
+    """
+    meta, arrays = _read(path)
+    if config is not None:
+        differences = config_differences(meta.get("config", {}), config)
+        if differences:
+            raise ConfigMismatch(path, differences)
     template_leaves, treedef = _leaves(template)
     if str(treedef) != meta["treedef"] or len(template_leaves) != len(arrays):
         raise CheckpointError(f"{path}: saved tree structure does not match the template "
@@ -100,5 +161,4 @@ def restore(path, template):
         else jax.numpy.asarray(a)
         for a, o in zip(arrays, originals)
     ]
-    info = dict(step=meta["step"], epoch=meta["epoch"], metadata=meta["metadata"])
-    return jax.tree_util.tree_unflatten(treedef, restored), info
+    return jax.tree_util.tree_unflatten(treedef, restored), _info(meta)

@@ -1,17 +1,31 @@
-"""Training: a jitted, pure train step from a model Layer, a loss and any optax optimizer."""
+"""Training: a jitted, pure train step (`make_step`), evaluation, and the whole loop (`fit`).
+
+`fit(model, dataset, Recipe())` is the main job of `scripts/train.py` as a library function:
+batches, steps, evaluation, checkpoints that remember their configuration, bit-exact resume,
+the divergence guard, a metrics history, progress hooks and data parallelism. `Recipe()`'s
+defaults are the main job's recipe (docs/training.md).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fcnn import _args, data, ops, parallel
+from fcnn import _args, augment, checkpoint, data, ops, parallel
 from fcnn.layers import Layer
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+DTYPES = ("float32", "bfloat16")
 
 
 def l2_penalty(params) -> jax.Array:
@@ -31,7 +45,7 @@ def make_step(model: Layer, optimizer: optax.GradientTransformation,
     `key` drives the model's dropout (pass a fresh one per step, e.g. `fold_in(key, step)`);
     `metrics` holds the batch's `loss` (without the L2 term) and `accuracy`.
     `weight_decay` adds `weight_decay * sum ||w||^2 / 2` to the objective; `max_shift > 0`
-    translates each training image by up to that many pixels (`data.random_shift`).
+    translates each training image by up to that many pixels (`augment.random_shift`).
     `compute_dtype` (e.g. `jnp.bfloat16`) is mixed precision: the forward and backward run in
     that dtype on a cast copy of the parameters, the loss is taken in float32, and the gradients
     arrive (through the cast) in the float32 master parameters the optimizer updates.
@@ -45,7 +59,7 @@ def make_step(model: Layer, optimizer: optax.GradientTransformation,
     def objective(params, x, y, key):
         if max_shift:
             key, shift_key = jax.random.split(key)
-            x = data.random_shift(shift_key, x, max_shift)
+            x = augment.random_shift(shift_key, x, max_shift)
         if compute_dtype is not None:
             params_c = jax.tree_util.tree_map(lambda p: p.astype(compute_dtype), params)
             logits = model.apply(params_c, x.astype(compute_dtype), key=key, train=True)
@@ -104,3 +118,238 @@ def params_sha256(params) -> str:
         h.update(str((a.shape, a.dtype.str)).encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the loop
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How to train: every choice that, with the model, the data and the devices, determines the
+    result. The defaults are the main job's recipe (LeNet-5 on the embedded MNIST: 98.23% after
+    30 epochs on the reference machine, docs/training.md).
+
+    Attributes:
+      epochs: passes over the training set.
+      batch_size: images per step (the last batch of an epoch may be smaller).
+      optimizer: "sgd" (Nesterov momentum 0.9), "adam" or "adamw" (optax's defaults).
+      lr: peak learning rate; a cosine decay takes it to 0 over the whole run.
+      weight_decay: `weight_decay * sum ||w||^2 / 2` over weights (biases excluded).
+      max_shift: random translation of each training image, up to this many pixels.
+      dtype: "float32", or "bfloat16" (mixed precision, float32 master parameters).
+      seed: the initialisation, the batch order and the dropout/shift keys.
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    max_shift: int = 2
+    dtype: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self):
+        op = "Recipe"
+        checked = dict(
+            epochs=_args.as_int(self.epochs, op, "epochs", minimum=1),
+            batch_size=_args.as_int(self.batch_size, op, "batch_size", minimum=1),
+            lr=_args.as_float(self.lr, op, "lr", above=0),
+            weight_decay=_args.as_float(self.weight_decay, op, "weight_decay", minimum=0),
+            max_shift=_args.as_int(self.max_shift, op, "max_shift", minimum=0),
+            seed=_args.as_int(self.seed, op, "seed"),
+        )
+        for name, allowed in (("optimizer", OPTIMIZERS), ("dtype", DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{op}: `{name}` must be one of {', '.join(allowed)}, got "
+                                 f"{getattr(self, name)!r}.")
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def compute_dtype(self):
+        """None for float32, else the mixed-precision compute dtype."""
+        return None if self.dtype == "float32" else jnp.dtype(self.dtype)
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        return math.ceil(n_train / self.batch_size)
+
+    def optimizer_for(self, steps_per_epoch: int) -> optax.GradientTransformation:
+        """The optax optimizer, its cosine schedule spanning `epochs * steps_per_epoch` steps."""
+        schedule = optax.cosine_decay_schedule(self.lr, max(self.epochs * steps_per_epoch, 1))
+        if self.optimizer == "sgd":
+            return optax.sgd(schedule, momentum=0.9, nesterov=True)
+        return getattr(optax, self.optimizer)(schedule)
+
+    def make_step(self, model: Layer, steps_per_epoch: int, loss: Callable =
+                  ops.softmax_cross_entropy, mesh=None):
+        """`(optimizer, step)`: this recipe's optimizer and `make_step` for `model`."""
+        opt = self.optimizer_for(steps_per_epoch)
+        return opt, make_step(model, opt, loss, weight_decay=self.weight_decay,
+                              max_shift=self.max_shift, compute_dtype=self.compute_dtype,
+                              mesh=mesh)
+
+
+class Progress(NamedTuple):
+    """What `fit` tells `on_step` after every step."""
+
+    epoch: int  # 1-based, the epoch this step belongs to
+    step: int  # steps done in the run so far (this one included)
+    seen: int  # images of this epoch done so far
+    total: int  # images in an epoch
+    loss: float  # this step's batch loss
+    seconds: float  # since this epoch began
+
+
+class Diverged(RuntimeError):
+    """A step gave a non-finite loss. `params` are those from before that step (the bad update
+    is not applied, and no checkpoint is written after it)."""
+
+    def __init__(self, loss: float, step: int, epoch: int, params, checkpoint_path):
+        self.loss, self.step, self.epoch = loss, step, epoch
+        self.params, self.checkpoint_path = params, checkpoint_path
+        where = (f"; the last good checkpoint is {checkpoint_path}"
+                 if checkpoint_path is not None and Path(checkpoint_path).exists() else "")
+        super().__init__(f"diverged: loss is {loss} at step {step} (epoch {epoch}); stopped with "
+                         f"the parameters from before this step{where}. Try a lower learning "
+                         "rate.")
+
+
+class FitResult(NamedTuple):
+    params: Any
+    opt_state: Any
+    history: list[dict]  # per epoch: epoch, train_loss, test_loss, test_accuracy
+    step: int  # steps done in the whole run (resumed ones included)
+    images_per_second: float | None  # training throughput of the epochs run in this call
+    train_seconds: float  # time in those epochs' steps (evaluation excluded)
+    params_sha256: str
+
+
+def dataset_sha256(dataset: data.Dataset) -> str:
+    """A fingerprint of a dataset's arrays (shapes, dtypes and bytes, train and test)."""
+    return params_sha256(tuple(dataset))
+
+
+def run_config(model: Layer, dataset: data.Dataset, recipe: Recipe, *, devices: int = 1,
+               params=None, describe: dict | None = None) -> dict:
+    """The configuration a checkpoint records and a resume must match: the recipe's fields,
+    the model's structure and arguments (its repr), the data, the device count, where the
+    initial parameters came from, and `describe` (e.g. the names a script was given)."""
+    return dict(
+        **(describe or {}), **dataclasses.asdict(recipe), architecture=repr(model),
+        train_images=list(dataset.train_images.shape), test_images=list(dataset.test_images.shape),
+        dataset_sha256=dataset_sha256(dataset), devices=devices,
+        init="seed" if params is None else f"params sha256 {params_sha256(params)}",
+    )
+
+
+def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, params=None,
+        loss: Callable = ops.softmax_cross_entropy, checkpoint_dir=None, resume: bool = False,
+        mesh=None, on_step: Callable[[Progress], None] | None = None,
+        on_epoch: Callable[[dict], None] | None = None,
+        describe: dict | None = None) -> FitResult:
+    """Train `model` on `dataset` with `recipe`, evaluating on the test set after every epoch.
+
+    Args:
+      model: a Layer mapping `(N, H, W, C)` images to logits.
+      dataset: a `fcnn.data.Dataset` (uint8 NHWC images, int labels).
+      recipe: the training recipe; the default is the main job's.
+      params: start from these parameters (a fresh optimizer and schedule) instead of
+        `model.init` with the recipe's seed.
+      loss: `loss(logits, labels) -> scalar`.
+      checkpoint_dir: write `checkpoint.npz` there after every epoch (atomically; only process
+        0 writes). It records the run's configuration (`run_config`). A directory that already
+        holds a checkpoint is refused unless `resume`.
+      resume: continue from `checkpoint_dir`'s checkpoint when there is one (else start); the
+        continuation is bit-exact, even after `kill -9`. A checkpoint of another configuration —
+        another epoch count included, since the schedule spans the run — raises
+        `checkpoint.ConfigMismatch`, naming each difference.
+      mesh: a `parallel.batch_mesh`: data-parallel over its devices (batch split evenly).
+      on_step: called with a `Progress` after every step (e.g. a progress bar).
+      on_epoch: called after every epoch with its record: epoch, train_loss, test_loss,
+        test_accuracy, seconds, images_per_second (after the checkpoint is written).
+      describe: extra JSON entries for the recorded configuration (e.g. the model's name).
+
+    Returns:
+      `FitResult(params, opt_state, history, step, images_per_second, train_seconds,
+      params_sha256)`.
+
+    Raises:
+      Diverged: a non-finite batch loss; the last good checkpoint stays on disk.
+      checkpoint.ConfigMismatch, checkpoint.CheckpointError: a checkpoint that cannot be resumed.
+      ValueError: a batch size the mesh's devices do not divide; an occupied `checkpoint_dir`.
+    """
+    devices = 1 if mesh is None else mesh.devices.size
+    if recipe.batch_size % devices:
+        raise ValueError(f"fit: `batch_size` ({recipe.batch_size}) must split evenly over the "
+                         f"mesh's {devices} devices.")
+    n_train = len(dataset.train_labels)
+    steps_per_epoch = recipe.steps_per_epoch(n_train)
+    config = run_config(model, dataset, recipe, devices=devices, params=params,
+                        describe=describe)
+    init_key, run_key = jax.random.split(jax.random.key(recipe.seed))
+    if params is None:
+        params, _ = model.init(init_key, dataset.train_images.shape[1:])
+    opt, step_fn = recipe.make_step(model, steps_per_epoch, loss, mesh)
+    evaluate = make_evaluate(model, loss, compute_dtype=recipe.compute_dtype, mesh=mesh)
+    opt_state = opt.init(params)
+    epoch, step, history = 0, 0, []
+    path = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.npz"
+    if path is not None and path.exists():
+        if not resume:
+            raise ValueError(f"fit: {path} already holds a checkpoint; pass resume=True to "
+                             "continue that run, or choose another checkpoint_dir.")
+        state, info = checkpoint.restore(
+            path, dict(params=params, opt_state=opt_state, key=run_key), config=config)
+        params, opt_state, run_key = state["params"], state["opt_state"], state["key"]
+        epoch, step, history = info["epoch"], info["step"], info["metadata"]["history"]
+    if mesh is not None:
+        params, opt_state = parallel.replicate(mesh, (params, opt_state))
+    lead = jax.process_index() == 0
+    train_seconds, seen_total = 0.0, 0
+    while epoch < recipe.epochs:
+        t0, losses, seen = time.perf_counter(), [], 0
+        for x, y in data.batches(dataset.train_images, dataset.train_labels, recipe.batch_size,
+                                 seed=recipe.seed, epoch=epoch):
+            if mesh is not None:
+                x, y = parallel.shard_batch(mesh, x, y)
+            params_next, opt_state_next, metrics = step_fn(
+                params, opt_state, x, y, jax.random.fold_in(run_key, step))
+            value = float(metrics["loss"])
+            if not math.isfinite(value):
+                raise Diverged(value, step, epoch + 1, params, path)
+            params, opt_state, step = params_next, opt_state_next, step + 1
+            losses.append(value)
+            seen += len(y)
+            if on_step is not None:
+                on_step(Progress(epoch + 1, step, seen, n_train, value,
+                                 time.perf_counter() - t0))
+        elapsed = time.perf_counter() - t0
+        train_seconds, seen_total = train_seconds + elapsed, seen_total + n_train
+        test_loss, test_accuracy = evaluate(params, dataset.test_images, dataset.test_labels)
+        epoch += 1
+        history.append(dict(epoch=epoch, train_loss=float(np.mean(losses)), test_loss=test_loss,
+                            test_accuracy=test_accuracy))
+        if path is not None and lead:
+            checkpoint.save(path, dict(params=params, opt_state=opt_state, key=run_key),
+                            step=step, epoch=epoch, config=config,
+                            metadata=dict(history=history))
+        if on_epoch is not None:
+            on_epoch(dict(history[-1], seconds=elapsed, images_per_second=n_train / elapsed))
+    return FitResult(params, opt_state, history, step,
+                     seen_total / train_seconds if train_seconds else None, train_seconds,
+                     params_sha256(params))
+
+
+def load_params(path, model: Layer):
+    """The parameters of a checkpoint `fit` wrote for `model` (whatever its recipe): to evaluate,
+    attack or visualise a trained model, or to start a new run from it (`fit(params=...)`)."""
+    config = checkpoint.read_info(path)["config"]
+    if "train_images" not in config:
+        raise checkpoint.CheckpointError(f"{path}: not a checkpoint written by fcnn.train.fit "
+                                         "(it records no configuration).")
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    recipe = Recipe(**{k: v for k, v in config.items() if k in fields})
+    params, _ = model.init(jax.random.key(0), tuple(config["train_images"][1:]))
+    # the optimizer state's structure does not depend on the schedule's length
+    template = dict(params=params, opt_state=recipe.optimizer_for(1).init(params),
+                    key=jax.random.key(0))
+    return checkpoint.restore(path, template)[0]["params"]

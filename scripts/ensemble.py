@@ -8,14 +8,12 @@ Reports each member's and the averaged ensemble's test accuracy on the embedded 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -23,19 +21,19 @@ import models  # noqa: E402
 from fcnn import data, train  # noqa: E402
 
 
-def train_ensemble(keys, epochs, batch_size=64, lr=0.05, seed=0, ds=None):
-    """Train one LeNet-5 per key, all at once. Returns the stacked params `(K, ...)`."""
+def train_ensemble(keys, epochs, seed=0, ds=None):
+    """Train one LeNet-5 per key, all at once, with the main job's recipe (`fcnn.train.Recipe`)
+    for `epochs` epochs. Returns the model and the stacked params `(K, ...)`."""
     ds = ds or data.load()
+    recipe = train.Recipe(epochs=epochs, seed=seed)
     model = models.lenet5()
     params = jax.vmap(lambda k: model.init(k, (28, 28, 1))[0])(keys)
-    steps = epochs * math.ceil(len(ds.train_labels) / batch_size)
-    opt = optax.sgd(optax.cosine_decay_schedule(lr, steps), momentum=0.9, nesterov=True)
+    opt, step = recipe.make_step(model, recipe.steps_per_epoch(len(ds.train_labels)))
     opt_state = jax.vmap(opt.init)(params)
-    step = train.make_step(model, opt, weight_decay=5e-4, max_shift=2)
     vstep = jax.jit(jax.vmap(step, in_axes=(0, 0, None, None, 0)))
     n = 0
     for epoch in range(epochs):
-        for x, y in data.batches(ds.train_images, ds.train_labels, batch_size, seed=seed,
+        for x, y in data.batches(ds.train_images, ds.train_labels, recipe.batch_size, seed=seed,
                                  epoch=epoch):
             step_keys = jax.vmap(lambda k: jax.random.fold_in(k, n))(keys)
             params, opt_state, _ = vstep(params, opt_state, x, y, step_keys)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import export
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,9 +26,8 @@ def build(model_name: str, batch_size: int):
     model = getattr(models, model_name)()
     shape = models.INPUT_SHAPES[model_name]
     params, _ = model.init(jax.random.key(0), shape)
-    opt = optax.sgd(0.05, momentum=0.9, nesterov=True)
+    opt, step = train.Recipe().make_step(model, steps_per_epoch=1)  # the main job's recipe
     opt_state = opt.init(params)
-    step = train.make_step(model, opt, weight_decay=5e-4)
     opt_leaves, opt_tree = jax.tree_util.tree_flatten(opt_state)
 
     @jax.jit

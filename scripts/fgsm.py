@@ -1,7 +1,7 @@
-"""FGSM adversarial examples (Goodfellow et al. 2015; seed 001) on a trained LeNet-5.
+"""FGSM adversarial examples (Goodfellow, Shlens & Szegedy 2015) on a trained LeNet-5.
 
-Trains LeNet-5 on the embedded MNIST with scripts/train.py's recipe (or restores --checkpoint,
-a checkpoint.npz that scripts/train.py wrote for lenet5), then
+Trains LeNet-5 on the embedded MNIST with the main job's recipe (`fcnn.train.fit`, --epochs
+epochs), or loads --checkpoint (a checkpoint.npz that scripts/train.py wrote for lenet5), then
 perturbs each test image by `eps * sign(d loss / d x)` — the input gradient comes through the
 hand-written dX rule of every conv — and reports accuracy per epsilon, with a PNG grid of
 originals, perturbations and adversarial images.
@@ -12,9 +12,7 @@ originals, perturbations and adversarial images.
 from __future__ import annotations
 
 import argparse
-import runpy
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
@@ -23,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
-from fcnn import checkpoint, data, ops  # noqa: E402
+from fcnn import data, ops, train  # noqa: E402
 
 
 def fgsm(model, params, x, y, eps):
@@ -33,19 +31,12 @@ def fgsm(model, params, x, y, eps):
 
 
 def trained_lenet(epochs, checkpoint_path=None):
-    """LeNet-5 params from a scripts/train.py checkpoint, or trained now by scripts/train.py
-    itself (the main job's recipe, `epochs` epochs) into a temporary checkpoint."""
-    train_script = runpy.run_path(str(Path(__file__).with_name("train.py")))
+    """LeNet-5 and its parameters: from a scripts/train.py checkpoint, or trained now with the
+    main job's recipe for `epochs` epochs."""
     model = models.lenet5()
-    params, _ = model.init(jax.random.key(0), (28, 28, 1))
-    opt = train_script["optimizer"](train_script["parse"]([]), 1)
-    template = dict(params=params, opt_state=opt.init(params), key=jax.random.key(0))
     if checkpoint_path is not None:
-        return model, checkpoint.restore(checkpoint_path, template)[0]["params"]
-    with tempfile.TemporaryDirectory(prefix="fgsm-") as tmp:
-        if train_script["main"](["--epochs", str(epochs), "--checkpoint-dir", tmp]):
-            raise SystemExit("fgsm: training LeNet-5 failed")
-        return model, checkpoint.restore(Path(tmp) / "checkpoint.npz", template)[0]["params"]
+        return model, train.load_params(checkpoint_path, model)
+    return model, train.fit(model, data.load(), train.Recipe(epochs=epochs)).params
 
 
 def grid(model, params, ds, attack, predict, eps, path, n=8):

@@ -2,7 +2,7 @@
 
 - filters.png: the 6 learned 5x5 kernels of the first conv layer;
 - feature_maps.png: one test digit through each conv layer (after ReLU);
-- kernels.png: seed 001's figure 11 experiment — fixed kernels (identity, sharpen, box blur,
+- kernels.png: the classic fixed-kernel experiment — fixed kernels (identity, sharpen, box blur,
   edge detect, Sobel x/y) applied to an MNIST digit with `ops.conv2d`;
 - saliency.png: |d class score / d input| (the input gradient through the hand-written rules).
 
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import runpy
 import sys
 from pathlib import Path
 
@@ -21,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fcnn import data, ops  # noqa: E402
+import models  # noqa: E402
+from fcnn import data, ops, train  # noqa: E402
 
-KERNELS = {  # seed 001, figure 11
+KERNELS = {  # the textbook 3x3 image-processing kernels
     "identity": [[0, 0, 0], [0, 1, 0], [0, 0, 0]],
     "sharpen": [[0, -1, 0], [-1, 5, -1], [0, -1, 0]],
     "box blur": [[1 / 9] * 3] * 3,
@@ -72,9 +72,10 @@ def main(argv=None):
     p.add_argument("--checkpoint", type=Path, help="a scripts/train.py checkpoint.npz (lenet5)")
     p.add_argument("--out-dir", type=Path, default=Path("viz"))
     args = p.parse_args(argv)
-    fgsm = runpy.run_path(str(Path(__file__).with_name("fgsm.py")))
-    model, params = fgsm["trained_lenet"](args.epochs, args.checkpoint)
     ds = data.load()
+    model = models.lenet5()
+    params = (train.load_params(args.checkpoint, model) if args.checkpoint else
+              train.fit(model, ds, train.Recipe(epochs=args.epochs)).params)
     image = ds.test_images[0].astype(np.float32) / 255
     args.out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -90,17 +91,17 @@ def main(argv=None):
     h, maps, titles, conv = jnp.asarray(image), [], [], 0
     for i, (layer, p_) in enumerate(zip(layers, params)):
         h = layer.apply(p_, h)
-        if layer.info.name == "ReLU" and layers[i - 1].info.name == "Conv2D":
+        if layer.info.kind == "ReLU" and layers[i - 1].info.kind == "Conv2D":
             conv += 1
             maps += [np.asarray(h[..., c]) for c in range(h.shape[-1])]
             titles += [f"conv{conv} #{c}" for c in range(h.shape[-1])]
-        if layer.info.name == "Flatten":
+        if layer.info.kind == "Flatten":
             break
     save("feature_maps.png", [image[..., 0], *maps], ["input", *titles], 4,
          suptitle=f"digit {ds.test_labels[0]} through the conv layers (after ReLU)")
     filtered = fixed_kernels(image)
     save("kernels.png", list(filtered.values()), list(filtered), 2,
-         suptitle="fixed kernels applied with ops.conv2d (seed 001, fig. 11)")
+         suptitle="fixed kernels applied with ops.conv2d")
     xs = ds.test_images[:6].astype(np.float32) / 255
     sal = [np.asarray(saliency(model, params, jnp.asarray(x), int(y)))
            for x, y in zip(xs, ds.test_labels[:6])]

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from fcnn import data, init, ops, train
+from fcnn import augment, init, ops, train
 from fcnn import layers as L
 from fcnn import reference as R
 
@@ -304,7 +304,7 @@ def test_soft_labels_are_not_range_checked():
      ValueError, r"make_step: `weight_decay` must be a float >= 0, got -0.0001"),
     (lambda: train.make_step(L.serial(L.Dense(2)), optax.sgd(0.1), max_shift=1.5),
      TypeError, r"make_step: `max_shift` must be an int >= 0, got float 1.5"),
-    (lambda: data.random_shift(jax.random.key(0), x4, -1),
+    (lambda: augment.random_shift(jax.random.key(0), x4, -1),
      ValueError, r"random_shift: `max_shift` must be an int >= 0, got -1"),
     (lambda: init.normal(float("nan")), ValueError, r"init.normal: `std` must be a finite float"),
     (lambda: init.constant("1"), TypeError, r"init.constant: `value` must be a float"),

@@ -1,5 +1,6 @@
-"""Training: the step, checkpoints that refuse bad files, and the main job (metrics, plot,
-bit-exact resume after kill -9, divergence guard)."""
+"""Training: the step, checkpoints that refuse bad files and other configurations, `fit`
+(bit-exact resume, the divergence guard, hooks) and the main job (metrics, plot, resume after
+kill -9, refusals named by flag)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def test_checkpoint_round_trip(tmp_path):
     tree = _state()
     checkpoint.save(tmp_path / "c.npz", tree, step=12, epoch=3, metadata={"note": "x"})
     restored, info = checkpoint.restore(tmp_path / "c.npz", tree)
-    assert info == dict(step=12, epoch=3, metadata={"note": "x"})
+    assert info == dict(step=12, epoch=3, config={}, metadata={"note": "x"})
     assert train.params_sha256(restored["params"]) == train.params_sha256(tree["params"])
     assert np.array_equal(jax.random.key_data(restored["key"]), jax.random.key_data(tree["key"]))
     assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(tree)
@@ -121,6 +122,111 @@ def test_a_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert checkpoint.restore(path, tree)[1]["epoch"] == 1
 
 
+def _small():
+    """256 training and 100 test digits: 4 steps per epoch at batch 64."""
+    full = data.load()
+    return data.Dataset(full.train_images[:256], full.train_labels[:256],
+                        full.test_images[:100], full.test_labels[:100])
+
+
+def test_checkpoint_refuses_another_configuration_naming_each_difference(tmp_path):
+    tree = _state()
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, tree, config=dict(lr=0.05, epochs=1, model="lenet5", shape=(28, 1)))
+    assert checkpoint.restore(path, tree, config=dict(lr=0.05, epochs=1, model="lenet5",
+                                                       shape=[28, 1]))[1]["epoch"] == 0
+    with pytest.raises(checkpoint.ConfigMismatch) as e:
+        checkpoint.restore(path, tree, config=dict(lr=0.1, epochs=2, model="lenet5", seed=3))
+    assert e.value.differences == [("lr", 0.05, 0.1), ("epochs", 1, 2), ("seed", None, 3),
+                                   ("shape", [28, 1], None)]
+    assert "lr: checkpoint 0.05, now 0.1" in str(e.value)
+    assert checkpoint.read_info(path)["config"]["model"] == "lenet5"
+
+
+def test_fit_resumed_equals_straight_and_refuses_another_recipe(tmp_path):
+    model, ds = _tiny()[0], _small()
+    recipe = train.Recipe(epochs=3, batch_size=64)
+    straight = train.fit(model, ds, recipe)
+    assert [h["epoch"] for h in straight.history] == [1, 2, 3] and straight.step == 12
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(record):
+        if record["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):  # interrupted after epoch 2's checkpoint
+        train.fit(model, ds, recipe, checkpoint_dir=tmp_path, on_epoch=stop_after_2)
+    with pytest.raises(ValueError, match="already holds a checkpoint; pass resume=True"):
+        train.fit(model, ds, recipe, checkpoint_dir=tmp_path)
+    with pytest.raises(checkpoint.ConfigMismatch) as e:
+        train.fit(model, ds, train.Recipe(epochs=4, batch_size=64, lr=0.1),
+                  checkpoint_dir=tmp_path, resume=True)
+    assert e.value.differences == [("epochs", 3, 4), ("lr", 0.05, 0.1)]
+    with pytest.raises(checkpoint.ConfigMismatch, match="architecture"):
+        train.fit(L.serial(L.Flatten(), L.Dense(10)), ds, recipe, checkpoint_dir=tmp_path,
+                  resume=True)
+    steps = []
+    resumed = train.fit(model, ds, recipe, checkpoint_dir=tmp_path, resume=True,
+                        on_step=steps.append)
+    assert resumed.params_sha256 == straight.params_sha256 and resumed.step == 12
+    assert resumed.history == straight.history
+    assert [(p.epoch, p.step, p.seen) for p in steps] == [(3, 9, 64), (3, 10, 128),
+                                                         (3, 11, 192), (3, 12, 256)]
+
+
+def test_fit_from_given_params_records_them(tmp_path):
+    model, ds = _tiny()[0], _small()
+    first = train.fit(model, ds, train.Recipe(epochs=1), checkpoint_dir=tmp_path / "a")
+    params = train.load_params(tmp_path / "a" / "checkpoint.npz", model)
+    assert train.params_sha256(params) == first.params_sha256
+    second = train.fit(model, ds, train.Recipe(epochs=1, lr=0.01), params=params,
+                       checkpoint_dir=tmp_path / "b")
+    assert second.params_sha256 != first.params_sha256
+    config = checkpoint.read_info(tmp_path / "b" / "checkpoint.npz")["config"]
+    assert config["init"] == f"params sha256 {first.params_sha256}" and config["lr"] == 0.01
+
+
+def test_divergence_stops_before_the_bad_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    model, ds = _tiny()[0], _small()
+    recipe = train.Recipe(epochs=2, batch_size=64)
+
+    def stop(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(model, ds, recipe, checkpoint_dir=tmp_path, on_epoch=stop)
+    path = tmp_path / "checkpoint.npz"
+    # The epoch-1 checkpoint with parameters that overflow the logits (same configuration, so
+    # resumable): the next step's loss is not finite.
+    opt = recipe.optimizer_for(4)
+    _, params = _tiny()
+    template = dict(params=params, opt_state=opt.init(params), key=jax.random.key(0))
+    state, info = checkpoint.restore(path, template)
+    state["params"] = jax.tree_util.tree_map(lambda p: p * 1e30, state["params"])
+    checkpoint.save(path, state, step=info["step"], epoch=info["epoch"], config=info["config"],
+                    metadata=info["metadata"])
+    good = path.read_bytes()
+    with pytest.raises(train.Diverged, match=r"at step 4 \(epoch 2\).*last good checkpoint") as e:
+        train.fit(model, ds, recipe, checkpoint_dir=tmp_path, resume=True)
+    assert not np.isfinite(e.value.loss) and (e.value.step, e.value.epoch) == (4, 2)
+    assert train.params_sha256(e.value.params) == train.params_sha256(state["params"])
+    assert path.read_bytes() == good
+
+
+def test_recipe_validates_and_is_the_main_job():
+    r = train.Recipe()
+    assert (r.epochs, r.batch_size, r.optimizer, r.lr, r.weight_decay, r.max_shift, r.dtype,
+            r.seed) == (30, 64, "sgd", 0.05, 5e-4, 2, "float32", 0)
+    with pytest.raises(ValueError, match="Recipe: `optimizer` must be one of sgd, adam, adamw"):
+        train.Recipe(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="Recipe: `lr` must be a float > 0, got 0"):
+        train.Recipe(lr=0)
+    with pytest.raises(TypeError, match="Recipe: `epochs` must be an int >= 1, got float"):
+        train.Recipe(epochs=2.5)
+
+
 def _run(*args, check=True):
     out = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=600)
     if check and out.returncode:
@@ -160,18 +266,26 @@ def test_resume_after_kill_9_is_bit_exact(tmp_path):
     assert 1 <= saved_epoch < 3  # it really was interrupted mid-run
     out = _run(*common, "--checkpoint-dir", str(ckpt), "--resume",
                "--metrics", str(tmp_path / "resumed.json"))
-    assert "resumed from" in out.stdout
+    assert "resuming from" in out.stdout
     resumed = json.loads((tmp_path / "resumed.json").read_text())
     assert resumed["params_sha256"] == straight
     assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]
 
 
-def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_script_refuses_a_resume_under_other_flags_and_stops_on_divergence(tmp_path):
     ckpt = tmp_path / "ckpt"
     _run("--epochs", "1", "--checkpoint-dir", str(ckpt))
     good = (ckpt / "checkpoint.npz").read_bytes()
-    out = _run("--epochs", "2", "--lr", "1e6", "--checkpoint-dir", str(ckpt), "--resume",
+    out = _run("--epochs", "2", "--lr", "0.1", "--checkpoint-dir", str(ckpt), "--resume",
+               check=False)
+    assert out.returncode == 2
+    assert "--epochs: checkpoint 1, now 2" in out.stderr and "--lr: checkpoint 0.05, now 0.1" \
+        in out.stderr and "--init-from" in out.stderr
+    out = _run("--epochs", "1", "--checkpoint-dir", str(ckpt), check=False)
+    assert out.returncode == 2 and "already holds a checkpoint: add --resume" in out.stderr
+    assert (ckpt / "checkpoint.npz").read_bytes() == good
+    out = _run("--epochs", "1", "--lr", "1e6", "--checkpoint-dir", str(tmp_path / "new"),
                check=False)
     assert out.returncode == 3
     assert "diverged: loss is" in out.stderr and "at step" in out.stderr
-    assert (ckpt / "checkpoint.npz").read_bytes() == good
+    assert not (tmp_path / "new" / "checkpoint.npz").exists()  # no epoch finished

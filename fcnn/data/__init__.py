@@ -7,6 +7,8 @@
   from `data_dir`, `$FCNN_DATA` or `~/.cache/fcnn`; `download=True` fetches the official files,
   checks their published MD5 and writes them atomically. A file that fails its checksum is never
   used.
+
+Sources, licences, checksums and how the embedded subset is built: docs/data.md.
 """
 
 from __future__ import annotations
@@ -87,24 +89,3 @@ def batches(images, labels, batch_size: int, *, seed: int = 0, epoch: int = 0,
         idx = order[start: start + batch_size]
         yield images[idx].astype(dtype) * scale, labels[idx].astype(np.int32)
 
-
-def random_shift(key, x, max_shift: int = 2):
-    """Translate each image of an NHWC batch by an independent random offset in
-    `[-max_shift, max_shift]` pixels (zero fill): the classic MNIST augmentation. Traceable, so it
-    runs inside a jitted train step."""
-    import jax
-    import jax.numpy as jnp
-
-    from fcnn import _args
-
-    max_shift = _args.as_int(max_shift, "random_shift", "max_shift", minimum=0)
-    if max_shift == 0:
-        return x
-    n, h, w, _ = x.shape
-    padded = jnp.pad(x, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)))
-    offsets = jax.random.randint(key, (n, 2), 0, 2 * max_shift + 1)
-
-    def crop(image, offset):
-        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, image.shape[2]))
-
-    return jax.vmap(crop)(padded, offsets)
