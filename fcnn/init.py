@@ -27,8 +27,8 @@ def fans(shape, groups: int = 1) -> tuple[float, float]:
 
 
 def he_normal():
-    """Normal with std `sqrt(2 / fan_in)` (He et al. 2015; seed 001): keeps ReLU activations'
-    variance constant through depth."""
+    """Normal with std `sqrt(2 / fan_in)` (He et al. 2015, "Delving deep into rectifiers"):
+    keeps ReLU activations' variance constant through depth."""
 
     def init(key, shape, dtype=jnp.float32, *, groups=1):
         fan_in, _ = fans(shape, groups)

