@@ -151,31 +151,18 @@ def remainder(size: int, window: int, stride: int, pad: Pair) -> int:
 _PADDING_FORMS = "an int, a pair (ph, pw), ((top, bottom), (left, right)), 'SAME' or 'VALID'"
 
 
-def as_padding(padding, op: str, spatial: Pair, windows: Pair, strides: Pair) -> Padding:
-    """Normalise ``padding`` to explicit ``((top, bottom), (left, right))``.
+def padding_form(padding, op: str) -> Padding | str:
+    """Check ``padding`` and normalise what does not depend on the input size.
 
-    Args:
-      padding: an int, a pair ``(ph, pw)``, explicit ``((top, bottom), (left, right))`` (numpy
-        arrays of shape (2,) or (2, 2) as the pair and explicit forms), or the strings
-        ``"SAME"`` / ``"VALID"`` (any case).
-      op: op name for error messages.
-      spatial: input ``(H, W)``.
-      windows: effective window ``(F_eff_h, F_eff_w)`` (dilation included).
-      strides: ``(S_h, S_w)``.
-
-    Raises:
-      ValueError: unknown string, negative padding, or a malformed sequence.
-      TypeError: padding of a type that is none of the above.
+    Returns explicit ``((top, bottom), (left, right))`` ints, or ``"SAME"`` / ``"VALID"`` (upper
+    case), whose pads depend on the input size: `as_padding` resolves them once it is known.
+    Accepts the forms listed in `as_padding`; raises its errors.
     """
     padding = static(padding, op, "padding", _PADDING_FORMS)
     if isinstance(padding, str):
         mode = padding.upper()
-        if mode == "VALID":
-            return ((0, 0), (0, 0))
-        if mode == "SAME":
-            return tuple(  # type: ignore[return-value]
-                same_padding(n, f, s) for n, f, s in zip(spatial, windows, strides)
-            )
+        if mode in ("SAME", "VALID"):
+            return mode
         raise ValueError(
             f"{op}: `padding` string must be 'SAME' or 'VALID', got {padding!r}."
         )
@@ -197,6 +184,43 @@ def as_padding(padding, op: str, spatial: Pair, windows: Pair, strides: Pair) ->
     if min(min(p) for p in pads) < 0:
         raise ValueError(f"{op}: `padding` must be non-negative, got {padding!r}.")
     return pads  # type: ignore[return-value]
+
+
+def as_padding(padding, op: str, spatial: Pair, windows: Pair, strides: Pair) -> Padding:
+    """Normalise ``padding`` to explicit ``((top, bottom), (left, right))``.
+
+    Args:
+      padding: an int, a pair ``(ph, pw)``, explicit ``((top, bottom), (left, right))`` (numpy
+        arrays of shape (2,) or (2, 2) as the pair and explicit forms), or the strings
+        ``"SAME"`` / ``"VALID"`` (any case).
+      op: op name for error messages.
+      spatial: input ``(H, W)``.
+      windows: effective window ``(F_eff_h, F_eff_w)`` (dilation included).
+      strides: ``(S_h, S_w)``.
+
+    Raises:
+      ValueError: unknown string, negative padding, or a malformed sequence.
+      TypeError: padding of a type that is none of the above.
+    """
+    form = padding_form(padding, op)
+    if form == "VALID":
+        return ((0, 0), (0, 0))
+    if form == "SAME":
+        return tuple(  # type: ignore[return-value]
+            same_padding(n, f, s) for n, f, s in zip(spatial, windows, strides)
+        )
+    return form  # type: ignore[return-value]
+
+
+def as_choice(value, op: str, name: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of the strings ``choices``; else a ValueError (a TypeError for a
+    non-string) listing them."""
+    need = f"{op}: `{name}` must be one of {', '.join(map(repr, choices))}"
+    if not isinstance(value, str):
+        raise TypeError(f"{need}, got {type(value).__name__} {value!r}.")
+    if value not in choices:
+        raise ValueError(f"{need}, got {value!r}.")
+    return value
 
 
 def check_fits(op: str, spatial: Pair, windows: Pair, pads: Padding, what: str = "window", *,

@@ -1,7 +1,8 @@
 """The oracle: fcnn's op names built from plain ``lax``/``jnp`` with no custom rules.
 
 Gradients of these come from JAX's own autodiff. The tests compare every hand-written rule in
-``fcnn.ops`` against them. Argument handling is deliberately written separately from fcnn's
+``fcnn.ops`` against them, and ``fcnn.layers.with_ops(model, fcnn.reference)`` runs a whole model
+on them. Argument handling is deliberately written separately from fcnn's
 (padding strings go straight to ``lax``), so a normalisation bug cannot hide in both.
 """
 
@@ -34,9 +35,7 @@ def _batched(fn, x, *args, **kwargs):
     return fn(x, *args, **kwargs)
 
 
-def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, algorithm=None):
-    """`algorithm` is accepted (and ignored) so layers can run on this module unchanged."""
-
+def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
     def f(x):
         y = lax.conv_general_dilated(
             x, w, _pair(stride), _pads(padding), rhs_dilation=_pair(dilation),

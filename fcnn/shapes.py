@@ -1,4 +1,4 @@
-"""Shape arithmetic of the seeds: output sizes (with a strict tiling check) and receptive fields."""
+"""Shape arithmetic of conv nets: output sizes (with a strict tiling check) and receptive fields."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from fcnn import _args
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding=0, dilation: int = 1,
                      strict: bool = False) -> int:
-    """`floor((W + p_lo + p_hi - F_eff) / S) + 1` along one dimension (seed 003's
-    `(W - F + 2P) / S + 1`).
+    """`floor((W + p_lo + p_hi - F_eff) / S) + 1` along one dimension (the CS231n notes'
+    `(W - F + 2P) / S + 1`, cs231n.github.io/convolutional-networks).
 
     Args:
       size, kernel, stride, dilation: ints (>= 1).
@@ -46,7 +46,8 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding=0, dilatio
 
 def receptive_field(layer, input_shape) -> tuple[int, int]:
     """Receptive field `(h, w)`, in input pixels, of one output unit of `layer` on an input of
-    `input_shape` (H, W, C). After a Flatten or Dense every unit sees the whole input."""
+    `input_shape` (H, W, C). After a Flatten or Dense every unit sees the whole input; a user's
+    bare `Layer(init, apply)` is taken not to grow it (see `fcnn.summary`)."""
     from fcnn.summary import summary  # the walk lives there; one source of truth
 
     return summary(layer, input_shape).rows[-1].receptive_field

@@ -1,10 +1,14 @@
-"""`fcnn.summary`: a model's table from shapes alone (seed 003's VGG memory/params table).
+"""`fcnn.summary`: a model's table from shapes alone, in the style of the VGGNet memory and
+parameter table of the CS231n notes (cs231n.github.io/convolutional-networks, "Case studies").
 
 Nothing is allocated: output shapes come from each layer's shape function and parameter counts
 from `jax.eval_shape` of its init, so VGG-16 (138M parameters) summarises in well under a second.
-Conventions (the seed table's): activations count the input plus the outputs of conv, dense and
+Conventions (the CS231n table's): activations count the input plus the outputs of conv, dense and
 pool layers (elementwise layers are fused into the layer before them and count 0); FLOPs are per
-example, forward, a multiply-add counted as 2.
+example, forward, a multiply-add counted as 2. A user's bare `Layer(init, apply)` is one row with
+its output shape and parameters (from `jax.eval_shape` of its init); what it computes is unknown,
+so it counts no activations or FLOPs and is assumed not to grow the receptive field (its row's
+note says so).
 """
 
 from __future__ import annotations
@@ -75,24 +79,24 @@ def _param_count(layer, shape) -> int:
 def _leaf(layer, shape, name, field, input_hw):
     info = layer.info
     out = info.shape(shape)
-    kind, cfg = info.name, info.config
-    flops, note = math.prod(out), ""
-    if kind in ("Conv2D", "MaxPool2D", "AvgPool2D"):
-        window = cfg.get("kernel_size", cfg.get("window"))
-        dilation = cfg.get("dilation", (1, 1))
-        eff = tuple(_args.effective_window(k, d) for k, d in zip(window, dilation))
-        pads = _args.as_padding(cfg["padding"], kind, shape[:2], eff, cfg["stride"])
+    kind, window = info.kind, info.window
+    if kind == "Layer":  # a user's: its output need not even be one array
+        flops, note = 0, "user Layer: receptive field taken as unchanged, FLOPs not counted"
+    else:
+        flops, note = math.prod(out), ""  # elementwise: one op per output
+    if window is not None:  # conv / pool: the field grows by (F_eff - 1) jumps, jumps by S
+        eff, stride = window.effective, window.stride
         dropped = [_args.remainder(n, f, s, p) for n, f, s, p in
-                   zip(shape[:2], eff, cfg["stride"], pads)]
+                   zip(shape[:2], eff, stride, window.pads(shape[:2], kind))]
         if any(dropped):
-            note = (f"window {eff[0]}x{eff[1]} stride {cfg['stride'][0]}x{cfg['stride'][1]} does "
+            note = (f"window {eff[0]}x{eff[1]} stride {stride[0]}x{stride[1]} does "
                     f"not tile {shape[0]}x{shape[1]} (+padding): drops {dropped[0]} row(s), "
                     f"{dropped[1]} col(s)")
         field = _Field(tuple(r + (f - 1) * j for r, f, j in zip(field.size, eff, field.jump)),
-                       tuple(j * s for j, s in zip(field.jump, cfg["stride"])))
-        taps = math.prod(window)
-        flops = 2 * math.prod(out) * taps * shape[2] // cfg["groups"] if kind == "Conv2D" \
-            else math.prod(out) * taps
+                       tuple(j * s for j, s in zip(field.jump, stride)))
+        taps = math.prod(window.kernel)
+        flops = 2 * math.prod(out) * taps * shape[2] // info.config["groups"] \
+            if kind == "Conv2D" else math.prod(out) * taps
     elif kind in ("Dense", "Flatten"):
         field = _Field(input_hw, field.jump)
         flops = 2 * shape[0] * out[0] if kind == "Dense" else 0
@@ -110,20 +114,20 @@ def _widest(fields):
 
 def _walk(layer, shape, prefix, field, input_hw):
     info = layer.info
-    if info.name == "serial":
+    if info.kind == "serial":
         rows = []
         for i, child in enumerate(info.children):
             shape, field, more = _walk(child, shape, f"{prefix}{i}.", field, input_hw)
             rows += more
         return shape, field, rows
-    if info.name == "parallel":
+    if info.kind == "parallel":
         outs, fields, rows = [], [], []
         for i, child in enumerate(info.children):
             out, f, more = _walk(child, shape, f"{prefix}{i}.", field, input_hw)
             outs.append(out), fields.append(f)
             rows += more
         return tuple(outs), _widest(fields), rows
-    if info.name == "residual":
+    if info.kind == "residual":
         out, f_block, rows = _walk(info.children[0], shape, f"{prefix}block.", field, input_hw)
         fields = [f_block, field]
         if len(info.children) > 1:
@@ -132,7 +136,7 @@ def _walk(layer, shape, prefix, field, input_hw):
             fields[1] = f_short
             rows += more
         return out, _widest(fields), rows
-    return _leaf(layer, shape, f"{prefix.rstrip('.')} {info.name}".strip(), field, input_hw)
+    return _leaf(layer, shape, f"{prefix.rstrip('.')} {info.kind}".strip(), field, input_hw)
 
 
 def summary(layer, input_shape) -> Summary:

@@ -233,12 +233,16 @@ def run_config(model: Layer, dataset: data.Dataset, recipe: Recipe, *, devices: 
     """The configuration a checkpoint records and a resume must match: the recipe's fields,
     the model's structure and arguments (its repr), the data, the device count, where the
     initial parameters came from, and `describe` (e.g. the names a script was given)."""
-    return dict(
-        **(describe or {}), **dataclasses.asdict(recipe), architecture=repr(model),
+    recorded = dict(
+        **dataclasses.asdict(recipe), architecture=repr(model),
         train_images=list(dataset.train_images.shape), test_images=list(dataset.test_images.shape),
         dataset_sha256=dataset_sha256(dataset), devices=devices,
         init="seed" if params is None else f"params sha256 {params_sha256(params)}",
     )
+    clash = sorted(set(describe or {}) & set(recorded))
+    if clash:
+        raise ValueError(f"fit: `describe` may not redefine the recorded entries {clash}.")
+    return {**(describe or {}), **recorded}
 
 
 def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, params=None,

@@ -1,4 +1,5 @@
-"""AlexNet, the single-tower layout of seed 003 (227x227x3): 62,378,344 parameters."""
+"""AlexNet (Krizhevsky et al. 2012) as one tower on 227x227x3, the layout the CS231n notes give
+(cs231n.github.io/convolutional-networks): 62,378,344 parameters."""
 
 from fcnn.layers import (
     Conv2D,

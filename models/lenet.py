@@ -1,4 +1,5 @@
-"""LeNet-5 for 28x28x1 (MNIST): 61,706 parameters with 10 classes."""
+"""LeNet-5 (after LeCun et al. 1998, with ReLU and max pooling) for 28x28x1 (MNIST): 61,706
+parameters with 10 classes."""
 
 from fcnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, serial
 

@@ -1,5 +1,6 @@
 """A small residual network (ResNet-20 style, no batch norm) for 32x32x3, built with `residual`
-(seed 001's skip connection: out = F(x) + x)."""
+(the skip connection out = F(x) + x of He et al. 2015, "Deep Residual Learning for Image
+Recognition")."""
 
 from fcnn.layers import AvgPool2D, Conv2D, Dense, Flatten, ReLU, residual, serial
 

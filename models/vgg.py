@@ -1,4 +1,5 @@
-"""VGG configurations A, B, D, E (Simonyan & Zisserman; seed 003): 3x3 pad 1 convs, 2x2 pools."""
+"""VGG configurations A, B, D, E (Simonyan & Zisserman 2014, "Very Deep Convolutional Networks for
+Large-Scale Image Recognition"): 3x3 pad 1 convs, 2x2 pools."""
 
 from fcnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, serial
 
@@ -38,7 +39,7 @@ def vgg13(num_classes: int = 1000):
 
 
 def vgg16(num_classes: int = 1000):
-    """Configuration D: 138,357,544 parameters (seed 003's table)."""
+    """Configuration D: 138,357,544 parameters (as in the CS231n notes' VGGNet table)."""
     return vgg("D", num_classes)
 
 

@@ -132,8 +132,6 @@ def test_vmap_init_over_keys_builds_an_ensemble():
          r"serial\[0\] Conv2D: `groups` \(=2\) must divide the input channels \(=3\)"),
         (lambda: L.residual(L.Conv2D(4, 3)), (8, 8, 4),
          r"residual: block output \(6, 6, 4\) and shortcut output \(8, 8, 4\) must match"),
-        (lambda: L.serial(L.MaxPool2D(2, padding="FULL")), (8, 8, 1),
-         r"serial\[0\] MaxPool2D: `padding` string must be 'SAME' or 'VALID'"),
         (lambda: L.parallel(L.Dense(2), L.Flatten(ndim=2)), (3, 3, 1),
          r"^parallel\[0\] Dense: expects"),
     ],
@@ -152,6 +150,12 @@ def test_init_errors_name_position_and_type(make, shape, pattern):
         (lambda: L.Dropout(1.0), r"Dropout: `rate` \(the drop probability\) must be a float"),
         (lambda: L.Dense(0), r"Dense: `out_features` must be an int >= 1, got 0"),
         (lambda: L.serial(), r"serial: needs at least one layer"),
+        (lambda: L.MaxPool2D(2, padding="FULL"),
+         r"^MaxPool2D: `padding` string must be 'SAME' or 'VALID', got 'FULL'\.$"),
+        (lambda: L.Conv2D(4, 3, padding=-1), r"^Conv2D: `padding` must be non-negative, got -1"),
+        (lambda: L.Conv2D(4, 3, algorithm="fft"),
+         r"^Conv2D: `algorithm` must be one of 'auto', 'xla', 'phase', 'im2col', 'taps', "
+         r"got 'fft'\.$"),
     ],
 )
 def test_construction_errors(make, pattern):

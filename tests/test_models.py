@@ -1,4 +1,4 @@
-"""models/: parameter counts from the seeds, summaries, whole-model gradients, a falling loss."""
+"""models/: published parameter counts, summaries, whole-model gradients, a falling loss."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import pytest
 
 import fcnn
-import fcnn.layers.core
 import models
 from fcnn import ops
 from fcnn import reference as R
@@ -37,7 +36,8 @@ def test_parameter_counts_from_shapes(name):
     assert out.shape == (1, 1000 if name.startswith(("vgg", "alex")) else 10)
 
 
-def test_vgg16_table_matches_seed_003():
+def test_vgg16_table_matches_the_cs231n_notes():
+    """The VGGNet table of cs231n.github.io/convolutional-networks ("Case studies")."""
     s = fcnn.summary(models.vgg16(), (224, 224, 3))
     assert s.total_activations == 15_237_608
     convs = [r for r in s.rows if "Conv2D" in r.name]
@@ -47,7 +47,7 @@ def test_vgg16_table_matches_seed_003():
     assert not any(r.note for r in s.rows)
 
 
-def test_alexnet_layout_from_seed_003():
+def test_alexnet_layout_from_the_cs231n_notes():
     s = fcnn.summary(models.alexnet(), (227, 227, 3))
     conv1 = next(r for r in s.rows if "Conv2D" in r.name)
     assert conv1.output_shape == (55, 55, 96) and conv1.params == 34_944  # "35K"
@@ -62,23 +62,15 @@ def test_cs231n_pattern():
         + ["Dense"]
 
 
-@pytest.fixture
-def on_reference(monkeypatch):
-    """Build the same models on fcnn.reference (plain lax under autodiff): the oracle."""
-
-    def use():
-        monkeypatch.setattr(fcnn.layers.core, "ops", R)
-
-    return use
-
-
 @pytest.mark.parametrize("name,shape,kwargs", [
     ("lenet5", (28, 28, 1), {}),
     ("cs231n_convnet", (32, 32, 3), dict(channels=(4, 8), hidden=16)),
     ("resnet", (32, 32, 3), dict(blocks_per_stage=1, widths=(4, 8, 8))),
 ])
-def test_whole_model_gradients_match_autodiff(name, shape, kwargs, on_reference):
+def test_whole_model_gradients_match_autodiff(name, shape, kwargs):
+    """The model against itself on fcnn.reference (plain lax under autodiff): the oracle."""
     net = getattr(models, name)(**kwargs)
+    oracle = fcnn.layers.with_ops(net, R)
     params, _ = net.init(jax.random.key(0), shape)
     params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
     x = normal(1, (2, *shape))
@@ -88,11 +80,10 @@ def test_whole_model_gradients_match_autodiff(name, shape, kwargs, on_reference)
         return ops.softmax_cross_entropy(net.apply(params, x), y)
 
     ours = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
-    assert "custom_vjp_call" in str(jax.make_jaxpr(lambda p, x: net.apply(p, x))(params, x))
-    on_reference()
-    assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda p, x: net.apply(p, x))(params, x))
-    ref = jax.jit(jax.value_and_grad(lambda p, x: R.softmax_cross_entropy(net.apply(p, x), y),
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(oracle.apply)(params, x))
+    ref = jax.jit(jax.value_and_grad(lambda p, x: R.softmax_cross_entropy(oracle.apply(p, x), y),
                                      argnums=(0, 1)))(params, x)
+    assert "custom_vjp_call" in str(jax.make_jaxpr(net.apply)(params, x))  # net is unchanged
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref),
                     strict=True):
         fcnn.testing.assert_close(a, b, f"{name} loss/gradient")

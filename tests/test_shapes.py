@@ -1,4 +1,4 @@
-"""fcnn.shapes: output sizes against the seeds, the strict tiling check, receptive fields."""
+"""fcnn.shapes: output sizes against the CS231n notes, the strict tiling check, receptive fields."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from fcnn import layers as L
 from fcnn import shapes
 
 
-def test_seed_003_sizes():
+def test_cs231n_notes_sizes():
+    """The CS231n notes' examples among them (7x7 input, 3x3 filter; AlexNet's CONV1)."""
     assert shapes.conv_output_size(7, 3) == 5
     assert shapes.conv_output_size(7, 3, stride=2) == 3
     assert shapes.conv_output_size(7, 3, stride=3) == 2  # floors like every framework
@@ -39,7 +40,7 @@ def test_strict_and_size_errors():
 
 
 def test_receptive_fields():
-    three = L.serial(*[L.Conv2D(4, 3) for _ in range(3)])  # seed 004: 3 stacked 3x3 see 7x7
+    three = L.serial(*[L.Conv2D(4, 3) for _ in range(3)])  # 3 stacked 3x3 see 7x7 (CS231n notes)
     assert shapes.receptive_field(three, (16, 16, 1)) == (7, 7)
     dilated = L.serial(L.Conv2D(4, 3), L.Conv2D(4, 3, dilation=2), L.Conv2D(4, 3, dilation=4))
     assert shapes.receptive_field(dilated, (32, 32, 1)) == (15, 15)

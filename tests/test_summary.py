@@ -19,7 +19,7 @@ def test_lenet_rows_by_hand():
     assert conv1.flops == 2 * 28 * 28 * 6 * 25 and conv1.activations == 28 * 28 * 6
     assert conv1.receptive_field == (5, 5) and pool1.receptive_field == (6, 6)
     assert conv2.params == 5 * 5 * 6 * 16 + 16 and conv2.receptive_field == (6 + 4 * 2,) * 2
-    assert rows["1 ReLU"].activations == 0  # fused into the conv, as in seed 003's table
+    assert rows["1 ReLU"].activations == 0  # fused into the conv, as in the CS231n VGG table
     assert s.rows[0].name == "Input" and s.rows[0].activations == 784
     assert s.total_params == 61_706
     assert s.total_activations == 784 + 4704 + 1176 + 1600 + 400 + 120 + 84 + 10

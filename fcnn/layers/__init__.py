@@ -1,6 +1,7 @@
-"""fcnn.layers: every constructor returns `Layer(init, apply)` (see `_base` for the contract)."""
+"""fcnn.layers: every constructor returns `Layer(init, apply)` (see `_base` for the contract);
+`with_ops(layer, module)` runs a model's leaves on another ops module (e.g. `fcnn.reference`)."""
 
-from fcnn.layers._base import Layer, LayerError, LayerInfo
+from fcnn.layers._base import Layer, LayerError, LayerInfo, Window, with_ops
 from fcnn.layers.combinators import parallel, residual, serial
 from fcnn.layers.core import (
     AvgPool2D,
@@ -31,7 +32,9 @@ __all__ = [
     "ReLU",
     "Sigmoid",
     "Tanh",
+    "Window",
     "parallel",
     "residual",
     "serial",
+    "with_ops",
 ]

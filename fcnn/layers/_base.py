@@ -1,25 +1,32 @@
-"""The Layer contract and its bookkeeping.
+"""The Layer contract and its metadata.
 
 A layer is ``Layer(init, apply)``, a NamedTuple of two pure functions:
 
     params, out_shape = init(key, input_shape)       # input_shape per example, e.g. (28, 28, 1)
     y = apply(params, x, *, key=None, train=False)   # x batched (N, *input_shape) or not
 
-Every constructor also attaches a `LayerInfo` to its init function (``layer.info``): the layer's
-type name, its configuration, its children, and a pure-Python shape function — the one source of
-truth that init, `fcnn.summary` and `fcnn.shapes.receptive_field` all use.
+Every fcnn constructor attaches a `LayerInfo` to its init function; ``layer.info`` reads it. It
+holds the layer's kind, its normalised configuration, its window geometry, its children, a
+pure-Python shape function (the one source of truth that init, `fcnn.summary` and
+`fcnn.shapes.receptive_field` use) and `rebind`, which rebuilds the layer on another ops module
+(`with_ops`). A user's own ``Layer(init, apply)`` carries no info: ``layer.info`` then describes
+it as kind ``"Layer"``, its shape taken from ``jax.eval_shape`` of its init.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
+
 from fcnn import _args
+from fcnn import ops as default_ops
 
 
 class LayerError(ValueError):
-    """A ValueError raised at init, carrying where in the model it happened."""
+    """A ValueError raised at init (or `with_ops`), carrying where in the model it happened."""
 
     def __init__(self, layer: str, detail: str, path: tuple[str, ...] = ()):
         self.layer, self.detail, self.path = layer, detail, path
@@ -31,11 +38,40 @@ class LayerError(ValueError):
         return LayerError(self.layer, self.detail, (segment, *self.path))
 
 
+class Window(NamedTuple):
+    """Geometry of a conv or pool window, normalised at construction.
+
+    `padding` is explicit ``((top, bottom), (left, right))`` ints, or "SAME" / "VALID", which
+    depend on the input size (`pads` resolves them). Along each axis the window spans
+    ``F_eff = (F - 1) * d + 1`` input cells and the output has
+    ``floor((W + p_lo + p_hi - F_eff) / S) + 1`` cells.
+    """
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]] | str
+    dilation: tuple[int, int] = (1, 1)
+
+    @property
+    def effective(self) -> tuple[int, int]:
+        """The span `(F_eff_h, F_eff_w)` of the (dilated) window, in input cells."""
+        return tuple(_args.effective_window(k, d)  # type: ignore[return-value]
+                     for k, d in zip(self.kernel, self.dilation))
+
+    def pads(self, spatial: tuple[int, int], op: str = "Window") -> _args.Padding:
+        """Explicit padding on an input of `spatial` = (H, W)."""
+        return _args.as_padding(self.padding, op, spatial, self.effective, self.stride)
+
+
 class LayerInfo(NamedTuple):
-    name: str  # type name: "Conv2D", "serial", ...
-    config: dict[str, Any]
-    children: tuple[Any, ...]  # child Layers (combinators)
+    """What a layer is, for summaries, shapes, repr and `with_ops`."""
+
+    kind: str  # "Conv2D", "serial", ...; "Layer" for a user's bare Layer(init, apply)
+    config: dict[str, Any]  # normalised constructor arguments (shown by repr)
+    window: Window | None  # conv / pool geometry; None for other layers
+    children: tuple[Layer, ...]  # combinators' child Layers
     shape: Callable[[tuple[int, ...]], Any]  # input shape -> output shape (raises LayerError)
+    rebind: Callable[[Any], Layer] | None = None  # ops module -> the same layer on it
 
 
 class Layer(NamedTuple):
@@ -47,21 +83,102 @@ class Layer(NamedTuple):
 
     @property
     def info(self) -> LayerInfo:
-        return self.init.info
+        info = getattr(self.init, "info", None)
+        return info if isinstance(info, LayerInfo) else _bare_info(self.init)
 
     def __repr__(self) -> str:
-        parts = [repr(c) for c in self.info.children]
-        parts += [f"{k}={v!r}" for k, v in self.info.config.items()]
-        return f"{self.info.name}({', '.join(parts)})"
+        info = self.info
+        if info.kind == "Layer":
+            return f"Layer({_qualname(self.init)}, {_qualname(self.apply)})"
+        parts = [repr(c) for c in info.children]
+        parts += [f"{k}={v!r}" for k, v in info.config.items()]
+        return f"{info.kind}({', '.join(parts)})"
 
 
-def make(name: str, config: dict, shape: Callable, init: Callable, apply: Callable,
-         children: tuple = ()) -> Layer:
-    """Attach the info to `init` and return the Layer."""
-    init.info = LayerInfo(name, config, children, shape)
-    init.__qualname__ = f"{name}.init"
-    apply.__qualname__ = f"{name}.apply"
-    return Layer(init, apply)
+def _qualname(fn) -> str:
+    return getattr(fn, "__qualname__", type(fn).__name__)
+
+
+def _bare_info(init) -> LayerInfo:
+    """The info of a user's Layer: its output shape from tracing its init (nothing allocated)."""
+
+    def shape(input_shape):
+        out = []
+        jax.eval_shape(lambda key: out.append(init(key, input_shape)) or (), jax.random.key(0))
+        return out[0][1]
+
+    return LayerInfo("Layer", {}, None, (), shape)
+
+
+def as_layer(value, op: str, name: str) -> Layer:
+    """`value` as a Layer: a Layer, or an `(init, apply)` pair of callables (stax style)."""
+    if isinstance(value, Layer):
+        return value
+    if isinstance(value, tuple) and len(value) == 2 and all(map(callable, value)):
+        return Layer(*value)
+    raise TypeError(f"{op}: `{name}` must be a Layer (init, apply), got "
+                    f"{type(value).__name__} {value!r}.")
+
+
+def with_ops(layer: Layer, module) -> Layer:
+    """`layer` rebuilt so that every fcnn leaf calls `module`'s functions (e.g.
+    `fcnn.reference`, the plain-lax oracle) instead of `fcnn.ops`'s.
+
+    Same init (so the same params for the same key) and new apply functions; `layer` itself is
+    unchanged. A user's bare `Layer(init, apply)` is kept as is.
+
+    Raises:
+      LayerError (a ValueError): `module` lacks a function some leaf needs, or it cannot take an
+        argument the leaf's configuration passes (Conv2D's non-"auto" `algorithm`); the message
+        names the layer, its position and the function.
+      TypeError: `layer` is not a Layer.
+    """
+    layer = as_layer(layer, "with_ops", "layer")
+    rebind = layer.info.rebind
+    return layer if rebind is None else rebind(module)
+
+
+def op(module, name: str, layer: str, keywords: dict[str, Any] | None = None) -> Callable:
+    """`module.<name>` for a leaf of kind `layer`, checked to exist and to take the keyword
+    arguments `keywords` (name -> value) the leaf will pass it."""
+    fn = getattr(module, name, None)
+    where = getattr(module, "__name__", type(module).__name__)
+    if not callable(fn):
+        raise LayerError(layer, f"the ops module {where!r} has no function `{name}`.")
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: leave it to the call
+        return fn
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        for kw, value in (keywords or {}).items():
+            if kw not in {p.name for p in params}:
+                raise LayerError(layer, f"`{kw}`={value!r} is passed to `{name}`, but "
+                                        f"{where}.{name} takes no `{kw}` argument.")
+    return fn
+
+
+def make(kind: str, config: dict, shape: Callable, init: Callable, apply: Callable, *,
+         window: Window | None = None, children: tuple = (),
+         rebind: Callable | None = None) -> Layer:
+    """The Layer of `init` and `apply`, its info attached to a fresh init function (so layers
+    that share an init still each carry their own info)."""
+
+    def layer_init(key, input_shape):
+        return init(key, input_shape)
+
+    layer_init.info = LayerInfo(kind, config, window, tuple(children), shape, rebind)
+    layer_init.__qualname__ = f"{kind}.init"
+    apply.__qualname__ = f"{kind}.apply"
+    return Layer(layer_init, apply)
+
+
+def leaf(kind: str, config: dict, shape: Callable, init: Callable,
+         bind: Callable[[Any], Callable], *, window: Window | None = None,
+         module=default_ops) -> Layer:
+    """A leaf layer whose `apply = bind(module)`; `bind` looks up the ops it calls with `op`
+    (so a missing function is an error here, not at apply). `with_ops` calls `bind` again."""
+    return make(kind, config, shape, init, bind(module), window=window,
+                rebind=lambda m: leaf(kind, config, shape, init, bind, window=window, module=m))
 
 
 def config_error(layer: str, fn, *args, catch=ValueError, **kwargs):

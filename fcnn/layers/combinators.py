@@ -1,14 +1,35 @@
-"""Combinators: `serial`, `parallel`, `residual`. Children's params nest as tuples."""
+"""Combinators: `serial`, `parallel`, `residual`. Children's params nest as tuples.
+
+Children may be any Layer, a user's bare `Layer(init, apply)` included (its shape comes from
+`jax.eval_shape` of its init); `with_ops` rebinds every fcnn child.
+"""
 
 from __future__ import annotations
 
 import jax
 
-from fcnn.layers._base import Layer, LayerError, make
+from fcnn.layers._base import Layer, LayerError, as_layer, make, with_ops
 
 
 def _keys(key, n):
     return (None,) * n if key is None else tuple(jax.random.split(key, n))
+
+
+def _children(op, layers):
+    if not layers:
+        raise ValueError(f"{op}: needs at least one layer.")
+    return tuple(as_layer(c, op, f"layers[{i}]") for i, c in enumerate(layers))
+
+
+def _rebound(children, segments, module):
+    """`with_ops` of each child, its errors naming the child's position."""
+    out = []
+    for child, segment in zip(children, segments):
+        try:
+            out.append(with_ops(child, module))
+        except LayerError as e:
+            raise e.under(segment) from None
+    return out
 
 
 def _init_child(child, key, shape, segment):
@@ -21,8 +42,7 @@ def _init_child(child, key, shape, segment):
 def serial(*layers: Layer) -> Layer:
     """Compose layers in order; params are the tuple of the children's. The key (init and
     apply) is split among the children."""
-    if not layers:
-        raise ValueError("serial: needs at least one layer.")
+    layers = _children("serial", layers)
 
     def shape(input_shape):
         for i, child in enumerate(layers):
@@ -44,13 +64,14 @@ def serial(*layers: Layer) -> Layer:
             x = child.apply(p, x, key=k, train=train)
         return x
 
-    return make("serial", {}, shape, init, apply, children=layers)
+    segments = [f"serial[{i}]" for i in range(len(layers))]
+    return make("serial", {}, shape, init, apply, children=layers,
+                rebind=lambda m: serial(*_rebound(layers, segments, m)))
 
 
 def parallel(*layers: Layer) -> Layer:
     """Apply each layer to the same input; output (and out_shape) is the tuple of theirs."""
-    if not layers:
-        raise ValueError("parallel: needs at least one layer.")
+    layers = _children("parallel", layers)
 
     def shape(input_shape):
         out = []
@@ -74,12 +95,17 @@ def parallel(*layers: Layer) -> Layer:
             for child, p, k in zip(layers, params, _keys(key, len(layers)))
         )
 
-    return make("parallel", {}, shape, init, apply, children=layers)
+    segments = [f"parallel[{i}]" for i in range(len(layers))]
+    return make("parallel", {}, shape, init, apply, children=layers,
+                rebind=lambda m: parallel(*_rebound(layers, segments, m)))
 
 
 def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
-    """`block(x) + shortcut(x)` (identity shortcut when None; seed 001's skip connection).
-    Params: `(block_params, shortcut_params)`; the shortcut's are `{}` when it is the identity."""
+    """`block(x) + shortcut(x)`, the skip connection of He et al. 2015, "Deep Residual Learning
+    for Image Recognition" (identity shortcut when None). Params: `(block_params,
+    shortcut_params)`; the shortcut's are `{}` when it is the identity."""
+    block = as_layer(block, "residual", "block")
+    shortcut = None if shortcut is None else as_layer(shortcut, "residual", "shortcut")
 
     def shape(input_shape):
         try:
@@ -111,5 +137,7 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
         return y + skip
 
     children = (block,) if shortcut is None else (block, shortcut)
+    segments = ("residual.block", "residual.shortcut")
     return make("residual", {"identity_shortcut": shortcut is None}, shape, init, apply,
-                children=children)
+                children=children,
+                rebind=lambda m: residual(*_rebound(children, segments, m)))

@@ -1,4 +1,6 @@
-"""Leaf layers: each constructor validates its configuration and returns `Layer(init, apply)`."""
+"""Leaf layers: each constructor validates and normalises its configuration once, and returns a
+`Layer(init, apply)` whose apply calls op functions bound from `fcnn.ops` (`with_ops` rebinds
+them to another module)."""
 
 from __future__ import annotations
 
@@ -7,21 +9,34 @@ import math
 import jax
 import jax.numpy as jnp
 
-from fcnn import _args, ops
+from fcnn import _args
 from fcnn import init as initializers
-from fcnn.layers._base import Layer, LayerError, as_shape, batched, config_error, image_shape, make
+from fcnn.layers._base import (
+    Layer,
+    LayerError,
+    Window,
+    as_shape,
+    batched,
+    config_error,
+    image_shape,
+    leaf,
+    op,
+)
+from fcnn.ops._conv_algorithms import ALGORITHMS
 from fcnn.ops.dropout import check_rate
 from fcnn.ops.lrn import config as lrn_config
 
+CONV_ALGORITHMS = ("auto", *ALGORITHMS)
 
-def _window_shape(layer, input_shape, window, stride, padding, dilation, out_channels=None):
-    """Output (H, W, C) of a conv/pool window over `input_shape`; errors as LayerErrors."""
+
+def _window_shape(layer, input_shape, window: Window, out_channels=None):
+    """Output (H, W, C) of `window` over `input_shape`; errors as LayerErrors."""
     h, w, c = image_shape(layer, input_shape)
-    effective = tuple(_args.effective_window(k, d) for k, d in zip(window, dilation))
-    pads = config_error(layer, _args.as_padding, padding, layer, (h, w), effective, stride)
-    config_error(layer, _args.check_fits, layer, (h, w), effective, pads,
-                  "kernel" if out_channels else "window", dilated=out_channels is not None)
-    ho, wo = (_args.output_size(n, f, s, p) for n, f, s, p in zip((h, w), effective, stride, pads))
+    pads = window.pads((h, w), layer)
+    config_error(layer, _args.check_fits, layer, (h, w), window.effective, pads,
+                 "kernel" if out_channels else "window", dilated=out_channels is not None)
+    ho, wo = (_args.output_size(n, f, s, p)
+              for n, f, s, p in zip((h, w), window.effective, window.stride, pads))
     return (ho, wo, c if out_channels is None else out_channels)
 
 
@@ -29,14 +44,17 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
            w_init=None, b_init=None, algorithm="auto") -> Layer:
     """2-D convolution; params `{"w": (kh, kw, C_in // groups, out_channels), "b": (out,)}`.
 
-    `w_init` defaults to he_normal, `b_init` to zeros; `algorithm` as `ops.conv2d`."""
+    `w_init` defaults to he_normal, `b_init` to zeros. `algorithm` is one of `CONV_ALGORITHMS`
+    ("auto" or as `fcnn.ops.conv2d`); it is passed to the op only when not "auto", so any
+    module's `conv2d` serves an "auto" layer (`with_ops`)."""
     name = "Conv2D"
     out_channels = _args.as_int(out_channels, name, "out_channels", minimum=1)
-    kernel = _args.as_pair(kernel_size, name, "kernel_size")
-    strides = _args.as_pair(stride, name, "stride")
-    dilations = _args.as_pair(dilation, name, "dilation")
+    window = Window(_args.as_pair(kernel_size, name, "kernel_size"),
+                    _args.as_pair(stride, name, "stride"),
+                    _args.padding_form(padding, name),
+                    _args.as_pair(dilation, name, "dilation"))
     groups = _args.as_int(groups, name, "groups", minimum=1)
-    padding = _args.static(padding, name, "padding")  # numpy -> tuples; checked at init
+    algorithm = _args.as_choice(algorithm, name, "algorithm", CONV_ALGORITHMS)
     if out_channels % groups:
         raise ValueError(f"{name}: `groups` (={groups}) must divide `out_channels` "
                          f"(={out_channels}).")
@@ -48,43 +66,57 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
         if c % groups:
             raise LayerError(name, f"`groups` (={groups}) must divide the input channels "
                                    f"(={c}), got input shape {tuple(input_shape)}.")
-        return _window_shape(name, input_shape, kernel, strides, padding, dilations,
-                             out_channels)
+        return _window_shape(name, input_shape, window, out_channels)
 
     def init(key, input_shape):
         out = shape(input_shape)
         k_w, k_b = jax.random.split(key)
-        params = {"w": w_init(k_w, (*kernel, input_shape[2] // groups, out_channels),
+        params = {"w": w_init(k_w, (*window.kernel, input_shape[2] // groups, out_channels),
                               groups=groups)}
         if use_bias:
             params["b"] = b_init(k_b, (out_channels,))
         return params, out
 
-    def apply(params, x, *, key=None, train=False):
-        return ops.conv2d(x, params["w"], params.get("b"), stride=strides, padding=padding,
-                          dilation=dilations, groups=groups, algorithm=algorithm)
+    def bind(module):
+        extra = {} if algorithm == "auto" else {"algorithm": algorithm}
+        conv2d = op(module, "conv2d", name, extra)
+        kwargs = dict(stride=window.stride, padding=window.padding, dilation=window.dilation,
+                      groups=groups, **extra)
 
-    config = dict(out_channels=out_channels, kernel_size=kernel, stride=strides,
-                  padding=padding, dilation=dilations, groups=groups, use_bias=use_bias)
-    return make(name, config, shape, init, apply)
+        def apply(params, x, *, key=None, train=False):
+            return conv2d(x, params["w"], params.get("b"), **kwargs)
+
+        return apply
+
+    config = dict(out_channels=out_channels, kernel_size=window.kernel, stride=window.stride,
+                  padding=_args.static(padding, name, "padding"), dilation=window.dilation,
+                  groups=groups, use_bias=use_bias, algorithm=algorithm)
+    return leaf(name, config, shape, init, bind, window=window)
 
 
-def _pool(name, op, window, stride, padding) -> Layer:
-    """`op` names the fcnn.ops function, looked up at apply time (so the oracle can stand in)."""
-    window = _args.as_pair(window, name, "window")
-    strides = window if stride is None else _args.as_pair(stride, name, "stride")
-    padding = _args.static(padding, name, "padding")  # numpy -> tuples; checked at init
+def _pool(name, op_name, window, stride, padding) -> Layer:
+    """A pooling leaf calling `op_name` of its ops module as `fn(x, window, stride, padding)`."""
+    kernel = _args.as_pair(window, name, "window")
+    geometry = Window(kernel, kernel if stride is None else _args.as_pair(stride, name, "stride"),
+                      _args.padding_form(padding, name))
 
     def shape(input_shape):
-        return _window_shape(name, input_shape, window, strides, padding, (1, 1))
+        return _window_shape(name, input_shape, geometry)
 
     def init(key, input_shape):
         return {}, shape(input_shape)
 
-    def apply(params, x, *, key=None, train=False):
-        return getattr(ops, op)(x, window, strides, padding)
+    def bind(module):
+        pool = op(module, op_name, name)
 
-    return make(name, dict(window=window, stride=strides, padding=padding), shape, init, apply)
+        def apply(params, x, *, key=None, train=False):
+            return pool(x, geometry.kernel, geometry.stride, geometry.padding)
+
+        return apply
+
+    config = dict(window=kernel, stride=geometry.stride,
+                  padding=_args.static(padding, name, "padding"))
+    return leaf(name, config, shape, init, bind, window=geometry)
 
 
 def MaxPool2D(window, stride=None, padding=0) -> Layer:
@@ -119,24 +151,35 @@ def Dense(out_features, use_bias=True, w_init=None, b_init=None) -> Layer:
             params["b"] = b_init(k_b, (out_features,))
         return params, out
 
-    def apply(params, x, *, key=None, train=False):
-        return ops.dense(x, params["w"], params.get("b"))
+    def bind(module):
+        dense = op(module, "dense", name)
 
-    return make(name, dict(out_features=out_features, use_bias=use_bias), shape, init, apply)
+        def apply(params, x, *, key=None, train=False):
+            return dense(x, params["w"], params.get("b"))
+
+        return apply
+
+    return leaf(name, dict(out_features=out_features, use_bias=use_bias), shape, init, bind)
 
 
-def _elementwise(name, op, **config) -> Layer:
-    """`op` names the fcnn.ops function, called with the config, looked up at apply time."""
+def _elementwise(name, op_name, **config) -> Layer:
+    """A shape-preserving leaf calling `op_name` of its ops module as `fn(x, **config)`."""
+
     def shape(input_shape):
         return as_shape(name, input_shape)
 
     def init(key, input_shape):
         return {}, shape(input_shape)
 
-    def apply(params, x, *, key=None, train=False):
-        return getattr(ops, op)(x, **config)
+    def bind(module):
+        fn = op(module, op_name, name, config)
 
-    return make(name, config, shape, init, apply)
+        def apply(params, x, *, key=None, train=False):
+            return fn(x, **config)
+
+        return apply
+
+    return leaf(name, config, shape, init, bind)
 
 
 def ReLU() -> Layer:
@@ -175,15 +218,20 @@ def Dropout(rate) -> Layer:
     def init(key, input_shape):
         return {}, shape(input_shape)
 
-    def apply(params, x, *, key=None, train=False):
-        if not train:
-            return x
-        if key is None:
-            raise ValueError(f"{name}: apply(..., train=True) needs a PRNG `key` "
-                             "(e.g. key=jax.random.key(step)).")
-        return ops.dropout(key, x, rate)
+    def bind(module):
+        dropout = op(module, "dropout", name)
 
-    return make(name, dict(rate=rate), shape, init, apply)
+        def apply(params, x, *, key=None, train=False):
+            if not train:
+                return x
+            if key is None:
+                raise ValueError(f"{name}: apply(..., train=True) needs a PRNG `key` "
+                                 "(e.g. key=jax.random.key(step)).")
+            return dropout(key, x, rate)
+
+        return apply
+
+    return leaf(name, dict(rate=rate), shape, init, bind)
 
 
 def Flatten(ndim=3) -> Layer:
@@ -200,9 +248,12 @@ def Flatten(ndim=3) -> Layer:
     def init(key, input_shape):
         return {}, shape(input_shape)
 
-    def apply(params, x, *, key=None, train=False):
-        xb, was_batched = batched(jnp.asarray(x), ndim, name)
-        y = xb.reshape(xb.shape[0], -1)
-        return y if was_batched else y[0]
+    def bind(module):  # a reshape: no op to look up
+        def apply(params, x, *, key=None, train=False):
+            xb, was_batched = batched(jnp.asarray(x), ndim, name)
+            y = xb.reshape(xb.shape[0], -1)
+            return y if was_batched else y[0]
 
-    return make(name, dict(ndim=ndim), shape, init, apply)
+        return apply
+
+    return leaf(name, dict(ndim=ndim), shape, init, bind)

@@ -1,14 +1,14 @@
-"""Benchmark fcnn's hand-written rules against JAX autodiff of the plain lax ops.
+"""Per op: fcnn's hand-written rules against JAX autodiff of the plain lax ops (fcnn.reference).
 
 For every config, in one process: forward, and forward + backward (value and VJP with a fixed
-random cotangent), each jitted, warmed up, timed `--repeats` times with fcnn and autodiff
-interleaved so drift hits both alike (ops under 2 ms are timed over several back-to-back calls
-per sample). The table shows median ms, GFLOP/s, and the median over pairs of the ratio
-autodiff/fcnn (> 1: fcnn is faster).
+random cotangent), each compiled ahead of time and timed `--repeats` times with fcnn and
+autodiff interleaved by the shared harness (`_timing`: samples of about 2 ms of back-to-back
+calls, so short ops are timed over several calls per sample). The table shows median ms,
+GFLOP/s, and the median over rounds of the ratio autodiff/fcnn (> 1: fcnn is faster).
 "same" marks rows where fcnn's optimised XLA program is identical to autodiff's (names and
 metadata aside): there the two run the same machine code and the ratio measures only noise.
 
-    python scripts/bench_ops.py [--repeats 30] [--json bench_ops.json] [--only conv]
+    python benchmarks/ops.py [--repeats 30] [--json bench_ops.json] [--only conv]
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ import argparse
 import json
 import platform
 import re
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -27,9 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._timing import (  # noqa: E402
+    Samples,
+    Timed,
+    interleaved,
+    jax_timed,
+    medians,
+    pair_ratio,
+)
 from fcnn import ops  # noqa: E402
 from fcnn import reference as R  # noqa: E402
 
+TARGET = 2e-3  # seconds per sample
 CONV = [  # (N, H, W, C_in, C_out, k, stride, padding)
     (128, 28, 28, 1, 6, 5, 1, 0),
     (128, 28, 28, 1, 6, 5, 1, 2),
@@ -53,34 +60,17 @@ DENSE = [  # (N, in, out)
 ]
 
 
-def _sample(fn, args, inner):
-    """Seconds per call over `inner` back-to-back calls (short ops are batched so dispatch
-    jitter does not dominate)."""
-    t = time.perf_counter()
-    for _ in range(inner):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t) / inner
+def compare(f_fcnn, f_autodiff, args, repeats, target) -> tuple[Samples, Timed, Timed]:
+    """fcnn's function against autodiff's on the same arguments, interleaved: the samples
+    (labels "fcnn" and "autodiff") and the two compiled runners."""
+    mine, theirs = jax_timed("fcnn", f_fcnn, args), jax_timed("autodiff", f_autodiff, args)
+    return interleaved([mine, theirs], repeats, target), mine, theirs
 
 
-def _pair_medians(f_fcnn, f_ref, args, repeats):
-    """Interleave the two so machine noise hits both; return both medians (s) and the median
-    of the per-pair ratios autodiff/fcnn."""
-    for f in (f_fcnn, f_ref):
-        jax.block_until_ready(f(*args))  # compile
-    inner = max(1, int(2e-3 / max(_sample(f_fcnn, args, 3), 1e-6)))
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(_sample(f_fcnn, args, inner))
-        b.append(_sample(f_ref, args, inner))
-    ratio = statistics.median(y / x for x, y in zip(a, b))
-    return statistics.median(a), statistics.median(b), ratio
-
-
-def _program(f, args):
+def _program(compiled):
     """The optimised XLA program, with names and metadata normalised away."""
     lines = []
-    for line in f.lower(*args).compile().as_text().splitlines():
+    for line in compiled.as_text().splitlines():
         line = line.strip()
         if line.startswith(("%", "ROOT", "ENTRY")):
             line = re.sub(r", metadata=\{[^}]*\}", "", line)
@@ -95,22 +85,24 @@ def _fwd_bwd(f):
         y, vjp = jax.vjp(f, *args)
         return y, vjp(ct)
 
-    return jax.jit(run)
+    return run
 
 
 def _measure(name, flops, f_fcnn, f_ref, args, repeats):
     out_shape = jax.eval_shape(f_fcnn, *args).shape
-    ct = jnp.asarray(np.random.default_rng(1).standard_normal(out_shape), jnp.float32)
+    ct = _rand(out_shape, 1)
     rows = []
     for mode, mult, (a, b), call_args in (
-        ("fwd", 1, (jax.jit(f_fcnn), jax.jit(f_ref)), args),
+        ("fwd", 1, (f_fcnn, f_ref), args),
         ("fwd+bwd", 3, (_fwd_bwd(f_fcnn), _fwd_bwd(f_ref)), (ct, *args)),
     ):
-        t_f, t_r, ratio = _pair_medians(a, b, call_args, repeats)
+        samples, mine, theirs = compare(a, b, call_args, repeats, TARGET)
+        t = medians(samples)
         rows.append(dict(
-            op=name, mode=mode, fcnn_ms=1e3 * t_f, autodiff_ms=1e3 * t_r,
-            fcnn_gflops=mult * flops / t_f / 1e9, ratio=ratio,
-            same_program=_program(a, call_args) == _program(b, call_args),
+            op=name, mode=mode, fcnn_ms=1e3 * t["fcnn"], autodiff_ms=1e3 * t["autodiff"],
+            fcnn_gflops=mult * flops / t["fcnn"] / 1e9,
+            ratio=pair_ratio(samples, "autodiff", "fcnn"),
+            same_program=_program(mine.compiled) == _program(theirs.compiled),
         ))
         print(_fmt(rows[-1]), flush=True)
     return rows

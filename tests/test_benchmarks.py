@@ -1,0 +1,131 @@
+"""benchmarks/: the shared harness interleaves, calibrates and summarises as documented; every
+framework's twin is the same network; the reference variant really runs on the oracle; short
+runs of the benchmarks write their tables and JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fcnn.layers
+from benchmarks import ops as bench_ops
+from benchmarks import train_step as ts
+from benchmarks import twins
+from benchmarks._timing import Timed, interleaved, medians, pair_ratio
+from fcnn import reference as R
+from fcnn.layers import Conv2D, serial
+
+
+def test_harness_interleaves_calibrates_and_takes_medians():
+    """On a fake clock: warm-up and calibration per runner, then rounds of `inner` calls each,
+    every other round reversed; a sample is seconds per call, synced once."""
+    now, calls, syncs = [0.0], [], []
+    unit = 2.0 ** -7  # exact in binary: the arithmetic below has no rounding
+
+    def runner(label, cost):
+        def call():
+            calls.append(label)
+            now[0] += cost
+            return label
+
+        return Timed(label, call, sync=syncs.append)
+
+    a, b = runner("a", unit), runner("b", 3 * unit)
+    samples = interleaved([a, b], repeats=4, target=10 * unit, warmup=1, probe=2,
+                          clock=lambda: now[0])
+    runs = [(label, len(list(group))) for label, group in itertools.groupby(calls)]
+    # warm-up 1 call each, probe 2 each; then inner = 10 for a, int(10 / 3) = 3 for b, in
+    # rounds a b | b a | a b | b a
+    assert runs == [("a", 1), ("b", 1), ("a", 2), ("b", 2),
+                    ("a", 10), ("b", 6), ("a", 20), ("b", 6), ("a", 10)]
+    assert len(syncs) == 2 + 2 + 2 * 4
+    assert samples == {"a": [unit] * 4, "b": [3 * unit] * 4}
+    assert medians(samples) == {"a": unit, "b": 3 * unit}
+    assert pair_ratio(samples, "b", "a") == 3
+    with pytest.raises(ValueError, match="distinct"):
+        interleaved([a, a], repeats=1)
+
+
+def _count(tree):
+    return sum(math.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize("name, want", [("lenet5", 61_706), ("cs231n_convnet", 1_116_970)])
+@pytest.mark.parametrize("variant", ["stax"]
+                         + (["flax"] if importlib.util.find_spec("flax") else []))
+def test_every_twin_has_the_models_parameters_and_output(name, want, variant):
+    """Built from the fcnn model's LayerInfo, each twin has its parameter count (asserted for
+    fcnn itself in test_models) and its output shape (under the suite's strict rank
+    promotion)."""
+    built = twins.JAX_VARIANTS[variant](name, twins.SHAPES[name])
+    assert _count(built.params) == want
+    x = jnp.zeros((2, *twins.SHAPES[name]), jnp.float32)
+    assert jax.eval_shape(built.apply, built.params, x).shape == (2, 10)
+
+
+def test_a_layer_without_a_twin_is_refused():
+    with pytest.raises(ValueError, match="no twin"):
+        twins.spec(serial(Conv2D(4, 3, stride=2)), (8, 8, 1))
+
+
+def test_reference_variant_traces_no_custom_rule():
+    x = jnp.zeros((2, 28, 28, 1), jnp.float32)
+    y = jnp.zeros((2,), jnp.int32)
+    jaxprs = {}
+    for variant in ("reference", "fcnn"):
+        built = twins.JAX_VARIANTS[variant]("lenet5", (28, 28, 1))
+        step, state = ts.train_step(built)
+        jaxprs[variant] = str(jax.make_jaxpr(step)(built.params, state, x, y))
+    assert "custom_vjp_call" in jaxprs["fcnn"]
+    assert "custom_vjp_call" not in jaxprs["reference"]
+    # with_ops made a copy: the model it was given still runs fcnn's rules
+    net = twins.model("lenet5")
+    fcnn.layers.with_ops(net, R)
+    params, _ = net.init(jax.random.key(0), (28, 28, 1))
+    assert "custom_vjp_call" in str(jax.make_jaxpr(net.apply)(params, x))
+
+
+def test_short_train_step_run_writes_rows(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert ts.main(["--models", "lenet5", "--variants", "fcnn,reference,stax", "--batch", "8",
+                    "--repeats", "1", "--breakdown", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in result["train_step"]}
+    assert set(rows) == {"fcnn", "reference", "stax"}
+    for r in rows.values():
+        assert r["images_per_s"] > 0 and r["memory_mb"] > 0
+    assert rows["fcnn"]["vs_stax"] == pytest.approx(rows["stax"]["ms"] / rows["fcnn"]["ms"])
+    assert {r["variant"] for r in result["per_example"]} == {"fcnn", "reference", "stax"}
+    # the breakdown names every conv map with the algorithm "auto" chose for it
+    convs = [r for r in result["layers"] if r["layer"].endswith("Conv2D")]
+    assert [(r["layer"], r["map"]) for r in convs] == [
+        (f"{i} Conv2D", m) for i in (0, 3) for m in ("fwd", "dX", "dK")]
+    assert convs[0]["algorithm"] == "taps/im2col/xla" and convs[0]["shape"] == "28x28x1"
+    assert {r["map"] for r in result["layers"] if "Pool" in r["layer"]} == {"fwd", "fwd+bwd"}
+    assert {r["map"] for r in result["layers"] if "Dense" in r["layer"]} == {"fwd", "fwd+bwd"}
+    assert all(r["fcnn_ms"] > 0 and r["autodiff_ms"] > 0 for r in result["layers"])
+    printed = capsys.readouterr().out
+    assert "x reference" in printed and "per layer, batch 8" in printed
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(SystemExit):
+        ts.main(["--variants", "fcnn,caffe"])
+    with pytest.raises(SystemExit):
+        ts.main(["--models", "vgg16"])
+
+
+def test_short_ops_run_writes_its_table(tmp_path):
+    out = tmp_path / "bench.json"
+    rows = bench_ops.main(["--repeats", "2", "--only", "dense", "--json", str(out)])
+    assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
+    assert all(r["fcnn_ms"] > 0 and r["autodiff_ms"] > 0 and r["ratio"] > 0 for r in rows)
+    assert all(isinstance(r["same_program"], bool) for r in rows)
+    assert out.read_text().count('"ratio"') == len(rows)
