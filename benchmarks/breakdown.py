@@ -6,7 +6,8 @@ forward + backward, each timed alone on the layer's own shapes at batch `--batch
 against autodiff of the fcnn.reference op on the same arrays, interleaved by the shared harness
 (`_timing`, samples of about 50 ms). Reported: median ms of each, the ratio of the medians
 autodiff/fcnn (> 1: fcnn is faster) and, for convs, the algorithms fcnn's "auto" picks for the
-forward, dX and dK on this machine.
+forward, dX and dK on a CPU (`_conv_algorithms.choose`, from the shapes; on GPU and TPU "auto"
+runs XLA's native convolution instead).
 
     python benchmarks/breakdown.py [--models lenet5,cs231n_convnet] [--batch 128]
         [--repeats 15] [--json out.json]

@@ -22,11 +22,11 @@ def random_shift(key, x, max_shift: int = 2):
       max_shift: int >= 0; 0 returns `x` unchanged.
     """
     max_shift = _args.as_int(max_shift, "random_shift", "max_shift", minimum=0)
-    if max_shift == 0:
-        return x
     if x.ndim != 4:
         raise ValueError(f"random_shift: `x` must be an (N, H, W, C) batch, got shape "
                          f"{tuple(x.shape)}.")
+    if max_shift == 0:
+        return x
     n, h, w, c = x.shape
     padded = jnp.pad(x, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)))
     offsets = jax.random.randint(key, (n, 2), 0, 2 * max_shift + 1)

@@ -143,7 +143,11 @@ def restore(path, template, *, config: dict | None = None):
     """
     meta, arrays = _read(path)
     if config is not None:
-        differences = config_differences(meta.get("config", {}), config)
+        if not meta.get("config"):
+            raise CheckpointError(f"{path}: records no configuration (written by an older fcnn, "
+                                  "or without one), so nothing shows it belongs to this run; "
+                                  "start a new run (from its parameters, if you want them).")
+        differences = config_differences(meta["config"], config)
         if differences:
             raise ConfigMismatch(path, differences)
     template_leaves, treedef = _leaves(template)

@@ -116,7 +116,7 @@ def params_sha256(params) -> str:
     for leaf in jax.tree_util.tree_leaves(params):
         a = np.asarray(leaf)
         h.update(str((a.shape, a.dtype.str)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))  # the bytes, no copy
     return h.hexdigest()
 
 
@@ -124,8 +124,8 @@ def params_sha256(params) -> str:
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How to train: every choice that, with the model, the data and the devices, determines the
-    result. The defaults are the main job's recipe (LeNet-5 on the embedded MNIST: 98.23% after
-    30 epochs on the reference machine, docs/training.md).
+    result. The defaults are the main job's recipe: LeNet-5 on the embedded MNIST, what
+    `scripts/train.py` runs (its result: the README's Quickstart; the recipe: docs/training.md).
 
     Attributes:
       epochs: passes over the training set.
@@ -155,7 +155,7 @@ class Recipe:
             lr=_args.as_float(self.lr, op, "lr", above=0),
             weight_decay=_args.as_float(self.weight_decay, op, "weight_decay", minimum=0),
             max_shift=_args.as_int(self.max_shift, op, "max_shift", minimum=0),
-            seed=_args.as_int(self.seed, op, "seed"),
+            seed=_args.as_int(self.seed, op, "seed", minimum=0),
         )
         for name, allowed in (("optimizer", OPTIMIZERS), ("dtype", DTYPES)):
             if getattr(self, name) not in allowed:
@@ -281,6 +281,8 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
       checkpoint.ConfigMismatch, checkpoint.CheckpointError: a checkpoint that cannot be resumed.
       ValueError: a batch size the mesh's devices do not divide; an occupied `checkpoint_dir`.
     """
+    if resume and checkpoint_dir is None:
+        raise ValueError("fit: resume=True needs a checkpoint_dir to resume from.")
     devices = 1 if mesh is None else mesh.devices.size
     if recipe.batch_size % devices:
         raise ValueError(f"fit: `batch_size` ({recipe.batch_size}) must split evenly over the "
@@ -343,16 +345,28 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
                      params_sha256(params))
 
 
-def load_params(path, model: Layer):
+def load_params(path, model: Layer, input_shape=None):
     """The parameters of a checkpoint `fit` wrote for `model` (whatever its recipe): to evaluate,
-    attack or visualise a trained model, or to start a new run from it (`fit(params=...)`)."""
+    attack or visualise a trained model, or to start a new run from it (`fit(params=...)`).
+
+    A checkpoint that records no configuration (an older fcnn's) needs `input_shape` and is read
+    as the main job's (SGD) optimizer state.
+
+    Raises:
+      CheckpointError: unreadable, tampered, or saved for another model (its recorded
+        architecture differs from `repr(model)`, or its leaves do not fit the model's).
+    """
     config = checkpoint.read_info(path)["config"]
-    if "train_images" not in config:
-        raise checkpoint.CheckpointError(f"{path}: not a checkpoint written by fcnn.train.fit "
-                                         "(it records no configuration).")
+    saved = config.get("architecture")
+    if saved is not None and saved != repr(model):
+        raise checkpoint.CheckpointError(f"{path}: saved for another model: {saved[:80]}...")
+    if input_shape is None:
+        if "train_images" not in config:
+            raise checkpoint.CheckpointError(f"{path}: records no input shape; pass input_shape.")
+        input_shape = tuple(config["train_images"][1:])
     fields = {f.name for f in dataclasses.fields(Recipe)}
     recipe = Recipe(**{k: v for k, v in config.items() if k in fields})
-    params, _ = model.init(jax.random.key(0), tuple(config["train_images"][1:]))
+    params, _ = model.init(jax.random.key(0), tuple(input_shape))
     # the optimizer state's structure does not depend on the schedule's length
     template = dict(params=params, opt_state=recipe.optimizer_for(1).init(params),
                     key=jax.random.key(0))

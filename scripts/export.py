@@ -17,7 +17,7 @@ from jax import export
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
-from fcnn import train  # noqa: E402
+from fcnn import data, train  # noqa: E402
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -28,7 +28,8 @@ def build(model_name: str, batch_size: int):
     params, _ = model.init(jax.random.key(0), shape)
     # the main job's recipe, without its augmentation: the exported step trains on the batches
     # it is given (random_shift would add its own loops and gathers to every platform's program)
-    opt, step = train.Recipe(max_shift=0).make_step(model, steps_per_epoch=1)
+    recipe = train.Recipe(max_shift=0)
+    opt, step = recipe.make_step(model, recipe.steps_per_epoch(len(data.load().train_labels)))
     opt_state = opt.init(params)
     opt_leaves, opt_tree = jax.tree_util.tree_flatten(opt_state)
 

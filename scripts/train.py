@@ -12,6 +12,7 @@ official 10,000 MNIST test images, offline, in well under a minute on 2 CPU core
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -73,19 +74,33 @@ def parse(argv=None):
              is not None]
     if given and not args.distributed:
         p.error(f"--{given[0].replace('_', '-')} needs --distributed")
-    try:
-        args.recipe = train.Recipe(args.epochs, args.batch_size, args.optimizer, args.lr,
-                                   args.weight_decay, args.max_shift, args.dtype, args.seed)
+    try:  # every Recipe field is a flag of the same name
+        args.recipe = train.Recipe(**{f.name: getattr(args, f.name)
+                                      for f in dataclasses.fields(train.Recipe)})
     except ValueError as e:
         p.error(str(e))
     return args
 
 
-def flag(key: str) -> str:
-    """The flag behind a recorded configuration entry."""
-    return {"architecture": "--model (its layers)", "init": "--init-from",
-            "dataset_sha256": "--dataset (its contents)", "train_images": "--dataset (its size)",
-            "test_images": "--dataset (its size)"}.get(key, "--" + key.replace("_", "-"))
+# recorded entries that follow from a flag: said only when the flag itself did not change
+DERIVED = {"architecture": ("model", "--model (its layers)"),
+           "train_images": ("dataset", "--dataset (its size)"),
+           "test_images": ("dataset", "--dataset (its size)"),
+           "dataset_sha256": ("dataset", "--dataset (its contents)"),
+           "init": (None, "--init-from")}
+
+
+def mismatch_lines(differences) -> list[str]:
+    """`--flag: checkpoint A, now B` for each difference a checkpoint reported."""
+    changed = {k for k, _, _ in differences}
+    lines = []
+    for key, saved, now in differences:
+        source, name = DERIVED.get(key, (None, "--" + key.replace("_", "-")))
+        if source in changed:
+            continue
+        short = [repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..." for v in (saved, now)]
+        lines.append(f"{name}: checkpoint {short[0]}, now {short[1]}")
+    return lines
 
 
 class Bar:
@@ -177,8 +192,7 @@ def main(argv=None):
                            resume=args.resume, mesh=mesh, on_step=bar, on_epoch=on_epoch,
                            describe=dict(model=args.model, dataset=args.dataset))
     except checkpoint.ConfigMismatch as e:
-        lines = "".join(f"\n  {flag(k)}: checkpoint {a!r}, now {b!r}" for k, a, b in
-                        e.differences)
+        lines = "".join(f"\n  {line}" for line in mismatch_lines(e.differences))
         return fail(f"--resume: {e.path} was made under another configuration:{lines}\n"
                     "Resume with the checkpoint's flags; to train a finished run further, "
                     "start a new run from its parameters with --init-from.")

@@ -36,3 +36,5 @@ def test_zero_shift_is_identity_and_bad_input_is_named():
     assert augment.random_shift(jax.random.key(0), x, 0) is x
     with pytest.raises(ValueError, match=r"random_shift: `x` must be an \(N, H, W, C\) batch"):
         augment.random_shift(jax.random.key(0), x[0], 1)
+    with pytest.raises(ValueError, match=r"random_shift: `x` must be an \(N, H, W, C\) batch"):
+        augment.random_shift(jax.random.key(0), x[0], 0)

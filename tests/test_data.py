@@ -21,7 +21,7 @@ def test_embedded_mnist_is_the_published_data():
     ds = data.load()
     assert ds.train_images.shape == (5000, 28, 28, 1) and ds.train_images.dtype == np.uint8
     assert ds.test_images.shape == (10000, 28, 28, 1) and ds.test_labels.dtype == np.int32
-    # datasets/README.md decoding check: test labels per digit, pixel mean 33.79; 500 per digit
+    # docs/data.md's decoding check: test labels per digit, pixel mean 33.79; 500 per digit
     assert np.bincount(ds.test_labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028,
                                                     974, 1009]
     assert round(float(ds.test_images.mean()), 2) == 33.79

@@ -199,7 +199,7 @@ def test_numpy_forms_of_every_argument_kind():
 
 def test_layers_take_numpy_configuration():
     conv = L.Conv2D(np.int64(4), np.array([3, 3]), padding=np.array([1, 1]), groups=np.int64(1))
-    assert conv.info.config["padding"] == (1, 1)
+    assert conv.info.config["padding"] == ((1, 1), (1, 1)) == conv.info.window.padding
     params, out = conv.init(jax.random.key(0), (8, 8, 3))
     assert out == (8, 8, 4) == conv.apply(params, x4).shape[1:]
     pool = L.MaxPool2D(np.array([2, 2]), padding=np.array([[0, 1], [0, 1]]))

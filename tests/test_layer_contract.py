@@ -110,6 +110,9 @@ def test_with_ops_errors_name_the_layer_and_the_function():
                                            r"fcnn\.reference\.conv2d takes no `algorithm`"):
         L.with_ops(nested, R)
     assert L.with_ops(nested, ops).info.children[1].info.kind == "residual"
+    no_groups = types.SimpleNamespace(conv2d=lambda x, w, b=None, *, stride, padding, dilation: x)
+    with pytest.raises(L.LayerError, match=r"^Conv2D: `groups`=1 is passed to `conv2d`"):
+        L.with_ops(L.Conv2D(2, 3), no_groups)
     with pytest.raises(TypeError, match=r"^with_ops: `layer` must be a Layer"):
         L.with_ops("not a layer", R)
 
@@ -216,6 +219,10 @@ def test_bare_layer_info_and_repr():
     assert repr(bare) == "Layer(scale.<locals>.init, scale.<locals>.apply)"
     assert repr(L.serial(bare)).startswith("serial(Layer(scale.<locals>.init")
     assert L.with_ops(bare, R) is bare
+    conv = L.Conv2D(3, 3)
+    mixed = L.Layer(conv.init, lambda params, x, **kw: x)  # Conv2D's init, someone else's apply
+    assert mixed.info.kind == "Layer" and L.with_ops(mixed, R) is mixed
+    assert conv.info.kind == "Conv2D" and L.Layer(*conv).info.kind == "Conv2D"
 
 
 def test_bare_layers_inside_combinators():

@@ -151,8 +151,8 @@ def test_batch_mesh_checks_its_argument():
     (["--devices", str(len(jax.devices()) + 1)], "xla_force_host_platform_device_count"),
     (["--coordinator", "localhost:1"], "--coordinator needs --distributed"),
 ])
-def test_train_py_refuses_bad_device_flags(argv, message, capsys):
-    sys.path.insert(0, str(ROOT / "scripts"))
+def test_train_py_refuses_bad_device_flags(argv, message, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     import train as script
 
     try:

@@ -14,7 +14,7 @@ from fcnn import ops
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-DOCS = sorted((ROOT / "docs").glob("*.md"))
+DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md"]
 # The README is the front door; details live in docs/ (each figure once, with its command).
 README_MAX_LINES = 250
 

@@ -176,6 +176,25 @@ def test_fit_resumed_equals_straight_and_refuses_another_recipe(tmp_path):
                                                          (3, 11, 192), (3, 12, 256)]
 
 
+def test_fit_and_load_params_refuse_what_does_not_fit(tmp_path):
+    model, ds = _tiny()[0], _small()
+    with pytest.raises(ValueError, match="fit: resume=True needs a checkpoint_dir"):
+        train.fit(model, ds, train.Recipe(epochs=1), resume=True)
+    with pytest.raises(ValueError, match="fit: `describe` may not redefine the recorded entries "
+                                         r"\['lr'\]"):
+        train.fit(model, ds, train.Recipe(epochs=1), describe=dict(lr=1.0))
+    train.fit(model, ds, train.Recipe(epochs=1, optimizer="adam"), checkpoint_dir=tmp_path)
+    path = tmp_path / "checkpoint.npz"
+    assert jax.tree_util.tree_structure(train.load_params(path, model)) == \
+        jax.tree_util.tree_structure(_tiny()[1])  # an adam checkpoint, read without its recipe
+    with pytest.raises(checkpoint.CheckpointError, match="saved for another model"):
+        train.load_params(path, L.serial(L.Conv2D(4, 3), L.Flatten(), L.Dense(10)))
+    state = _state()  # a checkpoint with no configuration (an older fcnn's) is not resumed
+    checkpoint.save(tmp_path / "old.npz", state)
+    with pytest.raises(checkpoint.CheckpointError, match="records no configuration"):
+        checkpoint.restore(tmp_path / "old.npz", state, config=dict(lr=0.05))
+
+
 def test_fit_from_given_params_records_them(tmp_path):
     model, ds = _tiny()[0], _small()
     first = train.fit(model, ds, train.Recipe(epochs=1), checkpoint_dir=tmp_path / "a")
@@ -240,7 +259,11 @@ def test_resume_after_kill_9_is_bit_exact_and_the_run_writes_metrics_and_plot(tm
                "--plot", str(tmp_path / "c.png"))
     m = json.loads((tmp_path / "straight.json").read_text())
     assert [e["epoch"] for e in m["epochs"]] == [1, 2, 3] and "test accuracy" in out.stdout
-    assert 0 < m["test_accuracy"] <= 1 and m["images_per_second"] > 0 and m["wall_seconds"] > 0
+    # 3 epochs at batch 128, --seed 0-7: 83.9-95.6% (93.91% at seed 0, as here; the lowest is
+    # seed 5, whose initialisation stalls); seeds 0 and 5 the same within 0.03 points with other
+    # CPU kernels (XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=). The floor: 8.9 under.
+    assert 0.75 < m["test_accuracy"] <= 1 and m["images_per_second"] > 0
+    assert m["wall_seconds"] > 0
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     straight = m["params_sha256"]
     assert len(straight) == 64
@@ -265,8 +288,9 @@ def test_resume_after_kill_9_is_bit_exact_and_the_run_writes_metrics_and_plot(tm
     assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]
 
 
-def test_script_refuses_a_resume_under_other_flags_and_stops_on_divergence(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "scripts"))
+def test_script_refuses_a_resume_under_other_flags_and_stops_on_divergence(tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     import train as script  # scripts/train.py, run in this process (its compiles are cached)
 
     ckpt = tmp_path / "ckpt"
@@ -278,6 +302,12 @@ def test_script_refuses_a_resume_under_other_flags_and_stops_on_divergence(tmp_p
     err = capsys.readouterr().err
     assert "--epochs: checkpoint 1, now 2" in err and "--lr: checkpoint 0.05, now 0.1" in err
     assert "--init-from" in err
+    # entries that follow from a changed flag are not repeated; long values are cut
+    lines = script.mismatch_lines([("model", "lenet5", "resnet"), ("architecture", "a", "b"),
+                                   ("train_images", [5], [6]), ("init", "seed", "x" * 99)])
+    assert lines == ["--model: checkpoint 'lenet5', now 'resnet'", "--dataset (its size): "
+                     "checkpoint [5], now [6]", f"--init-from: checkpoint 'seed', now "
+                     f"'{'x' * 56}..."]
     assert script.main(["--epochs", "1", "--checkpoint-dir", str(ckpt)]) == 2
     assert "already holds a checkpoint: add --resume" in capsys.readouterr().err
     assert (ckpt / "checkpoint.npz").read_bytes() == good

@@ -72,6 +72,7 @@ class LayerInfo(NamedTuple):
     children: tuple[Layer, ...]  # combinators' child Layers
     shape: Callable[[tuple[int, ...]], Any]  # input shape -> output shape (raises LayerError)
     rebind: Callable[[Any], Layer] | None = None  # ops module -> the same layer on it
+    apply: Callable | None = None  # the apply this info describes (with the init holding it)
 
 
 class Layer(NamedTuple):
@@ -84,7 +85,9 @@ class Layer(NamedTuple):
     @property
     def info(self) -> LayerInfo:
         info = getattr(self.init, "info", None)
-        return info if isinstance(info, LayerInfo) else _bare_info(self.init)
+        if isinstance(info, LayerInfo) and info.apply is self.apply:
+            return info
+        return _bare_info(self.init)  # a user's pair (an fcnn init with another apply included)
 
     def __repr__(self) -> str:
         info = self.info
@@ -166,7 +169,7 @@ def make(kind: str, config: dict, shape: Callable, init: Callable, apply: Callab
     def layer_init(key, input_shape):
         return init(key, input_shape)
 
-    layer_init.info = LayerInfo(kind, config, window, tuple(children), shape, rebind)
+    layer_init.info = LayerInfo(kind, config, window, tuple(children), shape, rebind, apply)
     layer_init.__qualname__ = f"{kind}.init"
     apply.__qualname__ = f"{kind}.apply"
     return Layer(layer_init, apply)

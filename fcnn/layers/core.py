@@ -79,9 +79,9 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
 
     def bind(module):
         extra = {} if algorithm == "auto" else {"algorithm": algorithm}
-        conv2d = op(module, "conv2d", name, extra)
         kwargs = dict(stride=window.stride, padding=window.padding, dilation=window.dilation,
                       groups=groups, **extra)
+        conv2d = op(module, "conv2d", name, kwargs)
 
         def apply(params, x, *, key=None, train=False):
             return conv2d(x, params["w"], params.get("b"), **kwargs)
@@ -89,7 +89,7 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
         return apply
 
     config = dict(out_channels=out_channels, kernel_size=window.kernel, stride=window.stride,
-                  padding=_args.static(padding, name, "padding"), dilation=window.dilation,
+                  padding=window.padding, dilation=window.dilation,
                   groups=groups, use_bias=use_bias, algorithm=algorithm)
     return leaf(name, config, shape, init, bind, window=window)
 
@@ -114,8 +114,7 @@ def _pool(name, op_name, window, stride, padding) -> Layer:
 
         return apply
 
-    config = dict(window=kernel, stride=geometry.stride,
-                  padding=_args.static(padding, name, "padding"))
+    config = dict(window=kernel, stride=geometry.stride, padding=geometry.padding)
     return leaf(name, config, shape, init, bind, window=geometry)
 
 
