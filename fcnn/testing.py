@@ -7,6 +7,7 @@ and why they are relative to each array's scale).
 from __future__ import annotations
 
 import inspect
+import re
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,14 @@ TOLERANCES = {
     np.dtype(jnp.float16): (1e-2, 1e-3),
     np.dtype(jnp.bfloat16): (2e-2, 1e-2),
 }
+
+
+def rule_bindings(fn, *args) -> int:
+    """How many of fcnn's hand-written rules `fn(*args)` binds: the custom_vjp calls and fcnn's
+    primitives (`fcnn_conv`, ...) in its jaxpr, traced afresh. 0 means nothing of fcnn's runs
+    (e.g. a model after `fcnn.layers.with_ops(model, fcnn.reference)`)."""
+    text = str(jax.make_jaxpr(lambda *a: fn(*a))(*args))  # a new function: no cached trace
+    return text.count("custom_vjp_call[") + len(re.findall(r"\bfcnn_\w+\[", text))
 
 
 def tolerance(dtype, rtol=None, atol=None) -> tuple[float, float]:

@@ -184,11 +184,16 @@ def test_jacrev_of_jacrev():
     assert_close(got, want, "hessian")
 
 
-def test_forward_mode_is_refused_with_jax_message():
-    """custom_vjp functions have no forward mode: JAX says so (documented in the README)."""
+def test_forward_mode_is_refused_under_the_custom_vjp_binding():
+    """custom_vjp functions have no forward mode: JAX says so (docs/design.md, "Bindings")."""
     x, w = normal(0, (1, 4, 4, 1)), normal(1, (2, 2, 1, 1))
-    with pytest.raises(TypeError, match="custom_vjp"):
+    before = ops.binding()
+    with ops.using_binding("custom_vjp"), pytest.raises(TypeError, match="custom_vjp"):
         jax.jvp(lambda x: ops.conv2d(x, w), (x,), (x,))
+    assert ops.binding() == before  # restored
+    with pytest.raises(ValueError, match="set_binding: the binding must be one of primitive, "
+                                         "custom_vjp, got 'jvp'"):
+        ops.set_binding("jvp")
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
@@ -270,12 +275,14 @@ def test_im2col_dk_chunks_the_batch_and_pads_the_last_chunk():
         def dk(x, g):
             return ops.conv2d_grad_kernel(x, g, (3, 3, 3, 4), padding=1, algorithm="im2col")
 
-        got = dk(x, g)
-        jaxpr = str(jax.make_jaxpr(dk)(x, g))
+        got = jax.jit(dk)(x, g)
+        with ops.using_binding("custom_vjp"):  # its jaxpr shows the computation itself (a
+            jaxpr = str(jax.make_jaxpr(lambda x, g: dk(x, g))(x, g))  # fresh trace: new function
+        lowered = jax.jit(dk).lower(x, g).as_text()  # a primitive's computation: when lowered
         batched = jax.vmap(dk)(jnp.stack([x, 2 * x]), jnp.stack([g, g]))  # vmap of the scan
     finally:
         algo.IM2COL_CHUNK_BYTES = saved
-    assert "scan" in jaxpr and "length=2" in jaxpr
+    assert "scan" in jaxpr and "length=2" in jaxpr and "stablehlo.while" in lowered
     assert_close(got, want, "chunked im2col dK", rtol=1e-12, atol=1e-12)
     assert_close(batched[1], 2 * want, "vmapped chunked dK", rtol=1e-12, atol=1e-12)
 
@@ -307,7 +314,7 @@ def test_taps_forward_with_groups(cig, groups):
         x = normal(0, (2, 7, 6, cig * groups), dtype)
         w = normal(1, (3, 2, cig, 3 * groups), dtype)
         check_vjp(ours, partial(R.conv2d, **kw), x, w, normal(2, (3 * groups,), dtype))
-    gemm = "dot_general" in str(jax.make_jaxpr(ours)(x, w))
+    gemm = "dot_general" in jax.jit(ours).lower(x, w).as_text()  # the computation, as lowered
     assert gemm == (cig > TAPS_BROADCAST_MAX), "not the taps path this case is for"
     x, w = x.astype(jnp.float64), w.astype(jnp.float64)
     check_vjp(lambda g, w: ops.conv2d_grad_input(g, w, x.shape, **kw, algorithm="taps"),

@@ -1,5 +1,13 @@
-"""fcnn.ops: pure array functions, each a ``jax.custom_vjp`` with a hand-written backward rule."""
+"""fcnn.ops: pure array functions, each carrying hand-written derivative rules.
 
+`binding()`, `set_binding(name)` and `using_binding(name)` choose how the rules are bound to JAX:
+"primitive" (default: forward mode, reverse mode and batching rules) or "custom_vjp" (reverse
+mode only); see `fcnn.ops._binding`.
+"""
+
+from fcnn.ops._binding import binding as binding
+from fcnn.ops._binding import set_binding as set_binding
+from fcnn.ops._binding import using as using_binding  # noqa: F401 (public)
 from fcnn.ops.activations import elu, leaky_relu, relu, sigmoid, tanh
 from fcnn.ops.conv import conv2d, conv2d_grad_input, conv2d_grad_kernel
 from fcnn.ops.dense import dense

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import jax
 
 from fcnn import _args
-from fcnn.ops import _checks
+from fcnn.ops import _binding, _checks
 from fcnn.ops import _conv_algorithms as algo
 from fcnn.ops._bias import bias_add, check_bias
 
@@ -195,18 +195,42 @@ def _check_g(op, g_shape, expected):
 
 
 # ----------------------------------------------------------------------------- the three maps
+# Each map is bound by the current binding (`_binding`): JAX primitives with hand-written JVP,
+# transpose and batching rules (`_conv_primitives`), or the custom_vjp functions below. The
+# rules are the same maths; the algorithms computing each map are `_conv_algorithms`'.
+
+
+def _conv(x, w, cfg):
+    if _binding.binding() == "primitive":
+        return _binding._conv_primitives.conv(x, w, cfg)
+    return _vjp_conv(x, w, cfg)
+
+
+def _conv_dx(g, w, in_hw, cfg):
+    if _binding.binding() == "primitive":
+        return _binding._conv_primitives.conv_dx(g, w, in_hw, cfg)
+    return _vjp_conv_dx(g, w, in_hw, cfg)
+
+
+def _conv_dk(x, g, k_hw, cfg):
+    if _binding.binding() == "primitive":
+        return _binding._conv_primitives.conv_dk(x, g, k_hw, cfg)
+    return _vjp_conv_dk(x, g, k_hw, cfg)
+
+
+# ----------------------------------------------------------------------------- custom_vjp binding
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv(x, w, cfg):
+def _vjp_conv(x, w, cfg):
     return algo.forward(x, w, cfg)
 
 
-def _conv_fwd(x, w, cfg):
+def _vjp_conv_fwd(x, w, cfg):
     return algo.forward(x, w, cfg), (x, w)
 
 
-def _conv_bwd(cfg, res, g):
+def _vjp_conv_bwd(cfg, res, g):
     """dX = conv_dx(g, w), dK = conv_dk(x, g).
 
     dX: g with s-1 zeros between rows/cols (lhs dilation s), padded by (F_eff-1-p_lo,
@@ -217,45 +241,45 @@ def _conv_bwd(cfg, res, g):
     Residuals: x and w.
     """
     x, w = res
-    return _conv_dx(g, w, x.shape[1:3], cfg), _conv_dk(x, g, w.shape[:2], cfg)
+    return _vjp_conv_dx(g, w, x.shape[1:3], cfg), _vjp_conv_dk(x, g, w.shape[:2], cfg)
 
 
-_conv.defvjp(_conv_fwd, _conv_bwd)
+_vjp_conv.defvjp(_vjp_conv_fwd, _vjp_conv_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_dx(g, w, in_hw, cfg):
+def _vjp_conv_dx(g, w, in_hw, cfg):
     return algo.grad_input(g, w, in_hw, cfg)
 
 
-def _conv_dx_fwd(g, w, in_hw, cfg):
+def _vjp_conv_dx_fwd(g, w, in_hw, cfg):
     return algo.grad_input(g, w, in_hw, cfg), (g, w)
 
 
-def _conv_dx_bwd(in_hw, cfg, res, ct):
+def _vjp_conv_dx_bwd(in_hw, cfg, res, ct):
     """dX is bilinear in (g, w): <conv_dx(g, w), ct> = <g, conv(ct, w)>, so
     d/dg = conv(ct, w) and d/dw = conv_dk(ct, g). Residuals: g and w."""
     g, w = res
-    return _conv(ct, w, cfg), _conv_dk(ct, g, w.shape[:2], cfg)
+    return _vjp_conv(ct, w, cfg), _vjp_conv_dk(ct, g, w.shape[:2], cfg)
 
 
-_conv_dx.defvjp(_conv_dx_fwd, _conv_dx_bwd)
+_vjp_conv_dx.defvjp(_vjp_conv_dx_fwd, _vjp_conv_dx_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_dk(x, g, k_hw, cfg):
+def _vjp_conv_dk(x, g, k_hw, cfg):
     return algo.grad_kernel(x, g, k_hw, cfg)
 
 
-def _conv_dk_fwd(x, g, k_hw, cfg):
+def _vjp_conv_dk_fwd(x, g, k_hw, cfg):
     return algo.grad_kernel(x, g, k_hw, cfg), (x, g)
 
 
-def _conv_dk_bwd(k_hw, cfg, res, ct):
+def _vjp_conv_dk_bwd(k_hw, cfg, res, ct):
     """dK is bilinear in (x, g): <conv_dk(x, g), ct> = <g, conv(x, ct)>, so
     d/dx = conv_dx(g, ct) and d/dg = conv(x, ct). Residuals: x and g."""
     x, g = res
-    return _conv_dx(g, ct, x.shape[1:3], cfg), _conv(x, ct, cfg)
+    return _vjp_conv_dx(g, ct, x.shape[1:3], cfg), _vjp_conv(x, ct, cfg)
 
 
-_conv_dk.defvjp(_conv_dk_fwd, _conv_dk_bwd)
+_vjp_conv_dk.defvjp(_vjp_conv_dk_fwd, _vjp_conv_dk_bwd)

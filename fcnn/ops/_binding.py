@@ -1,0 +1,68 @@
+"""Which JAX mechanism carries fcnn's hand-written rules.
+
+- "primitive" (the default): ops whose rules are JAX primitives (`_conv_primitives`) with
+  hand-written JVP, transpose and batching rules, so forward mode (`jax.jvp`, `jacfwd`,
+  `hessian`), reverse mode and `vmap` all run fcnn's rules.
+- "custom_vjp": every op a `jax.custom_vjp` with a hand-written backward rule: reverse mode
+  (`grad`, `grad(grad)`, `vmap(grad)`) only; forward mode is refused by JAX. The portable
+  fallback, kept under the whole suite (`FCNN_BINDING=custom_vjp python -m pytest`).
+
+The binding is read when an op is traced: set it before tracing (a function already jitted keeps
+the binding it was traced with). `FCNN_BINDING` in the environment sets the starting value.
+The rules' maths (which map is whose transpose) and the algorithms that compute each map are the
+same under both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+
+BINDINGS = ("primitive", "custom_vjp")
+
+
+def _check(name, where):
+    if name not in BINDINGS:
+        raise ValueError(f"{where}: the binding must be one of {', '.join(BINDINGS)}, got "
+                         f"{name!r}.")
+    return name
+
+
+try:  # the primitive machinery is JAX's public extension API; a release that moves it falls back
+    from fcnn.ops import _conv_primitives  # noqa: F401
+    PRIMITIVES_AVAILABLE, _WHY = True, ""
+except (ImportError, AttributeError) as e:  # pragma: no cover - depends on the JAX release
+    PRIMITIVES_AVAILABLE, _WHY = False, f"{type(e).__name__}: {e}"
+
+_current = _check(os.environ.get("FCNN_BINDING", "primitive"), "FCNN_BINDING")
+if _current == "primitive" and not PRIMITIVES_AVAILABLE:  # pragma: no cover
+    warnings.warn(f"fcnn: this JAX lacks the primitive API fcnn's forward-mode rules use "
+                  f"({_WHY}); using the custom_vjp binding (reverse mode only).", stacklevel=2)
+    _current = "custom_vjp"
+
+
+def binding() -> str:
+    """The binding ops are traced with now: "primitive" or "custom_vjp"."""
+    return _current
+
+
+def set_binding(name: str) -> None:
+    """Trace ops with `name`'s binding from now on ("primitive" or "custom_vjp")."""
+    global _current
+    _check(name, "set_binding")
+    if name == "primitive" and not PRIMITIVES_AVAILABLE:
+        raise ValueError(f"set_binding: the primitive binding is unavailable on this JAX "
+                         f"({_WHY}).")
+    _current = name
+
+
+@contextlib.contextmanager
+def using(name: str):
+    """Trace ops with `name`'s binding inside the `with` block."""
+    before = _current
+    set_binding(name)
+    try:
+        yield
+    finally:
+        set_binding(before)
