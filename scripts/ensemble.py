@@ -14,7 +14,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
@@ -52,9 +51,9 @@ def main(argv=None):
     keys = jax.random.split(jax.random.key(args.seed), args.members)
     model, params = train_ensemble(keys, args.epochs, seed=args.seed, ds=ds)
     x = jnp.asarray(ds.test_images, jnp.float32) / 255
-    # one member after another (lax.map): a vmap over parameters turns every conv after the
-    # first into a grouped convolution, which XLA:CPU ran 8x slower (and compiled 8x slower)
-    probs = jax.jit(lambda ps: lax.map(lambda p: jax.nn.softmax(model.apply(p, x)), ps))(params)
+    # vmap over the members' parameters: fcnn's batching rule runs each member's convolutions
+    # as its own (no grouped convolution, XLA:CPU's slow path; docs/performance.md)
+    probs = jax.jit(jax.vmap(lambda p: jax.nn.softmax(model.apply(p, x))))(params)
     member_acc = jnp.mean(jnp.argmax(probs, -1) == ds.test_labels[None], axis=1)
     ensemble_acc = float(jnp.mean(jnp.argmax(probs.mean(0), -1) == ds.test_labels))
     for k, acc in enumerate(member_acc):

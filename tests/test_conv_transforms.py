@@ -1,11 +1,12 @@
 """Convolution under every JAX transformation through fcnn's own rules (the primitive binding):
 forward mode, second order, linearize and vmap over examples and over members, equal to the
-oracle in float64 — with lax's convolution rules made unavailable, so none of them can be what
-runs."""
+oracle in float64 — with lax's convolution JVP and transpose rules made unavailable, so none of
+them can be what differentiates."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import jax
 import jax.numpy as jnp
@@ -17,31 +18,35 @@ from jax.test_util import check_grads
 from fcnn import ops
 from fcnn import reference as R
 from fcnn.ops._conv_algorithms import ALGORITHMS
+from fcnn.ops._conv_primitives import UNROLL_MAX
 from fcnn.testing import assert_close
 from tests.strategies import normal
 
 pytestmark = pytest.mark.skipif(ops.binding() != "primitive",
                                 reason="forward mode needs the primitive binding")
 KW = dict(stride=2, padding=((1, 0), (2, 1)), dilation=(1, 2))
-# lax registers its convolution's batching rule in the "fancy" table
-RULES = (ad.primitive_jvps, ad.primitive_transposes, batching.fancy_primitive_batchers)
+DERIVATIVES = (ad.primitive_jvps, ad.primitive_transposes)
+BATCHING = (batching.fancy_primitive_batchers,)  # where lax registers its convolution's
 
 
 @contextlib.contextmanager
-def lax_conv_rules_refused():
-    """lax's JVP, transpose and batching rules for its convolution raise inside the block."""
+def lax_conv_rules_refused(tables=DERIVATIVES):
+    """lax's rules for its convolution in `tables` (by default its JVP and transpose rules)
+    raise inside the block. Its batching rule may still run inside fcnn's own primitives'
+    computation (a members axis beyond UNROLL_MAX: `_conv_primitives._each`), never in a
+    derivative."""
     p, missing = lax.conv_general_dilated_p, object()
-    saved = [table.get(p, missing) for table in RULES]
+    saved = [table.get(p, missing) for table in tables]
 
     def refuse(*args, **kwargs):
         raise AssertionError("lax's convolution rule was called")
 
-    for table in RULES:
+    for table in tables:
         table[p] = refuse
     try:
         yield
     finally:
-        for table, rule in zip(RULES, saved, strict=True):
+        for table, rule in zip(tables, saved, strict=True):
             if rule is missing:
                 table.pop(p, None)
             else:
@@ -90,7 +95,13 @@ def _derivatives(f, args, tangents):
     )
 
 
-@pytest.mark.parametrize("algorithm", ["auto", *ALGORITHMS])
+# The rules do not depend on the algorithm (it only computes each map, proven equal per map by
+# the sweeps of test_conv.py): the default run takes "auto" and the grouped taps; the thorough
+# profile every algorithm.
+THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
+
+
+@pytest.mark.parametrize("algorithm", ["auto", *ALGORITHMS] if THOROUGH else ["auto", "taps"])
 @pytest.mark.parametrize("name", ["conv2d", "grad_input", "grad_kernel"])
 def test_forward_mode_and_second_order_equal_the_oracle(name, algorithm):
     ours, oracle, args = _maps(algorithm, groups=2 if algorithm == "taps" else 1)[name]
@@ -111,13 +122,14 @@ def test_jax_gradient_checker_passes_at_second_order_both_modes():
                     modes=("fwd", "rev"))
 
 
+@pytest.mark.parametrize("members", [3, UNROLL_MAX + 1])  # unrolled; folded into groups
 @pytest.mark.parametrize("groups", [1, 2])
-def test_vmap_over_members_and_examples_runs_fcnn_rules(groups):
+def test_vmap_over_members_and_examples_runs_fcnn_rules(groups, members):
     """K members (kernels, and inputs) mapped together, and examples mapped alone: values,
     per-member gradients and per-example gradients equal a loop over the oracle, with lax's
-    batching and transpose rules unavailable."""
+    JVP and transpose rules unavailable (and its batching rule, when the members unroll)."""
     kw = dict(KW, groups=groups)
-    xs, ws = normal(0, (3, 2, 7, 9, 4)), normal(1, (3, 3, 2, 4 // groups, 6))
+    xs, ws = normal(0, (members, 2, 7, 9, 4)), normal(1, (members, 3, 2, 4 // groups, 6))
 
     def loss(conv):
         return lambda x, w: jnp.sum(jnp.tanh(conv(x, w, **kw)) ** 2)
@@ -126,29 +138,32 @@ def test_vmap_over_members_and_examples_runs_fcnn_rules(groups):
     want_shared = jnp.stack([R.conv2d(xs[0], w, **kw) for w in ws])
     want_g = [jax.grad(loss(R.conv2d), (0, 1))(x, w) for x, w in zip(xs, ws)]
     want_ex = jnp.stack([jax.grad(loss(R.conv2d), 1)(xs[0][i:i + 1], ws[0]) for i in range(2)])
-    with lax_conv_rules_refused():
+    unrolled = members <= UNROLL_MAX  # then no lax batching rule runs either
+    with lax_conv_rules_refused(DERIVATIVES + BATCHING if unrolled else DERIVATIVES):
         y = jax.vmap(lambda x, w: ops.conv2d(x, w, **kw))(xs, ws)
         shared = jax.vmap(lambda w: ops.conv2d(xs[0], w, **kw))(ws)
         g = jax.jit(jax.vmap(jax.grad(loss(ops.conv2d), (0, 1))))(xs, ws)
         ex = jax.vmap(jax.grad(loss(ops.conv2d), 1), (0, None))(xs[0][:, None], ws[0])
     assert_close(y, want_y, "members")
     assert_close(shared, want_shared, "members sharing the input")
-    for k in range(3):
+    for k in range(members):
         _close((g[0][k], g[1][k]), want_g[k], f"member {k}'s gradients")
     assert_close(ex, want_ex, "per-example gradients")
 
 
-def test_members_compute_no_grouped_convolution_on_cpu():
-    """Under vmap over kernels, "auto" folds the members into channel groups computed as batched
-    GEMMs (im2col): the CPU program holds no grouped convolution, XLA:CPU's slow path."""
-    xs, ws = normal(0, (4, 2, 12, 12, 6)), normal(1, (4, 5, 5, 6, 16))
+def test_an_ensemble_computes_no_grouped_convolution():
+    """Under vmap over kernels, up to UNROLL_MAX members run one convolution each (with their
+    own algorithms): the program holds no grouped convolution (XLA:CPU's slow path), where JAX's
+    batching of a convolution (the custom_vjp binding) makes one."""
+    k = 4
+    xs, ws = normal(0, (k, 2, 12, 12, 6)), normal(1, (k, 5, 5, 6, 16))
 
     def loss(x, w):
         return jnp.sum(ops.conv2d(x, w) ** 2)
 
-    text = jax.jit(jax.vmap(jax.value_and_grad(loss, (0, 1)))).lower(xs, ws).as_text()
-    assert "feature_group_count = 4" not in text and "batch_group_count = 4" not in text
-    assert "dot_general" in text
-    with ops.using_binding("custom_vjp"):  # what JAX's own batching of a convolution gives
-        text = jax.jit(jax.vmap(jax.value_and_grad(loss, (0, 1)))).lower(xs, ws).as_text()
-    assert "feature_group_count = 4" in text
+    step = jax.vmap(jax.value_and_grad(loss, (0, 1)))
+    text = jax.jit(step).lower(xs, ws).as_text()
+    assert f"feature_group_count = {k}" not in text and f"batch_group_count = {k}" not in text
+    with ops.using_binding("custom_vjp"):
+        text = jax.jit(lambda xs, ws: step(xs, ws)).lower(xs, ws).as_text()
+    assert f"feature_group_count = {k}" in text

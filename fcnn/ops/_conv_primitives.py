@@ -15,14 +15,15 @@ other:
     conv_dx(g, w)  conv_dx(g', w) + conv_dx(g, w')  g: conv(ct, w)      w: conv_dk(ct, g)
     conv_dk(x, g)  conv_dk(x', g) + conv_dk(x, g')  x: conv_dx(g, ct)   g: conv(x, ct)
 
-Batching: an axis mapped over the operand that carries the batch (x, or g) alone folds into the
-batch N (per-example gradients); members mapped over both operands, or over the kernel (an
-ensemble under `vmap`), fold into channel groups — `K` members of `G` groups are one convolution
-of `K*G` groups, computed as batched GEMMs over shared patches (im2col) on a CPU instead of
-XLA:CPU's grouped convolution.
+Batching (see the section below): an axis mapped over the operand that carries the batch alone
+folds into the batch N; members of an ensemble run one convolution each (or, sharing the input,
+one convolution with their output channels side by side); many independent problems become one
+primitive with a members axis.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -31,28 +32,39 @@ from jax.interpreters import ad, batching, mlir
 
 from fcnn.ops import _conv_algorithms as algo
 
-
-def _shaped(shape, dtype):
-    return jax.core.ShapedArray(tuple(shape), dtype)
-
+ShapedArray = jax.core.ShapedArray  # resolved at import: a JAX without it falls back (_binding)
 
 # ----------------------------------------------------------------------------- the primitives
+# Each carries `members`: 0, or K when both operands and the result have a leading axis of K
+# independent problems (what a batching rule makes of a large vmap; see "batching" below).
 
-conv_p = Primitive("fcnn_conv")  # (x, w; cfg) -> y
-conv_dx_p = Primitive("fcnn_conv_dx")  # (g, w; in_hw, cfg) -> dX
-conv_dk_p = Primitive("fcnn_conv_dk")  # (x, g; k_hw, cfg) -> dK
-
-
-def conv(x, w, cfg):
-    return conv_p.bind(x, w, cfg=cfg)
+conv_p = Primitive("fcnn_conv")  # (x, w; cfg, members) -> y
+conv_dx_p = Primitive("fcnn_conv_dx")  # (g, w; in_hw, cfg, members) -> dX
+conv_dk_p = Primitive("fcnn_conv_dk")  # (x, g; k_hw, cfg, members) -> dK
 
 
-def conv_dx(g, w, in_hw, cfg):
-    return conv_dx_p.bind(g, w, in_hw=tuple(in_hw), cfg=cfg)
+def conv(x, w, cfg, members=0):
+    return conv_p.bind(x, w, cfg=cfg, members=members)
 
 
-def conv_dk(x, g, k_hw, cfg):
-    return conv_dk_p.bind(x, g, k_hw=tuple(k_hw), cfg=cfg)
+def conv_dx(g, w, in_hw, cfg, members=0):
+    return conv_dx_p.bind(g, w, in_hw=tuple(in_hw), cfg=cfg, members=members)
+
+
+def conv_dk(x, g, k_hw, cfg, members=0):
+    return conv_dk_p.bind(x, g, k_hw=tuple(k_hw), cfg=cfg, members=members)
+
+
+def _each(compute):
+    """`compute` of one problem, or of each of `members` problems (their leading axis). The
+    members' loop is JAX's vmap of the algorithm, inside this primitive's computation only:
+    no transformation sees it (they see the primitive and its rules)."""
+
+    def run(a, b, *, members, **params):
+        one = partial(compute, **params)
+        return jax.vmap(one)(a, b) if members else one(a, b)
+
+    return run
 
 
 def _compute_forward(x, w, *, cfg):
@@ -67,33 +79,41 @@ def _compute_dk(x, g, *, k_hw, cfg):
     return algo.grad_kernel(x, g, k_hw, cfg)
 
 
-for _p, _compute, _static in ((conv_p, _compute_forward, ("cfg",)),
-                              (conv_dx_p, _compute_dx, ("in_hw", "cfg")),
-                              (conv_dk_p, _compute_dk, ("k_hw", "cfg"))):
+for _p, _compute, _static in ((conv_p, _compute_forward, ("cfg", "members")),
+                              (conv_dx_p, _compute_dx, ("in_hw", "cfg", "members")),
+                              (conv_dk_p, _compute_dk, ("k_hw", "cfg", "members"))):
     # an eager call runs the computation compiled once per configuration; under jit it is
     # inlined into the caller's program
-    _p.def_impl(jax.jit(_compute, static_argnames=_static))
-    mlir.register_lowering(_p, mlir.lower_fun(_compute, multiple_results=False))
+    _p.def_impl(jax.jit(_each(_compute), static_argnames=_static))
+    mlir.register_lowering(_p, mlir.lower_fun(_each(_compute), multiple_results=False))
 
 
-def _out_hw(in_hw, k_hw, cfg):
-    return algo._out_hw(in_hw, k_hw, cfg)
+def _shape_rule(one):
+    """The abstract eval of a primitive whose single-problem output shape is `one(a, b, ...)`."""
+
+    def rule(a, b, *, members, **params):
+        lead = a.shape[:1] if members else ()
+        core = (a.shape[1:], b.shape[1:]) if members else (a.shape, b.shape)
+        return ShapedArray((*lead, *one(*core, **params)), a.dtype)
+
+    return rule
 
 
-@conv_p.def_abstract_eval
 def _conv_shape(x, w, *, cfg):
-    n, h, wd, _ = x.shape
-    return _shaped((n, *_out_hw((h, wd), w.shape[:2], cfg), w.shape[3]), x.dtype)
+    return (x[0], *algo._out_hw(x[1:3], w[:2], cfg), w[3])
 
 
-@conv_dx_p.def_abstract_eval
 def _conv_dx_shape(g, w, *, in_hw, cfg):
-    return _shaped((g.shape[0], *in_hw, w.shape[2] * cfg.groups), g.dtype)
+    return (g[0], *in_hw, w[2] * cfg.groups)
 
 
-@conv_dk_p.def_abstract_eval
 def _conv_dk_shape(x, g, *, k_hw, cfg):
-    return _shaped((*k_hw, x.shape[3] // cfg.groups, g.shape[3]), x.dtype)
+    return (*k_hw, x[3] // cfg.groups, g[3])
+
+
+conv_p.def_abstract_eval(_shape_rule(_conv_shape))
+conv_dx_p.def_abstract_eval(_shape_rule(_conv_dx_shape))
+conv_dk_p.def_abstract_eval(_shape_rule(_conv_dk_shape))
 
 
 # ----------------------------------------------------------------------------- forward mode
@@ -129,25 +149,32 @@ def _zero_or(ct, operand, make):
     return ad.Zero(operand.aval) if type(ct) is ad.Zero else make()
 
 
-def _conv_transpose(ct, x, w, *, cfg):
+def _hw(a, start, members):
+    """Two spatial sizes of `a` (its abstract value if undefined) from axis `start`, past the
+    members axis."""
+    shape = a.aval.shape if ad.is_undefined_primal(a) else a.shape
+    return tuple(shape[start + (1 if members else 0):][:2])
+
+
+def _conv_transpose(ct, x, w, *, cfg, members):
     """<conv(x, w), ct> = <x, conv_dx(ct, w)> = <w, conv_dk(x, ct)>."""
     if ad.is_undefined_primal(x):
-        return _zero_or(ct, x, lambda: conv_dx(ct, w, x.aval.shape[1:3], cfg)), None
-    return None, _zero_or(ct, w, lambda: conv_dk(x, ct, w.aval.shape[:2], cfg))
+        return _zero_or(ct, x, lambda: conv_dx(ct, w, _hw(x, 1, members), cfg, members)), None
+    return None, _zero_or(ct, w, lambda: conv_dk(x, ct, _hw(w, 0, members), cfg, members))
 
 
-def _conv_dx_transpose(ct, g, w, *, in_hw, cfg):
+def _conv_dx_transpose(ct, g, w, *, in_hw, cfg, members):
     """<conv_dx(g, w), ct> = <g, conv(ct, w)> = <w, conv_dk(ct, g)>."""
     if ad.is_undefined_primal(g):
-        return _zero_or(ct, g, lambda: conv(ct, w, cfg)), None
-    return None, _zero_or(ct, w, lambda: conv_dk(ct, g, w.aval.shape[:2], cfg))
+        return _zero_or(ct, g, lambda: conv(ct, w, cfg, members)), None
+    return None, _zero_or(ct, w, lambda: conv_dk(ct, g, _hw(w, 0, members), cfg, members))
 
 
-def _conv_dk_transpose(ct, x, g, *, k_hw, cfg):
+def _conv_dk_transpose(ct, x, g, *, k_hw, cfg, members):
     """<conv_dk(x, g), ct> = <x, conv_dx(g, ct)> = <g, conv(x, ct)>."""
     if ad.is_undefined_primal(x):
-        return _zero_or(ct, x, lambda: conv_dx(g, ct, x.aval.shape[1:3], cfg)), None
-    return None, _zero_or(ct, g, lambda: conv(x, ct, cfg))
+        return _zero_or(ct, x, lambda: conv_dx(g, ct, _hw(x, 1, members), cfg, members)), None
+    return None, _zero_or(ct, g, lambda: conv(x, ct, cfg, members))
 
 
 ad.primitive_transposes[conv_p] = _conv_transpose
@@ -156,11 +183,21 @@ ad.primitive_transposes[conv_dk_p] = _conv_dk_transpose
 
 
 # ----------------------------------------------------------------------------- batching
+# A vmapped axis over the batch-carrying operand alone (x, or g) folds into the batch N: more
+# examples of the same problem (per-example gradients of a shared kernel). Otherwise the axis
+# maps independent problems — members of an ensemble, the tangents of a Jacobian:
+# - members sharing the input x of a forward convolution fold into its output channels (one
+#   convolution with K * C_out outputs);
+# - up to UNROLL_MAX members run one convolution each (each with its own algorithms: measured
+#   faster than any grouped formulation for ensembles on a CPU, docs/performance.md);
+# - more (per-example dK with its batch of K, Hessians) become one primitive with `members=K`,
+#   whose computation runs the K problems together (see `_each`); a vmap of that merges axes.
+UNROLL_MAX = 16
 
 
 def _front(a, dim):
-    """`a` with its mapped axis first (None: not mapped)."""
-    return a if dim is None else jnp.moveaxis(a, dim, 0)
+    """`a` with its mapped axis first."""
+    return jnp.moveaxis(a, dim, 0)
 
 
 def _into_n(a):
@@ -172,70 +209,52 @@ def _out_of_n(a, k):
     return a.reshape(k, a.shape[0] // k, *a.shape[1:])
 
 
-def _into_channels(a):
-    """(K, N, H, W, C) -> (N, H, W, K*C): member k's channels are block k (its groups)."""
-    k, n, h, w, c = a.shape
-    return a.transpose(1, 2, 3, 0, 4).reshape(n, h, w, k * c)
-
-
-def _out_of_channels(a, k):
-    n, h, w, kc = a.shape
-    return a.reshape(n, h, w, k, kc // k).transpose(3, 0, 1, 2, 4)
-
-
-def _kernel_into_groups(w):
-    """(K, kh, kw, cig, C_out) -> (kh, kw, cig, K*C_out): member k's output channels are groups
-    k*G .. k*G+G-1 of a K*G-group kernel (its own G groups in order)."""
-    k, kh, kw, cig, cout = w.shape
-    return w.transpose(1, 2, 3, 0, 4).reshape(kh, kw, cig, k * cout)
-
-
-def _kernel_out_of_groups(w, k):
-    kh, kw, cig, kc = w.shape
-    return w.reshape(kh, kw, cig, k, kc // k).transpose(3, 0, 1, 2, 4)
-
-
-def _members(cfg, k):
-    """`cfg` for K members folded into channel groups. Under "auto": batched GEMMs over the
-    shared patches (im2col) on a CPU, whose grouped convolution is slow; other platforms keep
-    their native grouped convolution. An algorithm named explicitly stays."""
-    if not cfg.auto:
-        return cfg._replace(groups=cfg.groups * k)
-    return cfg._replace(groups=cfg.groups * k, algorithm=("im2col",) * 3)
-
-
-def _broadcast(a, dim, k):
+def _mapped(a, dim, k):
+    """`a` with a leading axis of K: its mapped axis moved first, or broadcast when unmapped."""
     return jnp.broadcast_to(a, (k, *a.shape)) if dim is None else _front(a, dim)
 
 
-def _conv_batch(args, dims, *, cfg):
+def _independent(bind, a, da, b, db, members):
+    """`bind(a_i, b_i, members)` over the K problems of the vmapped axis (see above)."""
+    k = (a.shape[da] if da is not None else b.shape[db])
+    if not members and k <= UNROLL_MAX:
+        a, b = (a if da is None else _front(a, da)), (b if db is None else _front(b, db))
+        return jnp.stack([bind(a if da is None else a[i], b if db is None else b[i], 0)
+                          for i in range(k)])
+    a, b = _mapped(a, da, k), _mapped(b, db, k)
+    if not members:
+        return bind(a, b, k)
+    merged = bind(_into_n(a), _into_n(b), k * members)  # (K, M, ...) -> (K*M, ...)
+    return _out_of_n(merged, k)
+
+
+def _conv_batch(args, dims, *, cfg, members):
     (x, w), (dx_, dw_) = args, dims
-    if dw_ is None:  # examples (or anything) mapped over x alone: more batch
+    if dw_ is None and not members:  # more examples
         xb = _front(x, dx_)
         return _out_of_n(conv(_into_n(xb), w, cfg), xb.shape[0]), 0
-    k = w.shape[dw_]
-    xb, wb = _broadcast(x, dx_, k), _front(w, dw_)
-    y = conv(_into_channels(xb), _kernel_into_groups(wb), _members(cfg, k))
-    return _out_of_channels(y, k), 0
+    if dx_ is None and not members and cfg.groups == 1:  # members share the input
+        wb = _front(w, dw_)
+        k, (kh, kw, cin, cout) = wb.shape[0], wb.shape[1:]
+        y = conv(x, wb.transpose(1, 2, 3, 0, 4).reshape(kh, kw, cin, k * cout), cfg)
+        n, ho, wo, _ = y.shape
+        return y.reshape(n, ho, wo, k, cout).transpose(3, 0, 1, 2, 4), 0
+    return _independent(lambda x, w, m: conv(x, w, cfg, m), x, dx_, w, dw_, members), 0
 
 
-def _conv_dx_batch(args, dims, *, in_hw, cfg):
+def _conv_dx_batch(args, dims, *, in_hw, cfg, members):
     (g, w), (dg_, dw_) = args, dims
-    if dw_ is None:
+    if dw_ is None and not members:
         gb = _front(g, dg_)
         return _out_of_n(conv_dx(_into_n(gb), w, in_hw, cfg), gb.shape[0]), 0
-    k = w.shape[dw_]
-    gb, wb = _broadcast(g, dg_, k), _front(w, dw_)
-    dx = conv_dx(_into_channels(gb), _kernel_into_groups(wb), in_hw, _members(cfg, k))
-    return _out_of_channels(dx, k), 0
+    return _independent(lambda g, w, m: conv_dx(g, w, in_hw, cfg, m), g, dg_, w, dw_,
+                        members), 0
 
 
-def _conv_dk_batch(args, dims, *, k_hw, cfg):
+def _conv_dk_batch(args, dims, *, k_hw, cfg, members):
     (x, g), (dx_, dg_) = args, dims
-    k = x.shape[dx_] if dx_ is not None else g.shape[dg_]
-    xb, gb = _broadcast(x, dx_, k), _broadcast(g, dg_, k)
-    dk = conv_dk(_into_channels(xb), _into_channels(gb), k_hw, _members(cfg, k))
-    return _kernel_out_of_groups(dk, k), 0
+    return _independent(lambda x, g, m: conv_dk(x, g, k_hw, cfg, m), x, dx_, g, dg_,
+                        members), 0
 
 
 batching.primitive_batchers[conv_p] = _conv_batch
