@@ -25,11 +25,11 @@ TOLERANCES = {
 
 
 def rule_bindings(fn, *args) -> int:
-    """How many of fcnn's hand-written rules `fn(*args)` binds: the custom_vjp calls and fcnn's
-    primitives (`fcnn_conv`, ...) in its jaxpr, traced afresh. 0 means nothing of fcnn's runs
-    (e.g. a model after `fcnn.layers.with_ops(model, fcnn.reference)`)."""
+    """How many of fcnn's hand-written rules `fn(*args)` binds: the custom_vjp and custom_jvp
+    calls and fcnn's primitives (`fcnn_conv`, ...) in its jaxpr, traced afresh. 0 means nothing
+    of fcnn's runs (e.g. a model after `fcnn.layers.with_ops(model, fcnn.reference)`)."""
     text = str(jax.make_jaxpr(lambda *a: fn(*a))(*args))  # a new function: no cached trace
-    return text.count("custom_vjp_call[") + len(re.findall(r"\bfcnn_\w+\[", text))
+    return len(re.findall(r"\bcustom_(?:vjp|jvp)_call\[|\bfcnn_\w+\[", text))
 
 
 def tolerance(dtype, rtol=None, atol=None) -> tuple[float, float]:

@@ -40,7 +40,26 @@ def test_activation_second_derivative(name, kw):
         return jax.grad(lambda x: jnp.sum(jax.grad(f)(x) ** 2))(x)
 
     assert_close(second(ops), second(R), "d2")
-    check_grads(lambda x: getattr(ops, name)(x, **kw), (x,), order=2, modes=["rev"])
+    modes = ["fwd", "rev"] if ops.binding() == "primitive" else ["rev"]
+    check_grads(lambda x: getattr(ops, name)(x, **kw), (x,), order=2, modes=modes)
+
+
+@pytest.mark.skipif(ops.binding() != "primitive", reason="forward mode: the primitive binding")
+@pytest.mark.parametrize("name,kw", ACTIVATIONS)
+def test_activation_forward_mode(name, kw):
+    """jvp, linearize, and the Hessian of a scalar (jacfwd of jacrev) equal the oracle's."""
+    x, t = 2 * normal(1, (3, 4)), normal(2, (3, 4))
+
+    def scalar(mod):
+        return lambda x: jnp.sum(jnp.sin(getattr(mod, name)(x, **kw)))
+
+    ours = jax.jvp(lambda x: getattr(ops, name)(x, **kw), (x,), (t,))
+    want = jax.jvp(lambda x: getattr(R, name)(x, **kw), (x,), (t,))
+    assert_close(ours[0], want[0], "value")
+    assert_close(ours[1], want[1], "jvp")
+    assert_close(jax.linearize(lambda x: getattr(ops, name)(x, **kw), x)[1](t), want[1],
+                 "linearize")
+    assert_close(jax.hessian(scalar(ops))(x), jax.hessian(scalar(R))(x), "hessian")
 
 
 def test_subgradients_at_zero():

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fcnn import _args
-from fcnn.ops import _checks
+from fcnn.ops import _binding, _checks
 
 
 def relu(x):
@@ -22,13 +22,13 @@ def leaky_relu(x, negative_slope=0.01):
 
     `negative_slope` is a finite float (Python or numpy scalar)."""
     x = _checks.floating("leaky_relu", "x", x)
-    return _leaky_relu(x, _args.as_float(negative_slope, "leaky_relu", "negative_slope"))
+    return _leaky_relu(x, (_args.as_float(negative_slope, "leaky_relu", "negative_slope"),))
 
 
 def elu(x, alpha=1.0):
     """`x` for `x > 0`, else `alpha * (exp(x) - 1)`; derivative at 0 is `alpha` (a finite float)."""
     x = _checks.floating("elu", "x", x)
-    return _elu(x, _args.as_float(alpha, "elu", "alpha"))
+    return _elu(x, (_args.as_float(alpha, "elu", "alpha"),))
 
 
 def sigmoid(x):
@@ -41,98 +41,61 @@ def tanh(x):
     return _tanh(_checks.floating("tanh", "x", x))
 
 
-@jax.custom_vjp
-def _relu(x):
-    return jnp.where(x > 0, x, jnp.zeros((), x.dtype))
+# Each activation is `f(x, *params)` and the product of its (diagonal) Jacobian with a vector
+# `t`, written from x and y = f(x): the same formula is the VJP (t = the upstream gradient) and
+# the JVP (t = the tangent). `_elementwise` binds it both ways (fcnn.ops._binding): a
+# custom_vjp for the "custom_vjp" binding; a custom_jvp for the "primitive" one, so forward mode
+# runs the written JVP and reverse mode transposes it (an elementwise product).
 
 
-def _relu_fwd(x):
-    y = _relu(x)
-    return y, y
+def _elementwise(f, jacobian_times, saves):
+    """`op(x, params)` for the current binding; `saves` ("x" or "y") is what the custom_vjp keeps
+    for its backward (`jacobian_times` reads only that one)."""
+
+    def vjp_fwd(x, params):
+        y = f(x, *params)
+        return y, (x if saves == "x" else y)
+
+    def vjp_bwd(params, kept, g):
+        x, y = (kept, None) if saves == "x" else (None, kept)
+        return (jacobian_times(x, y, g, *params),)
+
+    by_vjp = jax.custom_vjp(lambda x, params: f(x, *params), nondiff_argnums=(1,))
+    by_vjp.defvjp(vjp_fwd, vjp_bwd)
+
+    by_jvp = jax.custom_jvp(lambda x, params: f(x, *params), nondiff_argnums=(1,))
+
+    @by_jvp.defjvp
+    def _jvp(params, primals, tangents):
+        (x,), (t,) = primals, tangents
+        y = f(x, *params)
+        return y, jacobian_times(x, y, t, *params)
+
+    def op(x, params=()):
+        return (by_jvp if _binding.binding() == "primitive" else by_vjp)(x, params)
+
+    return op
 
 
-def _relu_bwd(y, g):
-    """dx = g * 1[x > 0] = g * 1[y > 0]. Residual: the output y, not x. The layer after a ReLU
-    (a pool, the next conv) saves y anyway; with x saved, XLA fused the computation of x (LeNet-5:
-    conv1's `taps` forward + bias) into the backward fusion and recomputed it there (the LeNet-5
-    step is faster with y; docs/performance.md, "Measured and rejected")."""
-    return (jnp.where(y > 0, g, jnp.zeros((), g.dtype)),)
+def _zero(a):
+    return jnp.zeros((), a.dtype)
 
 
-_relu.defvjp(_relu_fwd, _relu_bwd)
-
-
-def _leaky_impl(x, slope):
-    return jnp.where(x > 0, x, x * jnp.asarray(slope, x.dtype))
-
-
-_leaky_relu = jax.custom_vjp(_leaky_impl, nondiff_argnums=(1,))
-
-
-def _leaky_fwd(x, slope):
-    return _leaky_impl(x, slope), x
-
-
-def _leaky_bwd(slope, x, g):
-    """dx = g for x > 0, slope * g otherwise. Residual: x."""
-    return (jnp.where(x > 0, g, g * jnp.asarray(slope, g.dtype)),)
-
-
-_leaky_relu.defvjp(_leaky_fwd, _leaky_bwd)
-
-
-def _elu_impl(x, alpha):
-    return jnp.where(x > 0, x, jnp.asarray(alpha, x.dtype) * jnp.expm1(x))
-
-
-_elu = jax.custom_vjp(_elu_impl, nondiff_argnums=(1,))
-
-
-def _elu_fwd(x, alpha):
-    return _elu_impl(x, alpha), x
-
-
-def _elu_bwd(alpha, x, g):
-    """dx = g for x > 0, g * alpha * exp(x) otherwise. Residual: x (exp of the negative part is
-    recomputed; storing y would lose precision where y + alpha cancels)."""
-    neg = jnp.asarray(alpha, x.dtype) * jnp.exp(jnp.minimum(x, 0))
-    return (jnp.where(x > 0, g, g * neg),)
-
-
-_elu.defvjp(_elu_fwd, _elu_bwd)
-
-
-@jax.custom_vjp
-def _sigmoid(x):
-    return lax.logistic(x)
-
-
-def _sigmoid_fwd(x):
-    y = lax.logistic(x)
-    return y, y
-
-
-def _sigmoid_bwd(y, g):
-    """dx = g * y * (1 - y). Residual: y."""
-    return (g * y * (1 - y),)
-
-
-_sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
-
-
-@jax.custom_vjp
-def _tanh(x):
-    return jnp.tanh(x)
-
-
-def _tanh_fwd(x):
-    y = jnp.tanh(x)
-    return y, y
-
-
-def _tanh_bwd(y, g):
-    """dx = g * (1 - y^2). Residual: y."""
-    return (g * (1 - y * y),)
-
-
-_tanh.defvjp(_tanh_fwd, _tanh_bwd)
+# ReLU keeps y, not x: the layer after a ReLU (a pool, the next conv) saves y anyway; with x
+# saved, XLA fused the computation of x (LeNet-5: conv1's `taps` forward + bias) into the
+# backward fusion and recomputed it there (docs/performance.md, "Measured and rejected").
+_relu = _elementwise(lambda x: jnp.where(x > 0, x, _zero(x)),
+                     lambda x, y, t: jnp.where(y > 0, t, _zero(t)), saves="y")
+# slope * t for x <= 0
+_leaky_relu = _elementwise(lambda x, s: jnp.where(x > 0, x, x * jnp.asarray(s, x.dtype)),
+                           lambda x, y, t, s: jnp.where(x > 0, t, t * jnp.asarray(s, t.dtype)),
+                           saves="x")
+# alpha * exp(x) * t for x <= 0; exp of the negative part is recomputed from x (storing y would
+# lose precision where y + alpha cancels)
+_elu = _elementwise(
+    lambda x, a: jnp.where(x > 0, x, jnp.asarray(a, x.dtype) * jnp.expm1(x)),
+    lambda x, y, t, a: jnp.where(x > 0, t, t * (jnp.asarray(a, x.dtype)
+                                                * jnp.exp(jnp.minimum(x, 0)))),
+    saves="x")
+_sigmoid = _elementwise(lax.logistic, lambda x, y, t: t * y * (1 - y), saves="y")  # y (1 - y)
+_tanh = _elementwise(jnp.tanh, lambda x, y, t: t * (1 - y * y), saves="y")  # 1 - y^2
