@@ -23,16 +23,21 @@ primitive with a members axis.
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
-import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from fcnn.ops import _conv_algorithms as algo
-
-ShapedArray = jax.core.ShapedArray  # resolved at import: a JAX without it falls back (_binding)
+from fcnn.ops._bilinear import (
+    bilinear_jvp,
+    each,
+    front,
+    independent,
+    into_n,
+    out_of_n,
+    shape_rule,
+    zero_or,
+)
 
 # ----------------------------------------------------------------------------- the primitives
 # Each carries `members`: 0, or K when both operands and the result have a leading axis of K
@@ -55,18 +60,6 @@ def conv_dk(x, g, k_hw, cfg, members=0):
     return conv_dk_p.bind(x, g, k_hw=tuple(k_hw), cfg=cfg, members=members)
 
 
-def _each(compute):
-    """`compute` of one problem, or of each of `members` problems (their leading axis). The
-    members' loop is JAX's vmap of the algorithm, inside this primitive's computation only:
-    no transformation sees it (they see the primitive and its rules)."""
-
-    def run(a, b, *, members, **params):
-        one = partial(compute, **params)
-        return jax.vmap(one)(a, b) if members else one(a, b)
-
-    return run
-
-
 def _compute_forward(x, w, *, cfg):
     return algo.forward(x, w, cfg)
 
@@ -84,19 +77,8 @@ for _p, _compute, _static in ((conv_p, _compute_forward, ("cfg", "members")),
                               (conv_dk_p, _compute_dk, ("k_hw", "cfg", "members"))):
     # an eager call runs the computation compiled once per configuration; under jit it is
     # inlined into the caller's program
-    _p.def_impl(jax.jit(_each(_compute), static_argnames=_static))
-    mlir.register_lowering(_p, mlir.lower_fun(_each(_compute), multiple_results=False))
-
-
-def _shape_rule(one):
-    """The abstract eval of a primitive whose single-problem output shape is `one(a, b, ...)`."""
-
-    def rule(a, b, *, members, **params):
-        lead = a.shape[:1] if members else ()
-        core = (a.shape[1:], b.shape[1:]) if members else (a.shape, b.shape)
-        return ShapedArray((*lead, *one(*core, **params)), a.dtype)
-
-    return rule
+    _p.def_impl(jax.jit(each(_compute), static_argnames=_static))
+    mlir.register_lowering(_p, mlir.lower_fun(each(_compute), multiple_results=False))
 
 
 def _conv_shape(x, w, *, cfg):
@@ -111,42 +93,20 @@ def _conv_dk_shape(x, g, *, k_hw, cfg):
     return (*k_hw, x[3] // cfg.groups, g[3])
 
 
-conv_p.def_abstract_eval(_shape_rule(_conv_shape))
-conv_dx_p.def_abstract_eval(_shape_rule(_conv_dx_shape))
-conv_dk_p.def_abstract_eval(_shape_rule(_conv_dk_shape))
+conv_p.def_abstract_eval(shape_rule(_conv_shape))
+conv_dx_p.def_abstract_eval(shape_rule(_conv_dx_shape))
+conv_dk_p.def_abstract_eval(shape_rule(_conv_dk_shape))
 
 
 # ----------------------------------------------------------------------------- forward mode
 
 
-def _bilinear_jvp(bind):
-    """The product rule of a bilinear map `bind(a, b)`: `bind(a', b) + bind(a, b')`."""
-
-    def jvp(primals, tangents, **params):
-        a, b = primals
-        da, db = tangents
-        out = bind(a, b, **params)
-        terms = [bind(da, b, **params)] if type(da) is not ad.Zero else []
-        if type(db) is not ad.Zero:
-            terms.append(bind(a, db, **params))
-        if not terms:
-            return out, ad.Zero(jax.core.get_aval(out).to_tangent_aval())
-        return out, terms[0] if len(terms) == 1 else terms[0] + terms[1]
-
-    return jvp
-
-
-ad.primitive_jvps[conv_p] = _bilinear_jvp(conv_p.bind)
-ad.primitive_jvps[conv_dx_p] = _bilinear_jvp(conv_dx_p.bind)
-ad.primitive_jvps[conv_dk_p] = _bilinear_jvp(conv_dk_p.bind)
+ad.primitive_jvps[conv_p] = bilinear_jvp(conv_p.bind)
+ad.primitive_jvps[conv_dx_p] = bilinear_jvp(conv_dx_p.bind)
+ad.primitive_jvps[conv_dk_p] = bilinear_jvp(conv_dk_p.bind)
 
 
 # ----------------------------------------------------------------------------- reverse mode
-
-
-def _zero_or(ct, operand, make):
-    """The cotangent for a linear `operand`: `make()`, or a symbolic zero when `ct` is one."""
-    return ad.Zero(operand.aval) if type(ct) is ad.Zero else make()
 
 
 def _hw(a, start, members):
@@ -159,22 +119,22 @@ def _hw(a, start, members):
 def _conv_transpose(ct, x, w, *, cfg, members):
     """<conv(x, w), ct> = <x, conv_dx(ct, w)> = <w, conv_dk(x, ct)>."""
     if ad.is_undefined_primal(x):
-        return _zero_or(ct, x, lambda: conv_dx(ct, w, _hw(x, 1, members), cfg, members)), None
-    return None, _zero_or(ct, w, lambda: conv_dk(x, ct, _hw(w, 0, members), cfg, members))
+        return zero_or(ct, x, lambda: conv_dx(ct, w, _hw(x, 1, members), cfg, members)), None
+    return None, zero_or(ct, w, lambda: conv_dk(x, ct, _hw(w, 0, members), cfg, members))
 
 
 def _conv_dx_transpose(ct, g, w, *, in_hw, cfg, members):
     """<conv_dx(g, w), ct> = <g, conv(ct, w)> = <w, conv_dk(ct, g)>."""
     if ad.is_undefined_primal(g):
-        return _zero_or(ct, g, lambda: conv(ct, w, cfg, members)), None
-    return None, _zero_or(ct, w, lambda: conv_dk(ct, g, _hw(w, 0, members), cfg, members))
+        return zero_or(ct, g, lambda: conv(ct, w, cfg, members)), None
+    return None, zero_or(ct, w, lambda: conv_dk(ct, g, _hw(w, 0, members), cfg, members))
 
 
 def _conv_dk_transpose(ct, x, g, *, k_hw, cfg, members):
     """<conv_dk(x, g), ct> = <x, conv_dx(g, ct)> = <g, conv(x, ct)>."""
     if ad.is_undefined_primal(x):
-        return _zero_or(ct, x, lambda: conv_dx(g, ct, _hw(x, 1, members), cfg, members)), None
-    return None, _zero_or(ct, g, lambda: conv(x, ct, cfg, members))
+        return zero_or(ct, x, lambda: conv_dx(g, ct, _hw(x, 1, members), cfg, members)), None
+    return None, zero_or(ct, g, lambda: conv(x, ct, cfg, members))
 
 
 ad.primitive_transposes[conv_p] = _conv_transpose
@@ -191,69 +151,35 @@ ad.primitive_transposes[conv_dk_p] = _conv_dk_transpose
 # - up to UNROLL_MAX members run one convolution each (each with its own algorithms: measured
 #   faster than any grouped formulation for ensembles on a CPU, docs/performance.md);
 # - more (per-example dK with its batch of K, Hessians) become one primitive with `members=K`,
-#   whose computation runs the K problems together (see `_each`); a vmap of that merges axes.
-UNROLL_MAX = 16
-
-
-def _front(a, dim):
-    """`a` with its mapped axis first."""
-    return jnp.moveaxis(a, dim, 0)
-
-
-def _into_n(a):
-    """(K, N, ...) -> (K*N, ...)."""
-    return a.reshape(a.shape[0] * a.shape[1], *a.shape[2:])
-
-
-def _out_of_n(a, k):
-    return a.reshape(k, a.shape[0] // k, *a.shape[1:])
-
-
-def _mapped(a, dim, k):
-    """`a` with a leading axis of K: its mapped axis moved first, or broadcast when unmapped."""
-    return jnp.broadcast_to(a, (k, *a.shape)) if dim is None else _front(a, dim)
-
-
-def _independent(bind, a, da, b, db, members):
-    """`bind(a_i, b_i, members)` over the K problems of the vmapped axis (see above)."""
-    k = (a.shape[da] if da is not None else b.shape[db])
-    if not members and k <= UNROLL_MAX:
-        a, b = (a if da is None else _front(a, da)), (b if db is None else _front(b, db))
-        return jnp.stack([bind(a if da is None else a[i], b if db is None else b[i], 0)
-                          for i in range(k)])
-    a, b = _mapped(a, da, k), _mapped(b, db, k)
-    if not members:
-        return bind(a, b, k)
-    merged = bind(_into_n(a), _into_n(b), k * members)  # (K, M, ...) -> (K*M, ...)
-    return _out_of_n(merged, k)
+#   whose computation runs the K problems together (see `each`); a vmap of that merges axes.
 
 
 def _conv_batch(args, dims, *, cfg, members):
     (x, w), (dx_, dw_) = args, dims
     if dw_ is None and not members:  # more examples
-        xb = _front(x, dx_)
-        return _out_of_n(conv(_into_n(xb), w, cfg), xb.shape[0]), 0
+        xb = front(x, dx_)
+        return out_of_n(conv(into_n(xb), w, cfg), xb.shape[0]), 0
     if dx_ is None and not members and cfg.groups == 1:  # members share the input
-        wb = _front(w, dw_)
+        wb = front(w, dw_)
         k, (kh, kw, cin, cout) = wb.shape[0], wb.shape[1:]
         y = conv(x, wb.transpose(1, 2, 3, 0, 4).reshape(kh, kw, cin, k * cout), cfg)
         n, ho, wo, _ = y.shape
         return y.reshape(n, ho, wo, k, cout).transpose(3, 0, 1, 2, 4), 0
-    return _independent(lambda x, w, m: conv(x, w, cfg, m), x, dx_, w, dw_, members), 0
+    return independent(lambda x, w, m: conv(x, w, cfg, m), x, dx_, w, dw_, members), 0
 
 
 def _conv_dx_batch(args, dims, *, in_hw, cfg, members):
     (g, w), (dg_, dw_) = args, dims
     if dw_ is None and not members:
-        gb = _front(g, dg_)
-        return _out_of_n(conv_dx(_into_n(gb), w, in_hw, cfg), gb.shape[0]), 0
-    return _independent(lambda g, w, m: conv_dx(g, w, in_hw, cfg, m), g, dg_, w, dw_,
+        gb = front(g, dg_)
+        return out_of_n(conv_dx(into_n(gb), w, in_hw, cfg), gb.shape[0]), 0
+    return independent(lambda g, w, m: conv_dx(g, w, in_hw, cfg, m), g, dg_, w, dw_,
                         members), 0
 
 
 def _conv_dk_batch(args, dims, *, k_hw, cfg, members):
     (x, g), (dx_, dg_) = args, dims
-    return _independent(lambda x, g, m: conv_dk(x, g, k_hw, cfg, m), x, dx_, g, dg_,
+    return independent(lambda x, g, m: conv_dk(x, g, k_hw, cfg, m), x, dx_, g, dg_,
                         members), 0
 
 

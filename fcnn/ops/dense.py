@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fcnn.ops import _checks
+from fcnn.ops import _binding, _checks
 from fcnn.ops._bias import bias_add, check_bias
 
 
@@ -43,8 +43,16 @@ def dense(x, w, b=None):
     return y
 
 
-@jax.custom_vjp
 def _matmul(x, w):
+    """`x @ w` bound by the current binding (`_binding`): the primitive of `_dense_primitives`,
+    or the custom_vjp below; the same rule."""
+    if _binding.binding() == "primitive":
+        return _binding._dense_primitives.matmul(x, w)
+    return _vjp_matmul(x, w)
+
+
+@jax.custom_vjp
+def _vjp_matmul(x, w):
     return jnp.matmul(x, w)
 
 
@@ -58,7 +66,7 @@ def _matmul_bwd(res, g):
     x, w = res
     x2 = x.reshape(-1, x.shape[-1])
     g2 = g.reshape(-1, g.shape[-1])
-    return _matmul(g, w.T), _matmul(x2.T, g2)
+    return _vjp_matmul(g, w.T), _vjp_matmul(x2.T, g2)
 
 
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+_vjp_matmul.defvjp(_matmul_fwd, _matmul_bwd)

@@ -1,7 +1,7 @@
-"""Convolution under every JAX transformation through fcnn's own rules (the primitive binding):
-forward mode, second order, linearize and vmap over examples and over members, equal to the
-oracle in float64 — with lax's convolution JVP and transpose rules made unavailable, so none of
-them can be what differentiates."""
+"""Convolution and dense under every JAX transformation through fcnn's own rules (the primitive
+binding): forward mode, second order, linearize and vmap over examples and over members, equal
+to the oracle in float64 — with lax's JVP and transpose rules for its convolution (and its dot)
+made unavailable, so none of them can be what differentiates."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from jax.test_util import check_grads
 
 from fcnn import ops
 from fcnn import reference as R
+from fcnn.ops._bilinear import UNROLL_MAX
 from fcnn.ops._conv_algorithms import ALGORITHMS
-from fcnn.ops._conv_primitives import UNROLL_MAX
 from fcnn.testing import assert_close
 from tests.strategies import normal
 
@@ -30,16 +30,15 @@ BATCHING = (batching.fancy_primitive_batchers,)  # where lax registers its convo
 
 
 @contextlib.contextmanager
-def lax_conv_rules_refused(tables=DERIVATIVES):
-    """lax's rules for its convolution in `tables` (by default its JVP and transpose rules)
-    raise inside the block. Its batching rule may still run inside fcnn's own primitives'
-    computation (a members axis beyond UNROLL_MAX: `_conv_primitives._each`), never in a
-    derivative."""
-    p, missing = lax.conv_general_dilated_p, object()
+def lax_conv_rules_refused(tables=DERIVATIVES, p=lax.conv_general_dilated_p):
+    """lax's rules for `p` (its convolution) in `tables` (by default its JVP and transpose
+    rules) raise inside the block. Its batching rule may still run inside fcnn's own primitives'
+    computation (a members axis: `fcnn.ops._bilinear.each`), never in a derivative."""
+    missing = object()
     saved = [table.get(p, missing) for table in tables]
 
     def refuse(*args, **kwargs):
-        raise AssertionError("lax's convolution rule was called")
+        raise AssertionError(f"lax's {p.name} rule was called")
 
     for table in tables:
         table[p] = refuse
@@ -108,7 +107,7 @@ def test_forward_mode_and_second_order_equal_the_oracle(name, algorithm):
     tangents = (normal(3, args[0].shape), normal(4, args[1].shape))
     want = _derivatives(oracle, args, tangents)
     with lax_conv_rules_refused():
-        with pytest.raises(AssertionError, match="lax's convolution rule"):  # the guard is live
+        with pytest.raises(AssertionError, match="lax's conv_general_dilated rule"):  # guard on
             jax.jvp(oracle, args, tangents)
         got = _derivatives(ours, args, tangents)
     for key in want:
@@ -122,7 +121,7 @@ def test_jax_gradient_checker_passes_at_second_order_both_modes():
                     modes=("fwd", "rev"))
 
 
-@pytest.mark.parametrize("members", [3, UNROLL_MAX + 1])  # unrolled; folded into groups
+@pytest.mark.parametrize("members", [3, UNROLL_MAX + 1])  # unrolled; one members primitive
 @pytest.mark.parametrize("groups", [1, 2])
 def test_vmap_over_members_and_examples_runs_fcnn_rules(groups, members):
     """K members (kernels, and inputs) mapped together, and examples mapped alone: values,
@@ -167,3 +166,33 @@ def test_an_ensemble_computes_no_grouped_convolution():
     with ops.using_binding("custom_vjp"):
         text = jax.jit(lambda xs, ws: step(xs, ws)).lower(xs, ws).as_text()
     assert f"feature_group_count = {k}" in text
+
+
+def test_dense_under_every_transformation():
+    """dense (x @ w): jvp, linearize, Hessian, forward-over-reverse, check_grads at order 2 in
+    both modes, vmap over examples, over members and nested — with lax's dot_general JVP and
+    transpose rules unavailable."""
+    x, w, xs = normal(0, (4, 5)), normal(1, (5, 3)), normal(2, (3, 2, 4, 5))
+    ws = jnp.stack([w, 2 * w, -w])
+    t = (normal(3, x.shape), normal(4, w.shape))
+
+    def scalar(dense):
+        return lambda x, w: jnp.sum(jnp.sin(dense(x, w)))
+
+    def everything(dense):
+        f = scalar(dense)
+        return dict(jvp=jax.jvp(dense, (x, w), t), linearize=jax.linearize(dense, x, w)[1](*t),
+                    hessian=jax.hessian(f, (0, 1))(x, w),
+                    hvp=jax.jvp(jax.grad(lambda x: f(x, w)), (x,), t[:1]),
+                    examples=jax.vmap(jax.grad(f, 1), (0, None))(x[:, None], w),
+                    members=jax.vmap(jax.grad(f, (0, 1)))(xs[:, 0], ws),
+                    nested=jax.vmap(jax.vmap(jax.grad(f, (0, 1)), (0, None)))(xs, ws))
+
+    want = everything(R.dense)
+    with lax_conv_rules_refused(p=lax.dot_general_p):
+        with pytest.raises(AssertionError, match="lax's dot_general rule"):  # the guard is live
+            jax.grad(scalar(lax.dot))(x, w)  # (lax.dot: jnp.matmul's derivative is cached)
+        got = everything(ops.dense)
+        check_grads(ops.dense, (x, w), order=2, modes=("fwd", "rev"))
+    for key in want:
+        _close(got[key], want[key], key)

@@ -1,0 +1,102 @@
+"""What every fcnn primitive shares: the members axis, shape rules, the product rule of a
+bilinear map, symbolic-zero cotangents, and batching helpers (`_conv_primitives`,
+`_dense_primitives`).
+
+A primitive's parameters include `members`: 0, or K when both operands and the result carry a
+leading axis of K independent problems — what a batching rule makes of a vmap over many of
+them. The computation runs the K problems with JAX's vmap of the single-problem computation,
+inside the primitive only: transformations see the primitive and fcnn's rules.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax.interpreters import ad
+
+ShapedArray = jax.core.ShapedArray  # resolved at import: a JAX without it falls back (_binding)
+# Up to this many members sharing no operand run one primitive each: each with its own
+# algorithms, never a grouped convolution (measured for ensembles, docs/performance.md).
+UNROLL_MAX = 16
+
+
+def each(compute):
+    """`compute` of one problem, or of each of `members` problems (their leading axis). The
+    members' loop is JAX's vmap of the algorithm, inside this primitive's computation only:
+    no transformation sees it (they see the primitive and its rules)."""
+
+    def run(a, b, *, members, **params):
+        one = partial(compute, **params)
+        return jax.vmap(one)(a, b) if members else one(a, b)
+
+    return run
+
+
+def shape_rule(one):
+    """The abstract eval of a primitive whose single-problem output shape is `one(a, b, ...)`."""
+
+    def rule(a, b, *, members, **params):
+        lead = a.shape[:1] if members else ()
+        core = (a.shape[1:], b.shape[1:]) if members else (a.shape, b.shape)
+        return ShapedArray((*lead, *one(*core, **params)), a.dtype)
+
+    return rule
+
+
+def bilinear_jvp(bind):
+    """The product rule of a bilinear map `bind(a, b)`: `bind(a', b) + bind(a, b')`."""
+
+    def jvp(primals, tangents, **params):
+        a, b = primals
+        da, db = tangents
+        out = bind(a, b, **params)
+        terms = [bind(da, b, **params)] if type(da) is not ad.Zero else []
+        if type(db) is not ad.Zero:
+            terms.append(bind(a, db, **params))
+        if not terms:
+            return out, ad.Zero(jax.core.get_aval(out).to_tangent_aval())
+        return out, terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+    return jvp
+
+
+def zero_or(ct, operand, make):
+    """The cotangent for a linear `operand`: `make()`, or a symbolic zero when `ct` is one."""
+    return ad.Zero(operand.aval) if type(ct) is ad.Zero else make()
+
+
+def front(a, dim):
+    """`a` with its mapped axis first."""
+    return jnp.moveaxis(a, dim, 0)
+
+
+def into_n(a):
+    """(K, N, ...) -> (K*N, ...)."""
+    return a.reshape(a.shape[0] * a.shape[1], *a.shape[2:])
+
+
+def out_of_n(a, k):
+    return a.reshape(k, a.shape[0] // k, *a.shape[1:])
+
+
+def mapped(a, dim, k):
+    """`a` with a leading axis of K: its mapped axis moved first, or broadcast when unmapped."""
+    return jnp.broadcast_to(a, (k, *a.shape)) if dim is None else front(a, dim)
+
+
+def independent(bind, a, da, b, db, members, unroll=True):
+    """`bind(a_i, b_i, members)` for the K independent problems of a vmapped axis (`da`, `db`:
+    where it is in each operand; None: shared). Up to UNROLL_MAX of them (when `unroll`) run
+    one `bind` each; more become one `bind` with a members axis, merged with an existing one."""
+    k = (a.shape[da] if da is not None else b.shape[db])
+    if unroll and not members and k <= UNROLL_MAX:
+        a, b = (a if da is None else front(a, da)), (b if db is None else front(b, db))
+        return jnp.stack([bind(a if da is None else a[i], b if db is None else b[i], 0)
+                          for i in range(k)])
+    a, b = mapped(a, da, k), mapped(b, db, k)
+    if not members:
+        return bind(a, b, k)
+    merged = bind(into_n(a), into_n(b), k * members)  # (K, M, ...) -> (K*M, ...)
+    return out_of_n(merged, k)
