@@ -196,3 +196,17 @@ def test_dense_under_every_transformation():
         check_grads(ops.dense, (x, w), order=2, modes=("fwd", "rev"))
     for key in want:
         _close(got[key], want[key], key)
+
+
+def test_biases_in_forward_mode():
+    """conv2d and dense with a bias: jvp in every argument and the Hessian in the bias equal
+    the oracle's (the bias's JVP is the bias add itself; reverse mode transposes it)."""
+    x, w, b = normal(0, (2, 6, 6, 3)), normal(1, (3, 3, 3, 4)), normal(2, (4,))
+    z, v, c = normal(3, (5, 7)), normal(4, (7, 4)), normal(5, (4,))
+    cases = [((x, w, b), lambda mod: lambda *a: mod.conv2d(*a, padding=1)),
+             ((z, v, c), lambda mod: mod.dense)]
+    for args, op in cases:
+        tangents = tuple(normal(9 + i, a.shape) for i, a in enumerate(args))
+        _close(jax.jvp(op(ops), args, tangents), jax.jvp(op(R), args, tangents), "jvp")
+        scalar = [lambda *a, f=op(mod): jnp.sum(jnp.sin(f(*a))) for mod in (ops, R)]
+        _close(jax.hessian(scalar[0], 2)(*args), jax.hessian(scalar[1], 2)(*args), "hessian")

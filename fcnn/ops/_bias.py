@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fcnn.ops import _binding
+
 
 def check_bias(op: str, b, features: int) -> jnp.ndarray:
     if b.ndim != 1 or b.shape[0] != features:
@@ -15,14 +17,21 @@ def check_bias(op: str, b, features: int) -> jnp.ndarray:
     return b
 
 
-@jax.custom_vjp
-def bias_add(y, b):
-    """``y + b`` broadcast over the last axis; ``y: (..., C)``, ``b: (C,)``."""
+def _add(y, b):
     return y + b.reshape((1,) * (y.ndim - 1) + b.shape)
 
 
+def bias_add(y, b):
+    """``y + b`` broadcast over the last axis; ``y: (..., C)``, ``b: (C,)``; bound by the
+    current binding (`_binding`)."""
+    return (_jvp_bias_add if _binding.binding() == "primitive" else _vjp_bias_add)(y, b)
+
+
+_vjp_bias_add = jax.custom_vjp(_add)
+
+
 def _bias_add_fwd(y, b):
-    return bias_add(y, b), None
+    return _add(y, b), None
 
 
 def _bias_add_bwd(_, g):
@@ -30,4 +39,13 @@ def _bias_add_bwd(_, g):
     return g, jnp.sum(g, axis=tuple(range(g.ndim - 1)))
 
 
-bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
+_vjp_bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
+
+_jvp_bias_add = jax.custom_jvp(_add)
+
+
+@_jvp_bias_add.defjvp
+def _bias_add_jvp(primals, tangents):
+    """The map is linear: its JVP is itself, dy + db broadcast over the leading axes (reverse
+    mode transposes that sum: dy = g, db = the sum of g over the leading axes, as above)."""
+    return _add(*primals), _add(*tangents)
