@@ -12,15 +12,18 @@ import jax
 import jax.numpy as jnp
 import pytest
 from jax import lax
+from jax.extend.core import primitives
 from jax.interpreters import ad, batching
 from jax.test_util import check_grads
 
+import models
 from fcnn import ops
 from fcnn import reference as R
+from fcnn.layers import with_ops
 from fcnn.ops._bilinear import UNROLL_MAX
 from fcnn.ops._conv_algorithms import ALGORITHMS
 from fcnn.testing import assert_close
-from tests.strategies import normal
+from tests.strategies import distinct, normal
 
 pytestmark = pytest.mark.skipif(ops.binding() != "primitive",
                                 reason="forward mode needs the primitive binding")
@@ -210,3 +213,70 @@ def test_biases_in_forward_mode():
         _close(jax.jvp(op(ops), args, tangents), jax.jvp(op(R), args, tangents), "jvp")
         scalar = [lambda *a, f=op(mod): jnp.sum(jnp.sin(f(*a))) for mod in (ops, R)]
         _close(jax.hessian(scalar[0], 2)(*args), jax.hessian(scalar[1], 2)(*args), "hessian")
+
+
+POOL_RULES = [getattr(primitives, n) for n in (
+    "reduce_window_p", "reduce_window_max_p", "reduce_window_sum_p", "select_and_gather_add_p",
+    "select_and_scatter_add_p", "select_and_scatter_p")]
+
+
+@contextlib.contextmanager
+def lax_rules_refused(prims):
+    """lax's JVP and transpose rules for every primitive in `prims` raise inside the block."""
+    with contextlib.ExitStack() as stack:
+        for p in prims:
+            stack.enter_context(lax_conv_rules_refused(p=p))
+        yield
+
+
+@pytest.mark.parametrize("name,kw", [("max_pool2d", dict(window=3, stride=2, padding=1)),
+                                     ("max_pool2d", dict(window=2)),
+                                     ("avg_pool2d", dict(window=3, stride=2, padding=1)),
+                                     ("avg_pool2d", dict(window=2))])
+def test_pooling_under_every_transformation(name, kw):
+    """jvp, linearize, Hessian, forward-over-reverse, check_grads at order 2 in both modes and
+    vmap over examples, equal to the oracle, with lax's window-reduction rules unavailable."""
+    x = distinct(0, (2, 7, 8, 3)) / 10  # no ties: the argmax, and finite differences, are clean
+    t = normal(1, x.shape)
+
+    def everything(pool):
+        f = lambda x: pool(x, **kw)  # noqa: E731
+        s = lambda x: jnp.sum(jnp.sin(f(x)))  # noqa: E731
+        return dict(jvp=jax.jvp(f, (x,), (t,)), linearize=jax.linearize(f, x)[1](t),
+                    hessian=jax.hessian(s)(x[:1, :5, :5, :1]),
+                    hvp=jax.jvp(jax.grad(s), (x,), (t,)),
+                    examples=jax.vmap(jax.grad(s))(x[:, None]))
+
+    want = everything(getattr(R, name))
+    with lax_rules_refused(POOL_RULES):
+        with pytest.raises(AssertionError, match="lax's reduce_window"):  # the guard is live
+            jax.jvp(lambda x: lax.reduce_window(x, 0.0, lax.add, (1, 2, 2, 1), (1, 2, 2, 1),
+                                                "VALID"), (x,), (t,))
+        got = everything(getattr(ops, name))
+        check_grads(lambda x: getattr(ops, name)(x, **kw), (x,), order=2, modes=("fwd", "rev"))
+    for key in want:
+        _close(got[key], want[key], key)
+
+
+@pytest.mark.parametrize("name,shape", [("lenet5", (28, 28, 1)), ("cs231n_convnet", (32, 32, 3)),
+                                        ("resnet", (32, 32, 3))])
+def test_whole_models_in_forward_mode(name, shape):
+    """A model's jvp in its parameters and a forward-over-reverse Hessian-vector product equal
+    the same model on the oracle's ops, in float64, with lax's convolution, dot and pooling
+    rules unavailable to fcnn's side."""
+    net = getattr(models, name)(num_classes=10)
+    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64),
+                                    net.init(jax.random.key(0), shape)[0])
+    x = normal(1, (2, *shape))
+    tangent = jax.tree_util.tree_map(lambda p: normal(2, p.shape), params)
+
+    def derivatives(model):
+        s = lambda p: jnp.sum(jnp.sin(model.apply(p, x)))  # noqa: E731
+        return dict(jvp=jax.jvp(lambda p: model.apply(p, x), (params,), (tangent,)),
+                    hvp=jax.jvp(jax.grad(s), (params,), (tangent,)))
+
+    want = derivatives(with_ops(net, R))
+    with lax_rules_refused([lax.conv_general_dilated_p, lax.dot_general_p, *POOL_RULES]):
+        got = derivatives(net)
+    for key in want:
+        _close(got[key], want[key], key)

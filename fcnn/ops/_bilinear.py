@@ -16,10 +16,17 @@ import jax
 import jax.numpy as jnp
 from jax.interpreters import ad
 
-ShapedArray = jax.core.ShapedArray  # resolved at import: a JAX without it falls back (_binding)
+# resolved at import: a JAX without them falls back to the custom_vjp binding (_binding)
+ShapedArray = jax.core.ShapedArray
+typeof = jax.typeof
 # Up to this many members sharing no operand run one primitive each: each with its own
 # algorithms, never a grouped convolution (measured for ensembles, docs/performance.md).
 UNROLL_MAX = 16
+
+
+def zero_like(out):
+    """A symbolic zero tangent for the primal output `out`."""
+    return ad.Zero(typeof(out).to_tangent_aval())
 
 
 def each(compute):
@@ -56,7 +63,7 @@ def bilinear_jvp(bind):
         if type(db) is not ad.Zero:
             terms.append(bind(a, db, **params))
         if not terms:
-            return out, ad.Zero(jax.core.get_aval(out).to_tangent_aval())
+            return out, zero_like(out)
         return out, terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
     return jvp

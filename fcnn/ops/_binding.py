@@ -30,7 +30,7 @@ def _check(name, where):
 
 
 try:  # the primitive machinery is JAX's public extension API; a release that moves it falls back
-    from fcnn.ops import _conv_primitives, _dense_primitives  # noqa: F401
+    from fcnn.ops import _conv_primitives, _dense_primitives, _pool_primitives  # noqa: F401
     PRIMITIVES_AVAILABLE, _WHY = True, ""
 except (ImportError, AttributeError) as e:  # pragma: no cover - depends on the JAX release
     PRIMITIVES_AVAILABLE, _WHY = False, f"{type(e).__name__}: {e}"

@@ -25,7 +25,7 @@ import numpy as np
 from jax import lax
 
 from fcnn import _args
-from fcnn.ops import _checks
+from fcnn.ops import _binding, _checks
 from fcnn.ops import _taps as _taps_mod
 
 
@@ -147,8 +147,25 @@ def _avg_pool_t_impl(g, in_hw, cfg):
     return _write_all([g] * (kh * kw), in_hw, cfg)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _avg_pool(x, cfg):
+    """Average pooling bound by the current binding (`_binding`)."""
+    if _binding.binding() == "primitive":
+        return _binding._pool_primitives.avg_pool(x, cfg)
+    return _vjp_avg_pool(x, cfg)
+
+
+def _max_pool(x, cfg):
+    """Max pooling bound by the current binding (`_binding`)."""
+    if _binding.binding() == "primitive":
+        return _binding._pool_primitives.max_pool(x, cfg)
+    return _vjp_max_pool(x, cfg)
+
+
+# ----------------------------------------------------------------------------- custom_vjp binding
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _vjp_avg_pool(x, cfg):
     return _avg_pool_impl(x, cfg)
 
 
@@ -162,7 +179,7 @@ def _avg_pool_bwd(cfg, in_hw, g):
     return (_avg_pool_t(g, in_hw, cfg),)
 
 
-_avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
+_vjp_avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -176,7 +193,7 @@ def _avg_pool_t_fwd(g, in_hw, cfg):
 
 def _avg_pool_t_bwd(in_hw, cfg, _, ct):
     """The adjoint of the adjoint: d/dg = avg_pool(ct)."""
-    return (_avg_pool(ct, cfg),)
+    return (_vjp_avg_pool(ct, cfg),)
 
 
 _avg_pool_t.defvjp(_avg_pool_t_fwd, _avg_pool_t_bwd)
@@ -226,7 +243,7 @@ def _max_gather_impl(x, ct, cfg):
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool(x, cfg):
+def _vjp_max_pool(x, cfg):
     return _max_pool_impl(x, cfg)
 
 
@@ -240,7 +257,7 @@ def _max_pool_bwd(cfg, x, g):
     return (_max_scatter(x, g, cfg),)
 
 
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_vjp_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
