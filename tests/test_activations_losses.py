@@ -126,3 +126,21 @@ def test_losses_second_order():
         return jax.grad(lambda z: jnp.sum(jax.grad(f)(z) ** 3))(z)
 
     assert_close(second(ops), second(R), "d2")
+
+
+@pytest.mark.skipif(ops.binding() != "primitive", reason="forward mode: the primitive binding")
+def test_losses_forward_mode():
+    """Each loss's jvp (its gradient's inner product with the tangent) and Hessian (jacfwd of
+    jacrev) equal the oracle's; soft labels are differentiated too."""
+    z, y, t = normal(0, (4, 5)), _labels(0, (4,), 5), normal(1, (4, 5))
+    soft = jax.nn.softmax(normal(2, (4, 5)))
+    cases = {
+        "softmax_cross_entropy": lambda mod: lambda z: mod.softmax_cross_entropy(z, y),
+        "soft labels": lambda mod: lambda z: mod.softmax_cross_entropy(z, soft * z ** 2),
+        "mse": lambda mod: lambda z: mod.mse(z, 0.5 * z ** 2 + 1),
+        "hinge": lambda mod: lambda z: mod.hinge(z, y, 0.7),
+    }
+    for name, loss in cases.items():
+        assert_close(jax.jvp(loss(ops), (z,), (t,))[1], jax.jvp(loss(R), (z,), (t,))[1],
+                     f"{name} jvp")
+        assert_close(jax.hessian(loss(ops))(z), jax.hessian(loss(R))(z), f"{name} hessian")

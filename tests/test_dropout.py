@@ -9,7 +9,7 @@ import pytest
 
 from fcnn import ops
 from fcnn import reference as R
-from fcnn.testing import check_vjp
+from fcnn.testing import assert_close, check_vjp
 from tests.strategies import normal
 
 
@@ -51,3 +51,12 @@ def test_vmap_over_keys_and_jit(key):
     np.testing.assert_array_equal(per, loop)
     np.testing.assert_array_equal(jax.jit(lambda k, x: ops.dropout(k, x, 0.5))(key, x),
                                   ops.dropout(key, x, 0.5))
+
+
+@pytest.mark.skipif(ops.binding() != "primitive", reason="forward mode: the primitive binding")
+def test_forward_mode_is_the_mask_over_the_keep_probability(key):
+    x, t = normal(0, (3, 7)), normal(1, (3, 7))
+    y, dy = jax.jvp(lambda x: ops.dropout(key, x, 0.3), (x,), (t,))
+    want = jax.jvp(lambda x: R.dropout(key, x, 0.3), (x,), (t,))
+    assert_close(y, want[0], "value")
+    assert_close(dy, want[1], "jvp")

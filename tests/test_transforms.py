@@ -261,22 +261,24 @@ def test_pooling_under_every_transformation(name, kw):
 @pytest.mark.parametrize("name,shape", [("lenet5", (28, 28, 1)), ("cs231n_convnet", (32, 32, 3)),
                                         ("resnet", (32, 32, 3))])
 def test_whole_models_in_forward_mode(name, shape):
-    """A model's jvp in its parameters and a forward-over-reverse Hessian-vector product equal
-    the same model on the oracle's ops, in float64, with lax's convolution, dot and pooling
-    rules unavailable to fcnn's side."""
+    """A model's jvp in its parameters and a forward-over-reverse Hessian-vector product of its
+    training loss equal the same model and loss on the oracle's ops, in float64, with lax's
+    convolution, dot and pooling rules unavailable to fcnn's side."""
     net = getattr(models, name)(num_classes=10)
     params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64),
                                     net.init(jax.random.key(0), shape)[0])
     x = normal(1, (2, *shape))
     tangent = jax.tree_util.tree_map(lambda p: normal(2, p.shape), params)
 
-    def derivatives(model):
-        s = lambda p: jnp.sum(jnp.sin(model.apply(p, x)))  # noqa: E731
+    y = jnp.arange(2) % 10
+
+    def derivatives(model, loss):
+        s = lambda p: loss(model.apply(p, x), y)  # noqa: E731
         return dict(jvp=jax.jvp(lambda p: model.apply(p, x), (params,), (tangent,)),
                     hvp=jax.jvp(jax.grad(s), (params,), (tangent,)))
 
-    want = derivatives(with_ops(net, R))
+    want = derivatives(with_ops(net, R), R.softmax_cross_entropy)
     with lax_rules_refused([lax.conv_general_dilated_p, lax.dot_general_p, *POOL_RULES]):
-        got = derivatives(net)
+        got = derivatives(net, ops.softmax_cross_entropy)
     for key in want:
         _close(got[key], want[key], key)

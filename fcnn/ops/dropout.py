@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 
 from fcnn import _args
-from fcnn.ops import _checks
+from fcnn.ops import _binding, _checks
 
 
 def dropout(key, x, rate):
@@ -42,9 +40,13 @@ def _dropout_impl(x, keep, rate):
     return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _dropout(x, keep, rate):
-    return _dropout_impl(x, keep, rate)
+    """Bound by the current binding (`_binding`): the map is linear in x with the mask fixed,
+    so its JVP is itself (custom_jvp, the primitive binding) and its VJP too (custom_vjp)."""
+    return (_jvp_dropout if _binding.binding() == "primitive" else _vjp_dropout)(x, keep, rate)
+
+
+_vjp_dropout = jax.custom_vjp(_dropout_impl, nondiff_argnums=(2,))
 
 
 def _dropout_fwd(x, keep, rate):
@@ -56,4 +58,13 @@ def _dropout_bwd(rate, keep, g):
     return _dropout_impl(g, keep, rate), None
 
 
-_dropout.defvjp(_dropout_fwd, _dropout_bwd)
+_vjp_dropout.defvjp(_dropout_fwd, _dropout_bwd)
+
+_jvp_dropout = jax.custom_jvp(_dropout_impl, nondiff_argnums=(2,))
+
+
+@_jvp_dropout.defjvp
+def _dropout_jvp(rate, primals, tangents):
+    """dy = dx * mask / (1 - rate)."""
+    (x, keep), (t, _) = primals, tangents
+    return _dropout_impl(x, keep, rate), _dropout_impl(t, keep, rate)

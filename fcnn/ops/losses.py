@@ -3,14 +3,12 @@ Classification": the softmax and multiclass SVM losses)."""
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fcnn import _args
-from fcnn.ops import _checks
+from fcnn.ops import _binding, _checks
 
 
 def softmax_cross_entropy(logits, labels):
@@ -148,69 +146,86 @@ def _onehot(labels, k, dtype):
     return (labels[..., None] == classes).astype(dtype)
 
 
-@jax.custom_vjp
-def _xent_int(z, labels):
+# Each loss is a scalar `value(*args)` with its gradient `gradient(*args)` (one array per
+# differentiable argument, `None` for the labels) written out. `_loss` binds them both ways
+# (fcnn.ops._binding): the VJP is `g * gradient` (custom_vjp binding); the JVP is the inner
+# product `sum(gradient * tangent)` (custom_jvp, the primitive binding), which reverse mode
+# transposes back to `g * gradient`.
+
+
+def _loss(value, gradient, nondiff=()):
+    """`op(*args)` for the current binding; `nondiff`: positions of static arguments."""
+    by_vjp = jax.custom_vjp(value, nondiff_argnums=nondiff)
+    by_jvp = jax.custom_jvp(value, nondiff_argnums=nondiff)
+
+    def split(args):
+        static = tuple(args[i] for i in nondiff)
+        return static, tuple(a for i, a in enumerate(args) if i not in nondiff)
+
+    def full(static, arrays):
+        it_s, it_a = iter(static), iter(arrays)
+        return tuple(next(it_s) if i in nondiff else next(it_a)
+                     for i in range(len(static) + len(arrays)))
+
+    def fwd(*args):
+        return value(*args), split(args)[1]
+
+    def bwd(*rest):
+        static, (arrays, g) = rest[:len(nondiff)], rest[len(nondiff):]
+        return tuple(None if d is None else g * d for d in gradient(*full(static, arrays)))
+
+    by_vjp.defvjp(fwd, bwd)
+
+    def jvp(*rest):
+        static, (primals, tangents) = rest[:len(nondiff)], rest[len(nondiff):]
+        args = full(static, primals)
+        terms = [jnp.sum(d * t) for d, t in zip(gradient(*args), tangents) if d is not None]
+        return value(*args), sum(terms[1:], terms[0])
+
+    by_jvp.defjvp(jvp)
+    return lambda *args: (by_jvp if _binding.binding() == "primitive" else by_vjp)(*args)
+
+
+def _xent_int_value(z, labels):
     logp = _log_softmax(z)
     picked = jnp.sum(logp * _onehot(labels, z.shape[-1], z.dtype), axis=-1)
     picked = jnp.where(_out_of_range(labels, z.shape[-1]), jnp.nan, picked)
     return -jnp.sum(picked) / _count(z)
 
 
-def _xent_int_fwd(z, labels):
-    return _xent_int(z, labels), (z, labels)
-
-
-def _xent_int_bwd(res, g):
-    """dz = g * (softmax(z) - onehot(y)) / N, NaN on the rows of out-of-range labels (their
-    term is NaN); integer labels get no gradient. Residuals: z, y."""
-    z, labels = res
+def _xent_int_gradient(z, labels):
+    """dz = (softmax(z) - onehot(y)) / N, NaN on the rows of out-of-range labels (their term is
+    NaN); integer labels get no gradient."""
     p = jnp.exp(_log_softmax(z))
     dz = jnp.where(_out_of_range(labels, z.shape[-1])[..., None], jnp.nan,
                    p - _onehot(labels, z.shape[-1], z.dtype))
-    return g * dz / _count(z), None
+    return dz / _count(z), None
 
 
-_xent_int.defvjp(_xent_int_fwd, _xent_int_bwd)
+_xent_int = _loss(_xent_int_value, _xent_int_gradient)
 
 
-@jax.custom_vjp
-def _xent_soft(z, t):
+def _xent_soft_value(z, t):
     return -jnp.sum(t * _log_softmax(z)) / _count(z)
 
 
-def _xent_soft_fwd(z, t):
-    return _xent_soft(z, t), (z, t)
-
-
-def _xent_soft_bwd(res, g):
-    """dz = g * (softmax(z) * sum_k t_k - t) / N; dt = -g * log_softmax(z) / N."""
-    z, t = res
+def _xent_soft_gradient(z, t):
+    """dz = (softmax(z) * sum_k t_k - t) / N; dt = -log_softmax(z) / N."""
     logp = _log_softmax(z)
     n = _count(z)
-    dz = (jnp.exp(logp) * jnp.sum(t, axis=-1, keepdims=True) - t) / n
-    return g * dz, -g * logp / n
+    return (jnp.exp(logp) * jnp.sum(t, axis=-1, keepdims=True) - t) / n, -logp / n
 
 
-_xent_soft.defvjp(_xent_soft_fwd, _xent_soft_bwd)
+_xent_soft = _loss(_xent_soft_value, _xent_soft_gradient)
 
 
-@jax.custom_vjp
-def _mse(p, t):
-    return jnp.mean(jnp.square(p - t))
-
-
-def _mse_fwd(p, t):
-    return _mse(p, t), (p, t)
-
-
-def _mse_bwd(res, g):
-    """d pred = g * 2 (pred - target) / size; d target = -d pred. Residuals: pred, target."""
-    p, t = res
-    d = g * 2 * (p - t) / max(p.size, 1)
+def _mse_gradient(p, t):
+    """d pred = 2 (pred - target) / size; d target = -d pred."""
+    d = 2 * (p - t) / max(p.size, 1)
     return d, -d
 
 
-_mse.defvjp(_mse_fwd, _mse_bwd)
+_mse = _loss(lambda p, t: jnp.mean(jnp.square(p - t)), _mse_gradient)
 
 
 def _margins(s, labels, margin):
@@ -219,27 +234,21 @@ def _margins(s, labels, margin):
     return m, _onehot(labels, s.shape[-1], jnp.bool_)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _hinge(s, labels, margin):
+def _hinge_value(s, labels, margin):
     m, is_y = _margins(s, labels, margin)
     rows = jnp.sum(jnp.where(is_y, 0, jnp.maximum(m, 0)), axis=-1)
     return jnp.sum(jnp.where(_out_of_range(labels, s.shape[-1]), jnp.nan, rows)) / _count(s)
 
 
-def _hinge_fwd(s, labels, margin):
-    return _hinge(s, labels, margin), (s, labels)
-
-
-def _hinge_bwd(margin, res, g):
+def _hinge_gradient(s, labels, margin):
     """With a_j = 1[j != y and s_j - s_y + margin > 0]: ds_j = a_j for j != y,
-    ds_y = -sum_j a_j, all times g / N (subgradient 0 at the hinge); NaN on the rows of
-    out-of-range labels, whose term is NaN."""
-    s, labels = res
+    ds_y = -sum_j a_j, over N (subgradient 0 at the hinge); NaN on the rows of out-of-range
+    labels, whose term is NaN."""
     m, is_y = _margins(s, labels, margin)
     active = jnp.where(is_y, 0, (m > 0)).astype(s.dtype)
     ds = active - is_y.astype(s.dtype) * jnp.sum(active, axis=-1, keepdims=True)
     ds = jnp.where(_out_of_range(labels, s.shape[-1])[..., None], jnp.nan, ds)
-    return g * ds / _count(s), None
+    return ds / _count(s), None
 
 
-_hinge.defvjp(_hinge_fwd, _hinge_bwd)
+_hinge = _loss(_hinge_value, _hinge_gradient, nondiff=(2,))
