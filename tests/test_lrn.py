@@ -44,3 +44,20 @@ def test_by_hand_and_higher_order():
 def test_errors():
     with pytest.raises(ValueError, match=r"local_response_norm: `size` must be an int >= 1, got 0"):
         ops.local_response_norm(jnp.ones((2, 3)), 0)
+
+
+@pytest.mark.skipif(ops.binding() != "primitive", reason="forward mode: the primitive binding")
+def test_forward_mode():
+    """The written JVP (dx d^-beta - beta x d^(-beta-1) dd) and the Hessian of a scalar equal
+    the oracle's; reverse mode, its transpose, still equals the written VJP's values."""
+    x, t = normal(0, (2, 3, 3, 7)), normal(1, (2, 3, 3, 7))
+    kw = dict(size=3, alpha=0.3, beta=0.6, k=1.5)
+    ours = jax.jvp(lambda x: ops.local_response_norm(x, **kw), (x,), (t,))
+    want = jax.jvp(lambda x: R.local_response_norm(x, **kw), (x,), (t,))
+    assert_close(ours[1], want[1], "jvp")
+
+    def scalar(mod):
+        return lambda x: jnp.sum(jnp.sin(mod.local_response_norm(x, **kw)))
+
+    assert_close(jax.hessian(scalar(ops))(x[:1, :2, :2]), jax.hessian(scalar(R))(x[:1, :2, :2]),
+                 "hessian")

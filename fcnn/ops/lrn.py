@@ -9,14 +9,12 @@ LocalResponseNorm uses alpha / size).
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from fcnn import _args
-from fcnn.ops import _checks
+from fcnn.ops import _binding, _checks
 
 
 def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
@@ -65,9 +63,17 @@ def _denominator(x, cfg):
     return k + alpha * _window_sum(x * x, before, after)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _lrn(x, cfg):
+    """Bound by the current binding (`_binding`): the custom_vjp below, or a custom_jvp with the
+    JVP written out (`_lrn_jvp`), which reverse mode transposes."""
+    return (_jvp_lrn if _binding.binding() == "primitive" else _vjp_lrn)(x, cfg)
+
+
+def _lrn_value(x, cfg):
     return x * _denominator(x, cfg) ** -cfg[2]
+
+
+_vjp_lrn = jax.custom_vjp(_lrn_value, nondiff_argnums=(1,))
 
 
 def _lrn_fwd(x, cfg):
@@ -87,4 +93,18 @@ def _lrn_bwd(cfg, res, g):
     return (g * d**-beta - 2 * alpha * beta * x * spread,)
 
 
-_lrn.defvjp(_lrn_fwd, _lrn_bwd)
+_vjp_lrn.defvjp(_lrn_fwd, _lrn_bwd)
+
+_jvp_lrn = jax.custom_jvp(_lrn_value, nondiff_argnums=(1,))
+
+
+@_jvp_lrn.defjvp
+def _lrn_jvp(cfg, primals, tangents):
+    """dy = dx d^-beta - beta x d^(-beta-1) dd, with dd = 2 alpha W(x dx) (W: the window sum
+    over channels): linear in dx; its transpose is the backward above."""
+    size, alpha, beta, _ = cfg
+    (x,), (t,) = primals, tangents
+    d = _denominator(x, cfg)
+    before, after = _bounds(size)
+    dd = 2 * alpha * _window_sum(x * t, before, after)
+    return x * d ** -beta, t * d ** -beta - beta * x * d ** (-beta - 1) * dd
