@@ -8,6 +8,7 @@ import pathlib
 import re
 import runpy
 
+import jax
 import pytest
 
 from fcnn import ops
@@ -69,6 +70,8 @@ def test_readme_python_examples_run():
     assert namespace["out_shape"] == (10,)
     assert namespace["per_example"][0]["w"].shape == (8, 5, 5, 1, 6)
     assert namespace["ensemble"][0]["w"].shape == (4, 5, 5, 1, 6)
+    assert jax.tree_util.tree_structure(namespace["hvp"]) == \
+        jax.tree_util.tree_structure(namespace["params"])
 
 
 def test_readme_is_a_front_door():
