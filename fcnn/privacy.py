@@ -1,7 +1,7 @@
 """Per-example gradients and DP-SGD (Abadi et al. 2016), through the hand-written rules.
 
-`jax.vmap` of `jax.grad` over single examples: every op's custom_vjp runs unbatched inside the
-vmap, which batches the hand-written backward rules themselves.
+`jax.vmap` of `jax.grad` over single examples: every op's hand-written rules run inside the
+vmap, batched by their own batching rules (the primitive binding) or by JAX (custom_vjp).
 """
 
 from __future__ import annotations

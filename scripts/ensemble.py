@@ -51,8 +51,9 @@ def main(argv=None):
     keys = jax.random.split(jax.random.key(args.seed), args.members)
     model, params = train_ensemble(keys, args.epochs, seed=args.seed, ds=ds)
     x = jnp.asarray(ds.test_images, jnp.float32) / 255
-    # vmap over the members' parameters: fcnn's batching rule runs each member's convolutions
-    # as its own (no grouped convolution, XLA:CPU's slow path; docs/performance.md)
+    # vmap over the members' parameters: up to 16 members, fcnn's batching rule runs each
+    # member's convolutions as its own (no grouped convolution, XLA:CPU's slow path;
+    # docs/design.md, "Bindings")
     probs = jax.jit(jax.vmap(lambda p: jax.nn.softmax(model.apply(p, x))))(params)
     member_acc = jnp.mean(jnp.argmax(probs, -1) == ds.test_labels[None], axis=1)
     ensemble_acc = float(jnp.mean(jnp.argmax(probs.mean(0), -1) == ds.test_labels))

@@ -98,7 +98,7 @@ def independent(bind, a, da, b, db, members, unroll=True):
     where it is in each operand; None: shared). Up to UNROLL_MAX of them (when `unroll`) run
     one `bind` each; more become one `bind` with a members axis, merged with an existing one."""
     k = (a.shape[da] if da is not None else b.shape[db])
-    if unroll and not members and k <= UNROLL_MAX:
+    if unroll and not members and 0 < k <= UNROLL_MAX:
         a, b = (a if da is None else front(a, da)), (b if db is None else front(b, db))
         return jnp.stack([bind(a if da is None else a[i], b if db is None else b[i], 0)
                           for i in range(k)])

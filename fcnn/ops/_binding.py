@@ -7,8 +7,8 @@
   (`grad`, `grad(grad)`, `vmap(grad)`) only; forward mode is refused by JAX. The portable
   fallback, kept under the whole suite (`FCNN_BINDING=custom_vjp python -m pytest`).
 
-The binding is read when an op is traced: set it before tracing (a function already jitted keeps
-the binding it was traced with). `FCNN_BINDING` in the environment sets the starting value.
+The binding is read when an op is traced; changing it clears JAX's caches, so nothing traced
+under the other one is reused. `FCNN_BINDING` in the environment sets the starting value.
 The rules' maths (which map is whose transpose) and the algorithms that compute each map are the
 same under both.
 """
@@ -29,16 +29,32 @@ def _check(name, where):
     return name
 
 
-try:  # the primitive machinery is JAX's public extension API; a release that moves it falls back
+def _probe_jax() -> str:
+    """Why this JAX lacks the public extension API the primitives use ("" if it has it). Only
+    JAX is probed here: an error in fcnn's own primitive modules is raised, never hidden."""
+    try:
+        import jax
+        from jax.extend.core import Primitive  # noqa: F401
+        from jax.interpreters import ad, batching, mlir
+
+        for owner, name in ((jax.core, "ShapedArray"), (jax, "typeof"), (mlir, "lower_fun"),
+                            (mlir, "register_lowering"), (ad, "primitive_jvps"),
+                            (ad, "primitive_transposes"), (batching, "primitive_batchers")):
+            getattr(owner, name)
+    except (ImportError, AttributeError) as e:  # pragma: no cover - depends on the JAX release
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+_WHY = _probe_jax()
+PRIMITIVES_AVAILABLE = not _WHY
+if PRIMITIVES_AVAILABLE:
     from fcnn.ops import _conv_primitives, _dense_primitives, _pool_primitives  # noqa: F401
-    PRIMITIVES_AVAILABLE, _WHY = True, ""
-except (ImportError, AttributeError) as e:  # pragma: no cover - depends on the JAX release
-    PRIMITIVES_AVAILABLE, _WHY = False, f"{type(e).__name__}: {e}"
 
 _current = _check(os.environ.get("FCNN_BINDING", "primitive"), "FCNN_BINDING")
 if _current == "primitive" and not PRIMITIVES_AVAILABLE:  # pragma: no cover
     warnings.warn(f"fcnn: this JAX lacks the primitive API fcnn's forward-mode rules use "
-                  f"({_WHY}); using the custom_vjp binding (reverse mode only).", stacklevel=2)
+                  f"({_WHY}); using the custom_vjp binding (reverse mode only).", stacklevel=3)
     _current = "custom_vjp"
 
 
@@ -48,12 +64,19 @@ def binding() -> str:
 
 
 def set_binding(name: str) -> None:
-    """Trace ops with `name`'s binding from now on ("primitive" or "custom_vjp")."""
+    """Trace ops with `name`'s binding from now on ("primitive" or "custom_vjp").
+
+    A change clears JAX's caches (`jax.clear_caches`): a function traced under the other
+    binding (a jitted train step) is traced again, not served stale."""
     global _current
     _check(name, "set_binding")
     if name == "primitive" and not PRIMITIVES_AVAILABLE:
         raise ValueError(f"set_binding: the primitive binding is unavailable on this JAX "
                          f"({_WHY}).")
+    if name != _current:
+        import jax
+
+        jax.clear_caches()
     _current = name
 
 

@@ -1,0 +1,100 @@
+"""The two bindings of fcnn's rules agree: every op's value, VJP, second-order VJP and
+per-example VJP are the same under "primitive" (the default: primitives and custom_jvp) and
+"custom_vjp" — so the custom_vjp binding's hand-written backward rules run in every suite run,
+whatever FCNN_BINDING says."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from fcnn import ops
+from fcnn.ops import _binding
+from fcnn.testing import assert_close
+from tests.strategies import distinct, normal
+
+x4, w4, b4 = distinct(0, (2, 6, 6, 3)) / 10, normal(1, (3, 3, 3, 4)), normal(2, (4,))
+z, wz, bz = normal(3, (4, 5)), normal(4, (5, 3)), normal(5, (3,))
+labels = jnp.array([0, 2, 1, 4])
+OPS = {  # name -> (function of differentiable arrays, those arrays)
+    "conv2d": (lambda x, w, b: ops.conv2d(x, w, b, stride=2, padding=1), (x4, w4, b4)),
+    "conv2d_grad_input": (lambda g, w: ops.conv2d_grad_input(g, w, x4.shape, padding=1),
+                          (normal(6, (2, 6, 6, 4)), w4)),
+    "conv2d_grad_kernel": (lambda x, g: ops.conv2d_grad_kernel(x, g, w4.shape, padding=1),
+                           (x4, normal(6, (2, 6, 6, 4)))),
+    "max_pool2d": (lambda x: ops.max_pool2d(x, 3, 2, 1), (x4,)),
+    "avg_pool2d": (lambda x: ops.avg_pool2d(x, 3, 2, 1), (x4,)),
+    "dense": (ops.dense, (z, wz, bz)),
+    "dropout": (lambda x: ops.dropout(jax.random.key(0), x, 0.5), (x4,)),
+    "relu": (ops.relu, (z,)),
+    "leaky_relu": (lambda x: ops.leaky_relu(x, 0.1), (z,)),
+    "elu": (ops.elu, (z,)),
+    "sigmoid": (ops.sigmoid, (z,)),
+    "tanh": (ops.tanh, (z,)),
+    "softmax_cross_entropy": (lambda z: ops.softmax_cross_entropy(z, labels), (z,)),
+    "mse": (ops.mse, (z, 0.5 * z + 1)),
+    "hinge": (lambda z: ops.hinge(z, labels), (z,)),
+    "local_response_norm": (lambda x: ops.local_response_norm(x, 3, 0.3, 0.6, 1.5), (x4,)),
+}
+
+
+def test_every_op_is_compared():
+    assert set(OPS) == set(ops.__all__)
+
+
+# ops whose output keeps the examples of their first argument on axis 0
+PER_EXAMPLE = {"conv2d", "max_pool2d", "avg_pool2d", "dropout", "local_response_norm"}
+
+
+def _derivatives(f, args, per_example):
+    """Value, VJP with a fixed random cotangent, the gradient of that VJP's squared norm in the
+    first argument (second order), and per-example VJPs (vmap over the first axis)."""
+    y, vjp = jax.vjp(f, *args)
+    ct = normal(7, jnp.shape(y))
+
+    def first(*a):
+        return jax.vjp(f, *a)[1](ct)
+
+    second = jax.grad(lambda a0: sum(jnp.sum(v ** 2) for v in first(a0, *args[1:])))(args[0])
+    out = dict(value=y, vjp=vjp(ct), second=second)
+    if per_example:  # one VJP per example, with its own row of the cotangent
+        def one(a0, c):
+            return jax.vjp(lambda a: f(a, *args[1:]), a0[None])[1](c[None])[0]
+
+        out["per_example"] = jax.vmap(one)(args[0], ct)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_bindings_agree(name):
+    f, args = OPS[name]
+    results = {}
+    for binding in _binding.BINDINGS:
+        with ops.using_binding(binding):
+            results[binding] = _derivatives(lambda *a: f(*a), args,  # traced afresh
+                                            name in PER_EXAMPLE)
+    for key, want in results["custom_vjp"].items():
+        got = results["primitive"][key]
+        for i, (a, b) in enumerate(zip(jax.tree_util.tree_leaves(got),
+                                       jax.tree_util.tree_leaves(want), strict=True)):
+            assert_close(a, b, f"{name} {key} [{i}]")
+
+
+def test_the_primitive_binding_is_there_unless_asked_off():
+    if os.environ.get("FCNN_BINDING") != "custom_vjp":
+        assert _binding.PRIMITIVES_AVAILABLE, _binding._WHY
+        assert ops.binding() == "primitive"
+
+
+def test_switching_binding_retraces_jitted_functions():
+    f = jax.jit(lambda x: ops.tanh(x))
+    x = normal(0, (3,))
+    before = ops.binding()
+    with ops.using_binding("primitive"):
+        jax.jvp(f, (x,), (x,))  # traced with the custom_jvp binding
+        with ops.using_binding("custom_vjp"), pytest.raises(TypeError, match="custom_vjp"):
+            jax.jvp(f, (x,), (x,))  # the same jitted function, traced again
+    assert ops.binding() == before
