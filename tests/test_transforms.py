@@ -260,8 +260,12 @@ def test_pooling_under_every_transformation(name, kw):
         _close(got[key], want[key], key)
 
 
-@pytest.mark.parametrize("name,shape", [("lenet5", (28, 28, 1)), ("cs231n_convnet", (32, 32, 3)),
-                                        ("resnet", (32, 32, 3))])
+# LeNet-5 in every run; the CIFAR net and ResNet (about 13 s of the 2-core suite) in the thorough
+# profile — their layers are LeNet's plus the padded and strided convs the op tests cover.
+MODELS = [("lenet5", (28, 28, 1)), ("cs231n_convnet", (32, 32, 3)), ("resnet", (32, 32, 3))]
+
+
+@pytest.mark.parametrize("name,shape", MODELS if THOROUGH else MODELS[:1])
 def test_whole_models_in_forward_mode(name, shape):
     """A model's jvp in its parameters and a forward-over-reverse Hessian-vector product of its
     training loss equal the same model and loss on the oracle's ops, in float64, with lax's
