@@ -53,10 +53,18 @@ def test_readme_python_examples_run():
     from fcnn import ops
 
     with ops.using_binding("primitive"):  # forward mode is shown (FCNN_BINDING may differ)
-        _run_readme_blocks()
+        namespace, raising = _run_readme_blocks()
+    # "Checking your own ops": check_vjp catches a deliberately wrong rule
+    assert any("check_vjp" in block and "custom_vjp" in block for block in raising), raising
+    assert namespace["out_shape"] == (10,)
+    assert namespace["per_example"][0]["w"].shape == (8, 5, 5, 1, 6)
+    assert namespace["ensemble"][0]["w"].shape == (4, 5, 5, 1, 6)
+    assert jax.tree_util.tree_structure(namespace["hvp"]) == \
+        jax.tree_util.tree_structure(namespace["params"])
 
 
 def _run_readme_blocks():
+    """Execute the blocks; return the namespace and the blocks that raised as shown."""
     text = README.read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert len(blocks) >= 3
@@ -72,13 +80,7 @@ def _run_readme_blocks():
             exec(code, namespace)
         assert str(raised.value) == shown.group(2).replace("\n#   ", " ")
         raising.append(block)
-    # "Checking your own ops": check_vjp catches a deliberately wrong rule
-    assert any("check_vjp" in block and "custom_vjp" in block for block in raising), raising
-    assert namespace["out_shape"] == (10,)
-    assert namespace["per_example"][0]["w"].shape == (8, 5, 5, 1, 6)
-    assert namespace["ensemble"][0]["w"].shape == (4, 5, 5, 1, 6)
-    assert jax.tree_util.tree_structure(namespace["hvp"]) == \
-        jax.tree_util.tree_structure(namespace["params"])
+    return namespace, raising
 
 
 def test_readme_is_a_front_door():

@@ -74,7 +74,7 @@ def _maps(algorithm, groups=1):
     }
 
 
-def _close(got, want, what):
+def assert_trees_close(got, want, what):
     """assert_close leaf by leaf over two pytrees of the same structure."""
     leaves = zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True)
     for i, (a, b) in enumerate(leaves):
@@ -116,7 +116,7 @@ def test_forward_mode_and_second_order_equal_the_oracle(name, algorithm):
             jax.jvp(oracle, args, tangents)
         got = _derivatives(ours, args, tangents)
     for key in want:
-        _close(got[key], want[key], key)
+        assert_trees_close(got[key], want[key], key)
 
 
 def test_jax_gradient_checker_passes_at_second_order_both_modes():
@@ -151,7 +151,7 @@ def test_vmap_over_members_and_examples_runs_fcnn_rules(groups, members):
     assert_close(y, want_y, "members")
     assert_close(shared, want_shared, "members sharing the input")
     for k in range(members):
-        _close((g[0][k], g[1][k]), want_g[k], f"member {k}'s gradients")
+        assert_trees_close((g[0][k], g[1][k]), want_g[k], f"member {k}'s gradients")
     assert_close(ex, want_ex, "per-example gradients")
 
 
@@ -200,7 +200,7 @@ def test_dense_under_every_transformation():
         got = everything(ops.dense)
         check_grads(ops.dense, (x, w), order=2, modes=("fwd", "rev"))
     for key in want:
-        _close(got[key], want[key], key)
+        assert_trees_close(got[key], want[key], key)
 
 
 def test_biases_in_forward_mode():
@@ -212,9 +212,11 @@ def test_biases_in_forward_mode():
              ((z, v, c), lambda mod: mod.dense)]
     for args, op in cases:
         tangents = tuple(normal(9 + i, a.shape) for i, a in enumerate(args))
-        _close(jax.jvp(op(ops), args, tangents), jax.jvp(op(R), args, tangents), "jvp")
+        assert_trees_close(jax.jvp(op(ops), args, tangents), jax.jvp(op(R), args, tangents),
+                           "jvp")
         scalar = [lambda *a, f=op(mod): jnp.sum(jnp.sin(f(*a))) for mod in (ops, R)]
-        _close(jax.hessian(scalar[0], 2)(*args), jax.hessian(scalar[1], 2)(*args), "hessian")
+        assert_trees_close(jax.hessian(scalar[0], 2)(*args), jax.hessian(scalar[1], 2)(*args),
+                           "hessian")
 
 
 POOL_RULES = [getattr(primitives, n) for n in (
@@ -257,7 +259,7 @@ def test_pooling_under_every_transformation(name, kw):
         got = everything(getattr(ops, name))
         check_grads(lambda x: getattr(ops, name)(x, **kw), (x,), order=2, modes=("fwd", "rev"))
     for key in want:
-        _close(got[key], want[key], key)
+        assert_trees_close(got[key], want[key], key)
 
 
 # LeNet-5 in every run; the CIFAR net and ResNet (about 13 s of the 2-core suite) in the thorough
@@ -287,4 +289,4 @@ def test_whole_models_in_forward_mode(name, shape):
     with lax_rules_refused([lax.conv_general_dilated_p, lax.dot_general_p, *POOL_RULES]):
         got = derivatives(net, ops.softmax_cross_entropy)
     for key in want:
-        _close(got[key], want[key], key)
+        assert_trees_close(got[key], want[key], key)
