@@ -19,13 +19,12 @@ def test_member_k_equals_a_separate_run_with_key_k():
     full = data.load()
     ds = data.Dataset(full.train_images[:640], full.train_labels[:640], full.test_images[:10],
                       full.test_labels[:10])
-    keys = jax.random.split(jax.random.key(3), 3)
+    keys = jax.random.split(jax.random.key(3), 2)
     _, together = script["train_ensemble"](keys, epochs=1, ds=ds)
-    for k in (0, 2):
-        _, alone = script["train_ensemble"](keys[k:k + 1], epochs=1, ds=ds)
-        for a, b in zip(jax.tree_util.tree_leaves(together), jax.tree_util.tree_leaves(alone),
-                        strict=True):
-            assert_close(a[k], b[0], f"member {k}", rtol=1e-4, atol=1e-5)
+    _, alone = script["train_ensemble"](keys[1:], epochs=1, ds=ds)  # not the first member
+    for a, b in zip(jax.tree_util.tree_leaves(together), jax.tree_util.tree_leaves(alone),
+                    strict=True):
+        assert_close(a[1], b[0], "member 1", rtol=1e-4, atol=1e-5)
     w0 = jax.tree_util.tree_leaves(together)[0]
     assert not np.allclose(w0[0], w0[1])  # different keys, different members
 
