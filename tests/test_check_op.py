@@ -4,6 +4,10 @@ forward mode that does not exist) fails exactly the checks that can see it."""
 
 from __future__ import annotations
 
+import pathlib
+import re
+import runpy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +19,8 @@ from fcnn import ops
 from fcnn import reference as R
 from fcnn.testing import Report, check_op
 from tests.strategies import normal
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _statuses(report: Report) -> dict[str, str]:
@@ -212,3 +218,30 @@ def test_bad_arguments_and_outputs_are_refused():
         check_op(lambda n: jnp.ones(3) * n, np.arange(3))
     with pytest.raises(TypeError, match="check_op: output 1 has dtype int"):
         check_op(lambda x: (x, jnp.argmax(x)), normal(0, (3,)))
+
+
+def test_the_docs_example_fails_exactly_as_documented():
+    """docs/correctness.md's swish block: the derivative in beta is named; adjoint, forward
+    over reverse/forward, jit and vmap pass."""
+    text = (ROOT / "docs" / "correctness.md").read_text()
+    block = re.search(r"## Checking your own rules.*?```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "docs/correctness.md", "exec"), namespace)
+    report = namespace["report"]
+    assert [c.name for c in report.failures] == [
+        "JVP = finite differences", "VJP = finite differences (projected on v)",
+        "reverse over reverse = finite differences of the VJP"], str(report)
+    assert "along argument 1 (`beta`) alone" in report.failures[0].detail
+    assert "along argument 1 (`beta`) alone" in report.failures[1].detail
+    shown = re.search(r"prints \(the last digits differ between CPUs\):\n\n```\n(.*?)```", text,
+                      re.S).group(1).splitlines()
+    assert [line.split()[:3] for line in shown] == [
+        line.split()[:3] for line in str(report).splitlines()]
+
+
+def test_the_checker_comparison_tool_runs():
+    """tools/gradient_checkers.py (docs/correctness.md's comparison): check_op passes the
+    correct rule and fails a relative error of 1e-5 in both dtypes."""
+    tool = runpy.run_path(str(ROOT / "tools" / "gradient_checkers.py"))
+    rows = tool["rows"]([0.0, 1e-5])
+    assert [r[4:] for r in rows] == [("passes", "passes"), ("fails", "fails")], rows

@@ -56,6 +56,8 @@ def test_readme_python_examples_run():
         namespace, raising = _run_readme_blocks()
     # "Checking your own ops": check_vjp catches a deliberately wrong rule
     assert any("check_vjp" in block and "custom_vjp" in block for block in raising), raising
+    assert [c.name for c in namespace["report"].failures] == [  # check_op finds it alone
+        "VJP = finite differences (projected on v)"], str(namespace["report"])
     assert namespace["out_shape"] == (10,)
     assert namespace["per_example"][0]["w"].shape == (8, 5, 5, 1, 6)
     assert namespace["ensemble"][0]["w"].shape == (4, 5, 5, 1, 6)
