@@ -129,7 +129,9 @@ def restore(path, template, *, config: dict | None = None):
 
     Args:
       path: the checkpoint file.
-      template: a tree of the saved structure, shapes and dtypes (e.g. fresh params).
+      template: a tree of the saved structure, shapes and dtypes (e.g. fresh params), or a
+        function of the checkpoint's info dict returning one (to build it from the recorded
+        configuration; the file is read and verified once).
       config: the configuration of the run that continues from this checkpoint; when given,
         it must equal the saved one entry for entry.
 
@@ -150,6 +152,8 @@ def restore(path, template, *, config: dict | None = None):
         differences = config_differences(meta["config"], config)
         if differences:
             raise ConfigMismatch(path, differences)
+    if callable(template):
+        template = template(_info(meta))
     template_leaves, treedef = _leaves(template)
     if str(treedef) != meta["treedef"] or len(template_leaves) != len(arrays):
         raise CheckpointError(f"{path}: saved tree structure does not match the template "

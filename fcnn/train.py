@@ -245,10 +245,21 @@ def run_config(model: Layer, dataset: data.Dataset, recipe: Recipe, *, devices: 
     return {**(describe or {}), **recorded}
 
 
+class CheckpointExists(ValueError):
+    """`fit` was given a `checkpoint_dir` that already holds a checkpoint, without `resume`:
+    a fresh run would overwrite it after one epoch. `path` is the checkpoint."""
+
+    def __init__(self, path):
+        super().__init__(f"fit: {path} already holds a checkpoint; pass resume=True to "
+                         "continue that run, or choose another checkpoint_dir.")
+        self.path = path
+
+
 def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, params=None,
         loss: Callable = ops.softmax_cross_entropy, checkpoint_dir=None, resume: bool = False,
         mesh=None, on_step: Callable[[Progress], None] | None = None,
         on_epoch: Callable[[dict], None] | None = None,
+        on_resume: Callable[[dict], None] | None = None,
         describe: dict | None = None) -> FitResult:
     """Train `model` on `dataset` with `recipe`, evaluating on the test set after every epoch.
 
@@ -270,6 +281,8 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
       on_step: called with a `Progress` after every step (e.g. a progress bar).
       on_epoch: called after every epoch with its record: epoch, train_loss, test_loss,
         test_accuracy, seconds, images_per_second (after the checkpoint is written).
+      on_resume: called once a checkpoint is restored, with its info (`step`, `epoch`,
+        `config`, `metadata`), before training continues.
       describe: extra JSON entries for the recorded configuration (e.g. the model's name).
 
     Returns:
@@ -279,7 +292,8 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
     Raises:
       Diverged: a non-finite batch loss; the last good checkpoint stays on disk.
       checkpoint.ConfigMismatch, checkpoint.CheckpointError: a checkpoint that cannot be resumed.
-      ValueError: a batch size the mesh's devices do not divide; an occupied `checkpoint_dir`.
+      CheckpointExists: (a ValueError) `checkpoint_dir` holds a checkpoint and not `resume`.
+      ValueError: a batch size the mesh's devices do not divide.
     """
     if resume and checkpoint_dir is None:
         raise ValueError("fit: resume=True needs a checkpoint_dir to resume from.")
@@ -301,12 +315,13 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
     path = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.npz"
     if path is not None and path.exists():
         if not resume:
-            raise ValueError(f"fit: {path} already holds a checkpoint; pass resume=True to "
-                             "continue that run, or choose another checkpoint_dir.")
+            raise CheckpointExists(path)
         state, info = checkpoint.restore(
             path, dict(params=params, opt_state=opt_state, key=run_key), config=config)
         params, opt_state, run_key = state["params"], state["opt_state"], state["key"]
         epoch, step, history = info["epoch"], info["step"], info["metadata"]["history"]
+        if on_resume is not None:
+            on_resume(info)
     if mesh is not None:
         params, opt_state = parallel.replicate(mesh, (params, opt_state))
     lead = jax.process_index() == 0
@@ -356,18 +371,23 @@ def load_params(path, model: Layer, input_shape=None):
       CheckpointError: unreadable, tampered, or saved for another model (its recorded
         architecture differs from `repr(model)`, or its leaves do not fit the model's).
     """
-    config = checkpoint.read_info(path)["config"]
-    saved = config.get("architecture")
-    if saved is not None and saved != repr(model):
-        raise checkpoint.CheckpointError(f"{path}: saved for another model: {saved[:80]}...")
-    if input_shape is None:
-        if "train_images" not in config:
-            raise checkpoint.CheckpointError(f"{path}: records no input shape; pass input_shape.")
-        input_shape = tuple(config["train_images"][1:])
-    fields = {f.name for f in dataclasses.fields(Recipe)}
-    recipe = Recipe(**{k: v for k, v in config.items() if k in fields})
-    params, _ = model.init(jax.random.key(0), tuple(input_shape))
-    # the optimizer state's structure does not depend on the schedule's length
-    template = dict(params=params, opt_state=recipe.optimizer_for(1).init(params),
+
+    def template(info):  # built from the recorded configuration, the file read once
+        config = info["config"]
+        saved = config.get("architecture")
+        if saved is not None and saved != repr(model):
+            raise checkpoint.CheckpointError(f"{path}: saved for another model: {saved[:80]}...")
+        shape = input_shape
+        if shape is None:
+            if "train_images" not in config:
+                raise checkpoint.CheckpointError(
+                    f"{path}: records no input shape; pass input_shape.")
+            shape = tuple(config["train_images"][1:])
+        fields = {f.name for f in dataclasses.fields(Recipe)}
+        recipe = Recipe(**{k: v for k, v in config.items() if k in fields})
+        params, _ = model.init(jax.random.key(0), tuple(shape))
+        # the optimizer state's structure does not depend on the schedule's length
+        return dict(params=params, opt_state=recipe.optimizer_for(1).init(params),
                     key=jax.random.key(0))
+
     return checkpoint.restore(path, template)[0]["params"]

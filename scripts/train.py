@@ -157,9 +157,6 @@ def main(argv=None):
     model = getattr(models, args.model)(num_classes=10)
     recipe = args.recipe
     ckpt = args.checkpoint_dir / "checkpoint.npz" if args.checkpoint_dir else None
-    if ckpt and ckpt.exists() and not args.resume:
-        return fail(f"{ckpt} already holds a checkpoint: add --resume to continue that run, "
-                    "or give another --checkpoint-dir")
     params = None
     if args.init_from:
         try:
@@ -167,12 +164,6 @@ def main(argv=None):
         except checkpoint.CheckpointError as e:
             return fail(f"--init-from: {e}")
         say(f"starting from the parameters of {args.init_from}")
-    if args.resume and ckpt.exists():
-        try:
-            info = checkpoint.read_info(ckpt)
-        except checkpoint.CheckpointError as e:
-            return fail(f"--resume: {e}")
-        say(f"resuming from {ckpt} at epoch {info['epoch']}, step {info['step']}")
     if mesh is not None:
         say(f"data-parallel over {n_devices} devices in {jax.process_count()} process(es): "
             f"{args.batch_size // n_devices} images per device per step")
@@ -190,7 +181,12 @@ def main(argv=None):
     try:
         result = train.fit(model, ds, recipe, params=params, checkpoint_dir=args.checkpoint_dir,
                            resume=args.resume, mesh=mesh, on_step=bar, on_epoch=on_epoch,
+                           on_resume=lambda info: say(f"resuming from {ckpt} at epoch "
+                                                      f"{info['epoch']}, step {info['step']}"),
                            describe=dict(model=args.model, dataset=args.dataset))
+    except train.CheckpointExists as e:
+        return fail(f"{e.path} already holds a checkpoint: add --resume to continue that run, "
+                    "or give another --checkpoint-dir")
     except checkpoint.ConfigMismatch as e:
         lines = "".join(f"\n  {line}" for line in mismatch_lines(e.differences))
         return fail(f"--resume: {e.path} was made under another configuration:{lines}\n"

@@ -158,8 +158,10 @@ def test_fit_resumed_equals_straight_and_refuses_another_recipe(tmp_path):
 
     with pytest.raises(Stop):  # interrupted after epoch 2's checkpoint
         train.fit(model, ds, recipe, checkpoint_dir=tmp_path, on_epoch=stop_after_2)
-    with pytest.raises(ValueError, match="already holds a checkpoint; pass resume=True"):
+    with pytest.raises(train.CheckpointExists, match="already holds a checkpoint; pass "
+                       "resume=True") as occupied:
         train.fit(model, ds, recipe, checkpoint_dir=tmp_path)
+    assert occupied.value.path == tmp_path / "checkpoint.npz"
     with pytest.raises(checkpoint.ConfigMismatch) as e:
         train.fit(model, ds, train.Recipe(epochs=4, batch_size=64, lr=0.1),
                   checkpoint_dir=tmp_path, resume=True)
@@ -176,7 +178,7 @@ def test_fit_resumed_equals_straight_and_refuses_another_recipe(tmp_path):
                                                          (3, 11, 192), (3, 12, 256)]
 
 
-def test_fit_and_load_params_refuse_what_does_not_fit(tmp_path):
+def test_fit_and_load_params_refuse_what_does_not_fit(tmp_path, monkeypatch):
     model, ds = _tiny()[0], _small()
     with pytest.raises(ValueError, match="fit: resume=True needs a checkpoint_dir"):
         train.fit(model, ds, train.Recipe(epochs=1), resume=True)
@@ -185,8 +187,12 @@ def test_fit_and_load_params_refuse_what_does_not_fit(tmp_path):
         train.fit(model, ds, train.Recipe(epochs=1), describe=dict(lr=1.0))
     train.fit(model, ds, train.Recipe(epochs=1, optimizer="adam"), checkpoint_dir=tmp_path)
     path = tmp_path / "checkpoint.npz"
+    reads = []
+    monkeypatch.setattr(checkpoint, "_read", lambda p, read=checkpoint._read: reads.append(p)
+                        or read(p))
     assert jax.tree_util.tree_structure(train.load_params(path, model)) == \
         jax.tree_util.tree_structure(_tiny()[1])  # an adam checkpoint, read without its recipe
+    assert reads == [path]  # read and hashed once
     with pytest.raises(checkpoint.CheckpointError, match="saved for another model"):
         train.load_params(path, L.serial(L.Conv2D(4, 3), L.Flatten(), L.Dense(10)))
     state = _state()  # a checkpoint with no configuration (an older fcnn's) is not resumed
