@@ -21,12 +21,6 @@ def _add(y, b):
     return y + b.reshape((1,) * (y.ndim - 1) + b.shape)
 
 
-def bias_add(y, b):
-    """``y + b`` broadcast over the last axis; ``y: (..., C)``, ``b: (C,)``; bound by the
-    current binding (`_binding`)."""
-    return (_jvp_bias_add if _binding.binding() == "primitive" else _vjp_bias_add)(y, b)
-
-
 _vjp_bias_add = jax.custom_vjp(_add)
 
 
@@ -49,3 +43,12 @@ def _bias_add_jvp(primals, tangents):
     """The map is linear: its JVP is itself, dy + db broadcast over the leading axes (reverse
     mode transposes that sum: dy = g, db = the sum of g over the leading axes, as above)."""
     return _add(*primals), _add(*tangents)
+
+
+_bound_bias_add = _binding.bound(_jvp_bias_add, _vjp_bias_add)
+
+
+def bias_add(y, b):
+    """``y + b`` broadcast over the last axis; ``y: (..., C)``, ``b: (C,)``; bound by the
+    current binding (`_binding`)."""
+    return _bound_bias_add(y, b)

@@ -29,6 +29,17 @@ def _check(name, where):
     return name
 
 
+def bound(by_primitive, by_custom_vjp):
+    """One op under both bindings: a function calling `by_primitive` (fcnn's primitives, or a
+    custom_jvp with its JVP written out) under the primitive binding and `by_custom_vjp`
+    otherwise, chosen each time it is traced."""
+
+    def op(*args):
+        return (by_primitive if _current == "primitive" else by_custom_vjp)(*args)
+
+    return op
+
+
 def _probe_jax() -> str:
     """Why this JAX lacks the public extension API the primitives use ("" if it has it). Only
     JAX is probed here: an error in fcnn's own primitive modules is raised, never hidden."""

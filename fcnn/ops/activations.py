@@ -71,10 +71,8 @@ def _elementwise(f, jacobian_times, saves):
         y = f(x, *params)
         return y, jacobian_times(x, y, t, *params)
 
-    def op(x, params=()):
-        return (by_jvp if _binding.binding() == "primitive" else by_vjp)(x, params)
-
-    return op
+    bound = _binding.bound(by_jvp, by_vjp)
+    return lambda x, params=(): bound(x, params)
 
 
 def _zero(a):

@@ -194,30 +194,6 @@ def _check_g(op, g_shape, expected):
         )
 
 
-# ----------------------------------------------------------------------------- the three maps
-# Each map is bound by the current binding (`_binding`): JAX primitives with hand-written JVP,
-# transpose and batching rules (`_conv_primitives`), or the custom_vjp functions below. The
-# rules are the same maths; the algorithms computing each map are `_conv_algorithms`'.
-
-
-def _conv(x, w, cfg):
-    if _binding.binding() == "primitive":
-        return _binding._conv_primitives.conv(x, w, cfg)
-    return _vjp_conv(x, w, cfg)
-
-
-def _conv_dx(g, w, in_hw, cfg):
-    if _binding.binding() == "primitive":
-        return _binding._conv_primitives.conv_dx(g, w, in_hw, cfg)
-    return _vjp_conv_dx(g, w, in_hw, cfg)
-
-
-def _conv_dk(x, g, k_hw, cfg):
-    if _binding.binding() == "primitive":
-        return _binding._conv_primitives.conv_dk(x, g, k_hw, cfg)
-    return _vjp_conv_dk(x, g, k_hw, cfg)
-
-
 # ----------------------------------------------------------------------------- custom_vjp binding
 
 
@@ -283,3 +259,12 @@ def _vjp_conv_dk_bwd(k_hw, cfg, res, ct):
 
 
 _vjp_conv_dk.defvjp(_vjp_conv_dk_fwd, _vjp_conv_dk_bwd)
+
+
+# ----------------------------------------------------------------------------- the three maps
+# Each map is bound by the current binding (`_binding`): JAX primitives with hand-written JVP,
+# transpose and batching rules (`_conv_primitives`), or the custom_vjp functions above. The
+# rules are the same maths; the algorithms computing each map are `_conv_algorithms`'.
+_conv = _binding.bound(lambda *a: _binding._conv_primitives.conv(*a), _vjp_conv)
+_conv_dx = _binding.bound(lambda *a: _binding._conv_primitives.conv_dx(*a), _vjp_conv_dx)
+_conv_dk = _binding.bound(lambda *a: _binding._conv_primitives.conv_dk(*a), _vjp_conv_dk)

@@ -43,14 +43,6 @@ def dense(x, w, b=None):
     return y
 
 
-def _matmul(x, w):
-    """`x @ w` bound by the current binding (`_binding`): the primitive of `_dense_primitives`,
-    or the custom_vjp below; the same rule."""
-    if _binding.binding() == "primitive":
-        return _binding._dense_primitives.matmul(x, w)
-    return _vjp_matmul(x, w)
-
-
 @jax.custom_vjp
 def _vjp_matmul(x, w):
     return jnp.matmul(x, w)
@@ -70,3 +62,7 @@ def _matmul_bwd(res, g):
 
 
 _vjp_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+# `x @ w` bound by the current binding (`_binding`): the primitive of `_dense_primitives`, or
+# the custom_vjp above; the same rule.
+_matmul = _binding.bound(lambda *a: _binding._dense_primitives.matmul(*a), _vjp_matmul)

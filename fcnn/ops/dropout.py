@@ -40,12 +40,6 @@ def _dropout_impl(x, keep, rate):
     return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
 
 
-def _dropout(x, keep, rate):
-    """Bound by the current binding (`_binding`): the map is linear in x with the mask fixed,
-    so its JVP is itself (custom_jvp, the primitive binding) and its VJP too (custom_vjp)."""
-    return (_jvp_dropout if _binding.binding() == "primitive" else _vjp_dropout)(x, keep, rate)
-
-
 _vjp_dropout = jax.custom_vjp(_dropout_impl, nondiff_argnums=(2,))
 
 
@@ -68,3 +62,8 @@ def _dropout_jvp(rate, primals, tangents):
     """dy = dx * mask / (1 - rate)."""
     (x, keep), (t, _) = primals, tangents
     return _dropout_impl(x, keep, rate), _dropout_impl(t, keep, rate)
+
+
+# Bound by the current binding (`_binding`): the map is linear in x with the mask fixed, so its
+# JVP is itself (custom_jvp, the primitive binding) and its VJP too (custom_vjp).
+_dropout = _binding.bound(_jvp_dropout, _vjp_dropout)

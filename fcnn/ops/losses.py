@@ -183,7 +183,7 @@ def _loss(value, gradient, nondiff=()):
         return value(*args), sum(terms[1:], terms[0])
 
     by_jvp.defjvp(jvp)
-    return lambda *args: (by_jvp if _binding.binding() == "primitive" else by_vjp)(*args)
+    return _binding.bound(by_jvp, by_vjp)
 
 
 def _xent_int_value(z, labels):

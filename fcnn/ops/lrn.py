@@ -63,12 +63,6 @@ def _denominator(x, cfg):
     return k + alpha * _window_sum(x * x, before, after)
 
 
-def _lrn(x, cfg):
-    """Bound by the current binding (`_binding`): the custom_vjp below, or a custom_jvp with the
-    JVP written out (`_lrn_jvp`), which reverse mode transposes."""
-    return (_jvp_lrn if _binding.binding() == "primitive" else _vjp_lrn)(x, cfg)
-
-
 def _lrn_value(x, cfg):
     return x * _denominator(x, cfg) ** -cfg[2]
 
@@ -108,3 +102,8 @@ def _lrn_jvp(cfg, primals, tangents):
     before, after = _bounds(size)
     dd = 2 * alpha * _window_sum(x * t, before, after)
     return x * d ** -beta, t * d ** -beta - beta * x * d ** (-beta - 1) * dd
+
+
+# Bound by the current binding (`_binding`): the custom_vjp above, or a custom_jvp with the JVP
+# written out (`_lrn_jvp`), which reverse mode transposes.
+_lrn = _binding.bound(_jvp_lrn, _vjp_lrn)

@@ -147,20 +147,6 @@ def _avg_pool_t_impl(g, in_hw, cfg):
     return _write_all([g] * (kh * kw), in_hw, cfg)
 
 
-def _avg_pool(x, cfg):
-    """Average pooling bound by the current binding (`_binding`)."""
-    if _binding.binding() == "primitive":
-        return _binding._pool_primitives.avg_pool(x, cfg)
-    return _vjp_avg_pool(x, cfg)
-
-
-def _max_pool(x, cfg):
-    """Max pooling bound by the current binding (`_binding`)."""
-    if _binding.binding() == "primitive":
-        return _binding._pool_primitives.max_pool(x, cfg)
-    return _vjp_max_pool(x, cfg)
-
-
 # ----------------------------------------------------------------------------- custom_vjp binding
 
 
@@ -293,3 +279,9 @@ def _max_gather_bwd(cfg, x, u):
 
 
 _max_gather.defvjp(_max_gather_fwd, _max_gather_bwd)
+
+
+# Both pools bound by the current binding (`_binding`): the primitives of `_pool_primitives`,
+# or the custom_vjp functions above.
+_avg_pool = _binding.bound(lambda *a: _binding._pool_primitives.avg_pool(*a), _vjp_avg_pool)
+_max_pool = _binding.bound(lambda *a: _binding._pool_primitives.max_pool(*a), _vjp_max_pool)
