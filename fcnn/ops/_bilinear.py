@@ -1,6 +1,6 @@
-"""What every fcnn primitive shares: the members axis, shape rules, the product rule of a
-bilinear map, symbolic-zero cotangents, and batching helpers (`_conv_primitives`,
-`_dense_primitives`).
+"""What every fcnn primitive shares: registration, the members axis, shape rules, the product
+rule of a bilinear map, symbolic-zero cotangents, and batching helpers (`_conv_primitives`,
+`_dense_primitives`, `_pool_primitives`).
 
 A primitive's parameters include `members`: 0, or K when both operands and the result carry a
 leading axis of K independent problems — what a batching rule makes of a vmap over many of
@@ -14,7 +14,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from jax.interpreters import ad
+from jax.interpreters import ad, mlir
 
 # resolved at import: a JAX without them falls back to the custom_vjp binding (_binding)
 ShapedArray = jax.core.ShapedArray
@@ -22,6 +22,15 @@ typeof = jax.typeof
 # Up to this many members sharing no operand run one primitive each: each with its own
 # algorithms, never a grouped convolution (measured for ensembles, docs/performance.md).
 UNROLL_MAX = 16
+
+
+def register(p, compute, abstract_eval, static):
+    """`compute(*operands, **params)` as primitive `p`'s computation: its eager implementation
+    (compiled once per configuration of the `static` parameters) and its lowering (inlined
+    into the caller's program under jit); `abstract_eval` gives its output's shape and dtype."""
+    p.def_impl(jax.jit(compute, static_argnames=static))
+    mlir.register_lowering(p, mlir.lower_fun(compute, multiple_results=False))
+    p.def_abstract_eval(abstract_eval)
 
 
 def zero_like(out):

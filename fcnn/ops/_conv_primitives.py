@@ -23,9 +23,8 @@ primitive with a members axis.
 
 from __future__ import annotations
 
-import jax
 from jax.extend.core import Primitive
-from jax.interpreters import ad, batching, mlir
+from jax.interpreters import ad, batching
 
 from fcnn.ops import _conv_algorithms as algo
 from fcnn.ops._bilinear import (
@@ -35,6 +34,7 @@ from fcnn.ops._bilinear import (
     independent,
     into_n,
     out_of_n,
+    register,
     shape_rule,
     zero_or,
 )
@@ -72,15 +72,6 @@ def _compute_dk(x, g, *, k_hw, cfg):
     return algo.grad_kernel(x, g, k_hw, cfg)
 
 
-for _p, _compute, _static in ((conv_p, _compute_forward, ("cfg", "members")),
-                              (conv_dx_p, _compute_dx, ("in_hw", "cfg", "members")),
-                              (conv_dk_p, _compute_dk, ("k_hw", "cfg", "members"))):
-    # an eager call runs the computation compiled once per configuration; under jit it is
-    # inlined into the caller's program
-    _p.def_impl(jax.jit(each(_compute), static_argnames=_static))
-    mlir.register_lowering(_p, mlir.lower_fun(each(_compute), multiple_results=False))
-
-
 def _conv_shape(x, w, *, cfg):
     return (x[0], *algo._out_hw(x[1:3], w[:2], cfg), w[3])
 
@@ -93,9 +84,9 @@ def _conv_dk_shape(x, g, *, k_hw, cfg):
     return (*k_hw, x[3] // cfg.groups, g[3])
 
 
-conv_p.def_abstract_eval(shape_rule(_conv_shape))
-conv_dx_p.def_abstract_eval(shape_rule(_conv_dx_shape))
-conv_dk_p.def_abstract_eval(shape_rule(_conv_dk_shape))
+register(conv_p, each(_compute_forward), shape_rule(_conv_shape), ("cfg", "members"))
+register(conv_dx_p, each(_compute_dx), shape_rule(_conv_dx_shape), ("in_hw", "cfg", "members"))
+register(conv_dk_p, each(_compute_dk), shape_rule(_conv_dk_shape), ("k_hw", "cfg", "members"))
 
 
 # ----------------------------------------------------------------------------- forward mode

@@ -18,9 +18,17 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 from jax.extend.core import Primitive
-from jax.interpreters import ad, batching, mlir
+from jax.interpreters import ad, batching
 
-from fcnn.ops._bilinear import bilinear_jvp, each, front, independent, shape_rule, zero_or
+from fcnn.ops._bilinear import (
+    bilinear_jvp,
+    each,
+    front,
+    independent,
+    register,
+    shape_rule,
+    zero_or,
+)
 
 matmul_p = Primitive("fcnn_matmul")  # (a, b; members) -> a @ b
 
@@ -33,9 +41,7 @@ def _compute(a, b):
     return jnp.matmul(a, b)
 
 
-matmul_p.def_impl(lambda a, b, *, members: each(_compute)(a, b, members=members))
-mlir.register_lowering(matmul_p, mlir.lower_fun(each(_compute), multiple_results=False))
-matmul_p.def_abstract_eval(shape_rule(lambda a, b: (*a[:-1], b[-1])))
+register(matmul_p, each(_compute), shape_rule(lambda a, b: (*a[:-1], b[-1])), ("members",))
 ad.primitive_jvps[matmul_p] = bilinear_jvp(matmul_p.bind)
 
 

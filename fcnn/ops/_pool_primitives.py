@@ -17,12 +17,19 @@ operand without it — the x of a tangent basis — is broadcast first).
 
 from __future__ import annotations
 
-import jax
 from jax.extend.core import Primitive
-from jax.interpreters import ad, batching, mlir
+from jax.interpreters import ad, batching
 
 from fcnn.ops import pool
-from fcnn.ops._bilinear import ShapedArray, into_n, mapped, out_of_n, zero_like, zero_or
+from fcnn.ops._bilinear import (
+    ShapedArray,
+    into_n,
+    mapped,
+    out_of_n,
+    register,
+    zero_like,
+    zero_or,
+)
 
 avg_pool_p = Primitive("fcnn_avg_pool")  # (x; cfg) -> y
 avg_pool_t_p = Primitive("fcnn_avg_pool_t")  # (g; in_hw, cfg) -> dx
@@ -55,22 +62,15 @@ def _pooled(x, cfg):
     return ShapedArray((x.shape[0], *pool._out_hw(x.shape[1:3], cfg), x.shape[3]), x.dtype)
 
 
-def _register(p, compute, shape, static=("cfg",)):
-    """`compute` as `p`'s eager implementation (compiled per configuration) and its lowering."""
-    p.def_impl(jax.jit(compute, static_argnames=static))
-    mlir.register_lowering(p, mlir.lower_fun(compute, multiple_results=False))
-    p.def_abstract_eval(shape)
-
-
-_register(avg_pool_p, lambda x, *, cfg: pool._avg_pool_impl(x, cfg), _pooled)
-_register(avg_pool_t_p, lambda g, *, in_hw, cfg: pool._avg_pool_t_impl(g, in_hw, cfg),
-          lambda g, *, in_hw, cfg: ShapedArray((g.shape[0], *in_hw, g.shape[3]), g.dtype),
-          static=("in_hw", "cfg"))
-_register(max_pool_p, lambda x, *, cfg: pool._max_pool_impl(x, cfg), _pooled)
-_register(max_gather_p, lambda x, t, *, cfg: pool._max_gather_impl(x, t, cfg),
-          lambda x, t, *, cfg: _pooled(t, cfg))
-_register(max_scatter_p, lambda x, g, *, cfg: pool._max_scatter_impl(x, g, cfg),
-          lambda x, g, *, cfg: ShapedArray(x.shape, g.dtype))
+register(avg_pool_p, lambda x, *, cfg: pool._avg_pool_impl(x, cfg), _pooled, ("cfg",))
+register(avg_pool_t_p, lambda g, *, in_hw, cfg: pool._avg_pool_t_impl(g, in_hw, cfg),
+         lambda g, *, in_hw, cfg: ShapedArray((g.shape[0], *in_hw, g.shape[3]), g.dtype),
+         ("in_hw", "cfg"))
+register(max_pool_p, lambda x, *, cfg: pool._max_pool_impl(x, cfg), _pooled, ("cfg",))
+register(max_gather_p, lambda x, t, *, cfg: pool._max_gather_impl(x, t, cfg),
+         lambda x, t, *, cfg: _pooled(t, cfg), ("cfg",))
+register(max_scatter_p, lambda x, g, *, cfg: pool._max_scatter_impl(x, g, cfg),
+         lambda x, g, *, cfg: ShapedArray(x.shape, g.dtype), ("cfg",))
 
 
 # ----------------------------------------------------------------------------- forward mode
