@@ -131,7 +131,8 @@ def test_jax_gradient_checker_passes_at_second_order_both_modes():
 def test_vmap_over_members_and_examples_runs_fcnn_rules(groups, members):
     """K members (kernels, and inputs) mapped together, and examples mapped alone: values,
     per-member gradients and per-example gradients equal a loop over the oracle, with lax's
-    JVP and transpose rules unavailable (and its batching rule, when the members unroll)."""
+    JVP, transpose and batching rules for its convolution unavailable (past UNROLL_MAX, members
+    with a batch each run in a loop inside one primitive)."""
     kw = dict(KW, groups=groups)
     xs, ws = normal(0, (members, 2, 7, 9, 4)), normal(1, (members, 3, 2, 4 // groups, 6))
 
@@ -142,8 +143,7 @@ def test_vmap_over_members_and_examples_runs_fcnn_rules(groups, members):
     want_shared = jnp.stack([R.conv2d(xs[0], w, **kw) for w in ws])
     want_g = [jax.grad(loss(R.conv2d), (0, 1))(x, w) for x, w in zip(xs, ws)]
     want_ex = jnp.stack([jax.grad(loss(R.conv2d), 1)(xs[0][i:i + 1], ws[0]) for i in range(2)])
-    unrolled = members <= UNROLL_MAX  # then no lax batching rule runs either
-    with lax_conv_rules_refused(DERIVATIVES + BATCHING if unrolled else DERIVATIVES):
+    with lax_conv_rules_refused(DERIVATIVES + BATCHING):
         y = jax.vmap(lambda x, w: ops.conv2d(x, w, **kw))(xs, ws)
         shared = jax.vmap(lambda w: ops.conv2d(xs[0], w, **kw))(ws)
         g = jax.jit(jax.vmap(jax.grad(loss(ops.conv2d), (0, 1))))(xs, ws)
@@ -155,11 +155,11 @@ def test_vmap_over_members_and_examples_runs_fcnn_rules(groups, members):
     assert_close(ex, want_ex, "per-example gradients")
 
 
-def test_an_ensemble_computes_no_grouped_convolution():
+@pytest.mark.parametrize("k", [4, UNROLL_MAX + 1])
+def test_an_ensemble_computes_no_grouped_convolution(k):
     """Under vmap over kernels, up to UNROLL_MAX members run one convolution each (with their
-    own algorithms): the program holds no grouped convolution (XLA:CPU's slow path), where JAX's
-    batching of a convolution (the custom_vjp binding) makes one."""
-    k = 4
+    own algorithms), more run in a loop: the program holds no grouped convolution (XLA:CPU's
+    slow path), where JAX's batching of a convolution (the custom_vjp binding) makes one."""
     xs, ws = normal(0, (k, 2, 12, 12, 6)), normal(1, (k, 5, 5, 6, 16))
 
     def loss(x, w):

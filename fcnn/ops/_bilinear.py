@@ -4,8 +4,9 @@ rule of a bilinear map, symbolic-zero cotangents, and batching helpers (`_conv_p
 
 A primitive's parameters include `members`: 0, or K when both operands and the result carry a
 leading axis of K independent problems — what a batching rule makes of a vmap over many of
-them. The computation runs the K problems with JAX's vmap of the single-problem computation,
-inside the primitive only: transformations see the primitive and fcnn's rules.
+them. The computation runs the K problems in a loop or with JAX's vmap of the single-problem
+computation (`each`), inside the primitive only: transformations see the primitive and fcnn's
+rules.
 """
 
 from __future__ import annotations
@@ -38,14 +39,23 @@ def zero_like(out):
     return ad.Zero(typeof(out).to_tangent_aval())
 
 
-def each(compute):
-    """`compute` of one problem, or of each of `members` problems (their leading axis). The
-    members' loop is JAX's vmap of the algorithm, inside this primitive's computation only:
-    no transformation sees it (they see the primitive and its rules)."""
+def each(compute, loop_batches=False):
+    """`compute` of one problem, or of each of `members` problems (their leading axis), inside
+    this primitive's computation only: no transformation sees how (they see the primitive and
+    its rules). JAX's vmap of the computation runs them, except, with `loop_batches` (the
+    convolutions), members whose first operand holds a batch of more than one example (an
+    ensemble of more than UNROLL_MAX): a loop runs those, each member's problem as its own
+    computation — vmap would make it a grouped convolution, XLA:CPU's slow path
+    (docs/performance.md). Per-example problems (one example each: per-example dK) stay with
+    vmap, which makes batched matrix products of them."""
 
     def run(a, b, *, members, **params):
         one = partial(compute, **params)
-        return jax.vmap(one)(a, b) if members else one(a, b)
+        if not members:
+            return one(a, b)
+        if loop_batches and a.shape[1] > 1:
+            return jax.lax.map(lambda ab: one(*ab), (a, b))
+        return jax.vmap(one)(a, b)
 
     return run
 

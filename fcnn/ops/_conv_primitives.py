@@ -84,9 +84,11 @@ def _conv_dk_shape(x, g, *, k_hw, cfg):
     return (*k_hw, x[3] // cfg.groups, g[3])
 
 
-register(conv_p, each(_compute_forward), shape_rule(_conv_shape), ("cfg", "members"))
-register(conv_dx_p, each(_compute_dx), shape_rule(_conv_dx_shape), ("in_hw", "cfg", "members"))
-register(conv_dk_p, each(_compute_dk), shape_rule(_conv_dk_shape), ("k_hw", "cfg", "members"))
+for _p, _compute, _shape, _static in (
+        (conv_p, _compute_forward, _conv_shape, ("cfg", "members")),
+        (conv_dx_p, _compute_dx, _conv_dx_shape, ("in_hw", "cfg", "members")),
+        (conv_dk_p, _compute_dk, _conv_dk_shape, ("k_hw", "cfg", "members"))):
+    register(_p, each(_compute, loop_batches=True), shape_rule(_shape), _static)
 
 
 # ----------------------------------------------------------------------------- forward mode
