@@ -553,12 +553,15 @@ class _Checker:
                 return [jnp.asarray(a) for a in q]
 
             def value64():
-                out = self.value(r, p, "float64 ")
-                for o in out:
-                    if o.dtype != np.float64:
-                        raise TypeError(f"the function returned {o.dtype} for float64 inputs;"
-                                        " finite differences need float64 throughout")
-                return out
+                def compute():
+                    out = r.value(p)
+                    for o in out:
+                        if o.dtype != np.float64:
+                            raise TypeError(f"the function returned {o.dtype} for float64 "
+                                            "inputs; finite differences need float64 throughout")
+                    return out
+
+                return self.get("the float64 value", ("float64", "value"), compute)
 
             def fd(k):
                 value64()
@@ -635,6 +638,13 @@ class _Checker:
         return [(part, wanted and not self.failed(f"the {part}"))
                 for part, wanted in (("value", True), ("VJP", self.rev), ("JVP", self.fwd))]
 
+    def compared(self, parts):
+        """The worst of the transformation checks' parts; with none left to compare (each
+        failed above), the check is skipped."""
+        if not parts:
+            raise _Unavailable(next(iter(self.errors)))
+        return _worst(parts)
+
     def under_jit(self):
         eager = _Rules(self.f, compile=False)
         p, U, v = self.primals, self.U, self.V[0]
@@ -649,7 +659,7 @@ class _Checker:
             else:
                 got, want, where = self.jvp(self.rules, p, v), eager.jvp(p, v), self.where_out
             parts.append(self.compare(got, want, where) + (f"{part} (jit vs eager)",))
-        return _worst(parts)
+        return self.compared(parts)
 
     def under_vmap(self, leaves):
         """vmap of the value, VJP and JVP over two items ([x, flip(x)] for the batched leaves;
@@ -678,7 +688,7 @@ class _Checker:
             for item, want in enumerate(items):
                 parts.append(self.compare([g[item] for g in got], want, where)
                              + (f"{part}, item {item}",))
-        return _worst(parts)
+        return self.compared(parts)
 
     def run(self, vmap) -> Report:
         if self.ref is not None:
@@ -748,7 +758,8 @@ def check_op(
       order: 1 or 2.
       modes: "fwd" and/or "rev": which derivatives fn has (a `jax.custom_vjp` function has
         only "rev").
-      jit: compile (and compare with eager evaluation); False for untraceable functions.
+      jit: compile (and compare with eager evaluation); False for functions that cannot be
+        traced (with vmap=False).
       vmap: check batching.
       directions: how many random directions.
       eps: the finite-difference step (float64).

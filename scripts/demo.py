@@ -1,7 +1,7 @@
 """Build a small conv net from fcnn.ops, check its hand-written gradients against jax.grad.
 
-The same network is written twice: once on fcnn.ops (every op a custom_vjp with a hand-written
-backward) and once on fcnn.reference (plain lax, differentiated by JAX). Their losses and
+The same network is written twice: once on fcnn.ops (every op bound to its hand-written rules)
+and once on fcnn.reference (plain lax, differentiated by JAX). Their losses and
 gradients are compared in float64 and float32, and the first-order check is repeated for
 grad-of-grad (a Hessian-vector product) and per-example gradients under vmap.
 

@@ -47,6 +47,7 @@ def test_value_and_vjp_match_autodiff(case, dtype, algorithm):
 
 
 @algorithms
+@costly(ci_examples=10)  # four programs compiled per example
 @given(case=conv_cases())
 def test_grad_input_and_grad_kernel_match_autodiff(case, algorithm):
     """The dX and dK ops equal jax.vjp of lax's conv, and so do their own VJPs (2nd order)."""
