@@ -141,3 +141,34 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
     sq = jnp.pad(x * x, [(0, 0)] * (x.ndim - 1) + [(size // 2, (size - 1) // 2)])
     s = sum(sq[..., o: o + c] for o in range(size))
     return x / (k + alpha * s) ** beta
+
+
+def batch_norm(x, gamma, beta, *, eps=1e-5):
+    axes = tuple(range(x.ndim - 1))
+    xc = x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
+    mean = jnp.mean(xc, axis=axes, keepdims=True)
+    var = jnp.var(xc, axis=axes, keepdims=True)  # biased
+    lift = (1,) * (x.ndim - 1) + (-1,)
+    y = ((xc - mean) * lax.rsqrt(var + eps) * gamma.astype(xc.dtype).reshape(lift)
+         + beta.astype(xc.dtype).reshape(lift))
+    return y.astype(x.dtype), mean.reshape(-1), var.reshape(-1)
+
+
+def batch_norm_inference(x, gamma, beta, mean, var, *, eps=1e-5):
+    xc = x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
+    lift = (1,) * (x.ndim - 1) + (-1,)
+    gamma, beta, mean, var = (a.reshape(lift) for a in (gamma, beta, mean, var))
+    y = gamma * (xc - mean) / jnp.sqrt(var + eps) + beta
+    return y.astype(x.dtype)
+
+
+def group_norm(x, gamma, beta, groups, *, eps=1e-5):
+    n, c = x.shape[0], x.shape[-1]
+    xc = x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
+    xg = xc.reshape(n, -1, groups, c // groups)  # (N, spatial, G, C/G)
+    mean = jnp.mean(xg, axis=(1, 3), keepdims=True)
+    var = jnp.var(xg, axis=(1, 3), keepdims=True)
+    lift = (1,) * (x.ndim - 1) + (-1,)
+    y = (((xg - mean) / jnp.sqrt(var + eps)).reshape(xc.shape) * gamma.reshape(lift)
+         + beta.reshape(lift))
+    return y.astype(x.dtype)

@@ -533,12 +533,18 @@ class _Checker:
             self.row("JVP = reference's", lambda: _worst([
                 self.compare(self.jvp(r, p, v), self.jvp(ref, p, v, "reference's "),
                              self.where_out) + (f"direction {k}",) for k, v in enumerate(V)]))
-        for attr in self.wanted_second():
-            where = self.where_out if attr == "fwd_fwd" else self.where_in
-            self.row(f"{_SECOND[attr]} = reference's", functools.partial(
-                lambda attr, where: self.compare(
-                    self.second(r, attr, p, U, V[0]),
-                    self.second(ref, attr, p, U, V[0], "reference's "), where), attr, where))
+        # Second-order products are sums whose terms cancel: in float32 their rounding can
+        # exceed a bound relative to the (small) result, so both sides run in float64.
+        with _x64():
+            p64 = [jnp.asarray(np.asarray(a, np.float64)) for a in p]
+            U64, v64 = [jnp.asarray(u) for u in self.U64], [jnp.asarray(t) for t in self.V64[0]]
+            for attr in self.wanted_second():
+                where = self.where_out if attr == "fwd_fwd" else self.where_in
+                self.row(f"{_SECOND[attr]} = reference's", functools.partial(
+                    lambda attr, where: self.compare(
+                        self.second(r, attr, p64, U64, v64, "float64 "),
+                        self.second(ref, attr, p64, U64, v64, "reference's float64 "), where),
+                    attr, where))
 
     def against_finite_differences(self):
         """In float64: JVP and VJP against central differences, the adjoint identity, and
@@ -729,9 +735,10 @@ def check_op(
     """Check every derivative of `fn` at `args`, every way, and report it in one table.
 
     The checks (each a line of the report; `modes` and `order` choose which apply):
-      - against `reference` (if given), in the arguments' dtypes with `check_vjp`'s
-        tolerances: the value, the VJP, the JVP and the second-order products (reverse over
-        reverse, forward over reverse, forward over forward);
+      - against `reference` (if given), with `check_vjp`'s tolerances: the value, the VJP and
+        the JVP in the arguments' dtypes, and the second-order products (reverse over reverse,
+        forward over reverse, forward over forward) in float64 (their terms cancel: float32
+        rounding would swamp a bound relative to the result);
       - against central finite differences in float64 along `directions` random directions v
         (x64 is switched on for these; `fn` must compute in float64 for float64 inputs): the
         JVP, the VJP projected on each direction (<VJP(u), v> = <u, dF/dv>), and the

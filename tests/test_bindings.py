@@ -38,6 +38,14 @@ OPS = {  # name -> (function of differentiable arrays, those arrays)
     "mse": (ops.mse, (z, 0.5 * z + 1)),
     "hinge": (lambda z: ops.hinge(z, labels), (z,)),
     "local_response_norm": (lambda x: ops.local_response_norm(x, 3, 0.3, 0.6, 1.5), (x4,)),
+    # the statistics folded into the one output, so their cotangents are compared too
+    "batch_norm": (lambda x, g, b: (lambda y, m, v: y + (m + 2 * v).reshape(1, 1, 1, 3))(
+        *ops.batch_norm(x, g, b)), (x4, normal(8, (3,)) + 1, normal(9, (3,)))),
+    "batch_norm_inference": (lambda x, g, b, m, v: ops.batch_norm_inference(x, g, b, m, v),
+                             (x4, normal(8, (3,)), normal(9, (3,)), normal(10, (3,)),
+                              normal(11, (3,)) ** 2 + 0.5)),
+    "group_norm": (lambda x, g, b: ops.group_norm(x, g, b, 3), (x4, normal(8, (3,)),
+                                                                normal(9, (3,)))),
 }
 
 
@@ -46,7 +54,8 @@ def test_every_op_is_compared():
 
 
 # ops whose output keeps the examples of their first argument on axis 0
-PER_EXAMPLE = {"conv2d", "max_pool2d", "avg_pool2d", "dropout", "local_response_norm"}
+PER_EXAMPLE = {"conv2d", "max_pool2d", "avg_pool2d", "dropout", "local_response_norm",
+               "batch_norm_inference", "group_norm"}
 
 
 def _derivatives(f, args, per_example):

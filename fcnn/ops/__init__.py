@@ -14,16 +14,20 @@ from fcnn.ops.dense import dense
 from fcnn.ops.dropout import dropout
 from fcnn.ops.losses import hinge, mse, softmax_cross_entropy
 from fcnn.ops.lrn import local_response_norm
+from fcnn.ops.norm import batch_norm, batch_norm_inference, group_norm
 from fcnn.ops.pool import avg_pool2d, max_pool2d
 
 __all__ = [
     "avg_pool2d",
+    "batch_norm",
+    "batch_norm_inference",
     "conv2d",
     "conv2d_grad_input",
     "conv2d_grad_kernel",
     "dense",
     "dropout",
     "elu",
+    "group_norm",
     "hinge",
     "leaky_relu",
     "local_response_norm",
