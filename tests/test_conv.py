@@ -37,13 +37,23 @@ def _pair(f, case, **extra):
 algorithms = pytest.mark.parametrize("algorithm", ALGORITHMS)
 
 
-@algorithms
-@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
-@given(case=conv_cases())
-def test_value_and_vjp_match_autodiff(case, dtype, algorithm):
+def _assert_value_and_vjp_match(case, dtype, algorithm):
     x, w, b = _operands(case, dtype)
     args = (x, w) if b is None else (x, w, b)
     check_vjp(_pair(ops.conv2d, case, algorithm=algorithm), _pair(R.conv2d, case), *args)
+
+
+@algorithms
+@given(case=conv_cases())
+def test_value_and_vjp_match_autodiff(case, algorithm):
+    _assert_value_and_vjp_match(case, jnp.float64, algorithm)
+
+
+@algorithms
+@costly(ci_examples=10)  # the rules are proven in float64 above; this sweeps float32's dtype path
+@given(case=conv_cases())
+def test_value_and_vjp_match_autodiff_in_float32(case, algorithm):
+    _assert_value_and_vjp_match(case, jnp.float32, algorithm)
 
 
 @algorithms
@@ -107,6 +117,7 @@ def test_finite_differences_orders_1_and_2(kw, algorithm):
 
 
 @algorithms
+@costly(ci_examples=10)  # exact identities, four programs per example
 @given(case=conv_cases())
 def test_adjoint_identities(case, algorithm):
     """<conv(v, w), u> == <v, dX(u, w)> and <conv(x, v), u> == <v, dK(x, u)>: the dX/dK ops are

@@ -50,6 +50,9 @@ CALLS = {
     "mse": lambda: ops.mse(z, z),
     "hinge": lambda: ops.hinge(z, y),
     "local_response_norm": lambda: ops.local_response_norm(x),
+    "batch_norm": lambda: ops.batch_norm(x, jnp.ones(2), jnp.zeros(2)),
+    "batch_norm_inference": lambda: ops.batch_norm_inference(x, *[jnp.ones(2)] * 4),
+    "group_norm": lambda: ops.group_norm(x, jnp.ones(2), jnp.zeros(2), 2),
 }
 WITH_BIAS = {
     "conv2d": lambda: ops.conv2d(x, w, jnp.ones(4)),

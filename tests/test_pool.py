@@ -23,11 +23,18 @@ def _bind(f, case):
     return lambda x: f(x, case["window"], case["stride"], case["padding"])
 
 
-@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
 @pytest.mark.parametrize("pool", POOLS, ids=["max", "avg"])
 @given(case=pool_cases())
-def test_value_and_vjp_match_autodiff(case, pool, dtype):
-    x = distinct(0, case["shape"], dtype)  # no ties: the argmax is unambiguous
+def test_value_and_vjp_match_autodiff(case, pool):
+    x = distinct(0, case["shape"])  # no ties: the argmax is unambiguous
+    check_vjp(_bind(pool[0], case), _bind(pool[1], case), x)
+
+
+@costly(ci_examples=10)  # the rules are proven in float64 above; this sweeps float32's dtype path
+@pytest.mark.parametrize("pool", POOLS, ids=["max", "avg"])
+@given(case=pool_cases())
+def test_value_and_vjp_match_autodiff_in_float32(case, pool):
+    x = distinct(0, case["shape"], jnp.float32)
     check_vjp(_bind(pool[0], case), _bind(pool[1], case), x)
 
 
