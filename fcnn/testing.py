@@ -384,7 +384,7 @@ def _describe(leaves) -> str:
     model's parameters) in one phrase: `argument 0 (`p`): 10 float32 arrays, 61,706 values`."""
     by_arg: dict = {}
     for label, a in leaves:
-        by_arg.setdefault(label.split("[")[0] if "`)" in label else label, []).append((label, a))
+        by_arg.setdefault(label.split("[")[0], []).append((label, a))
     phrases = []
     for arg, group in by_arg.items():
         if len(group) > 3:
@@ -452,7 +452,7 @@ class _Checker:
         self.ref = _Rules(restrict(reference), jit) if reference is not None else None
         self.checks: list[Check] = []
         self.cache: dict = {}
-        self.errors: dict = {}  # kind -> the exception computing it raised
+        self.errors: dict = {}  # family -> (kind, the exception computing it raised)
         self.reported: set = set()
         inputs = _describe([(labels[j], flat[j]) for j in diff])
         ref_name = (f"; reference {getattr(reference, '__name__', type(reference).__name__)}"
@@ -461,20 +461,22 @@ class _Checker:
                       f"{ref_name}; order {order}, modes {'+'.join(modes)}")
 
     # -- bookkeeping -------------------------------------------------------------------------
-    def get(self, kind, key, compute):
+    def get(self, kind, key, compute, keep=()):
         """`compute()` once per `key`. `kind` names the quantity ("the float64 JVP"); its
         family is the kind in any dtype ("the JVP"): once computing any quantity of a family
-        raised, the first check needing it reports the error and later ones are skipped."""
+        raised, the first check needing it reports the error and later ones are skipped.
+        `keep` (the inputs whose ids are in `key`) is stored with the result, so no id in a
+        key is reused by another object while the cache lives."""
         family = kind.replace("float64 ", "")
         if family in self.errors:
             raise _Unavailable(family)
         if key not in self.cache:
             try:
-                self.cache[key] = compute()
+                self.cache[key] = (keep, compute())
             except Exception as e:
                 self.errors[family] = (kind, e)
                 raise _Unavailable(family) from e
-        return self.cache[key]
+        return self.cache[key][1]
 
     def failed(self, family) -> bool:
         return family in self.errors
@@ -503,19 +505,21 @@ class _Checker:
 
     # -- the quantities ----------------------------------------------------------------------
     def value(self, r, p, tag=""):
-        return self.get(f"the {tag}value", (tag, "value", id(p)), lambda: r.value(p))
+        return self.get(f"the {tag}value", (tag, "value", id(p)), lambda: r.value(p), (p,))
 
     def vjp(self, r, p, u, tag=""):
-        return self.get(f"the {tag}VJP", (tag, "vjp", id(p), id(u)), lambda: r.vjp(p, u))
+        return self.get(f"the {tag}VJP", (tag, "vjp", id(p), id(u)), lambda: r.vjp(p, u),
+                        (p, u))
 
     def jvp(self, r, p, v, tag=""):
-        return self.get(f"the {tag}JVP", (tag, "jvp", id(p), id(v)), lambda: r.jvp(p, v))
+        return self.get(f"the {tag}JVP", (tag, "jvp", id(p), id(v)), lambda: r.jvp(p, v),
+                        (p, v))
 
     def second(self, r, attr, p, u, v, tag=""):
         title = _SECOND[attr]
         args = (p, v) if attr == "fwd_fwd" else (p, u, v)
         return self.get(f"the {tag}{title} product", (tag, attr, id(p), id(u), id(v)),
-                        lambda: getattr(r, attr)(*args))
+                        lambda: getattr(r, attr)(*args), (p, u, v))
 
     def wanted_second(self):
         return [a for a, ok in (("rev_rev", self.rev), ("fwd_rev", self.fwd and self.rev),

@@ -53,8 +53,8 @@ def main(argv=None):
     x = jnp.asarray(ds.test_images, jnp.float32) / 255
     # vmap over the members' parameters: fcnn's batching rule runs each member's convolutions
     # as its own (unrolled up to 16 members, a loop past that; no grouped convolution,
-    # XLA:CPU's slow path; docs/design.md, "Bindings"). The images are an argument, not a closed-over constant:
-    # XLA would fold a 31 MB constant into the program (compile 7.4 s instead of 0.9 s).
+    # XLA:CPU's slow path; docs/design.md, "Bindings"). The images are an argument, not a
+    # closed-over constant: XLA would fold 31 MB into the program (compile 7.4 s, not 0.9 s).
     predict = jax.vmap(lambda p, x: jax.nn.softmax(model.apply(p, x)), in_axes=(0, None))
     probs = jax.jit(predict)(params, x)
     member_acc = jnp.mean(jnp.argmax(probs, -1) == ds.test_labels[None], axis=1)
