@@ -100,7 +100,7 @@ def _leaf(layer, shape, name, field, input_hw):
     elif kind in ("Dense", "Flatten"):
         field = _Field(input_hw, field.jump)
         flops = 2 * shape[0] * out[0] if kind == "Dense" else 0
-    elif kind == "Dropout":
+    elif kind in ("Dropout", "Concat"):  # no arithmetic
         flops = 0
     activations = math.prod(out) if kind in _COUNTED else 0
     row = Row(name, tuple(out), _param_count(layer, shape), activations, flops, field.size, note)

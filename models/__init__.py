@@ -1,14 +1,16 @@
 """Named networks built from fcnn's public API; each function returns a `fcnn.layers.Layer`.
 
 Input shapes (per example): lenet5 28x28x1, cs231n_convnet and resnet 32x32x3, alexnet
-227x227x3, vgg 224x224x3. `INPUT_SHAPES` maps each name to it.
+227x227x3, vgg, zfnet and googlenet 224x224x3. `INPUT_SHAPES` maps each name to it.
 """
 
 from models.alexnet import alexnet
 from models.cs231n import cs231n_convnet
+from models.googlenet import googlenet
 from models.lenet import lenet5
 from models.resnet import resnet
 from models.vgg import vgg11, vgg13, vgg16, vgg19
+from models.zfnet import zfnet
 
 INPUT_SHAPES = {
     "lenet5": (28, 28, 1),
@@ -19,16 +21,20 @@ INPUT_SHAPES = {
     "vgg13": (224, 224, 3),
     "vgg16": (224, 224, 3),
     "vgg19": (224, 224, 3),
+    "zfnet": (224, 224, 3),
+    "googlenet": (224, 224, 3),
 }
 
 __all__ = [
     "INPUT_SHAPES",
     "alexnet",
     "cs231n_convnet",
+    "googlenet",
     "lenet5",
     "resnet",
     "vgg11",
     "vgg13",
     "vgg16",
     "vgg19",
+    "zfnet",
 ]

@@ -11,6 +11,7 @@ import models
 from fcnn import ops
 from fcnn import reference as R
 from fcnn.testing import rule_bindings
+from models.googlenet import MODULES, inception
 from tests.strategies import normal
 
 PARAMS = {
@@ -22,6 +23,8 @@ PARAMS = {
     "vgg19": 143_667_240,
     "cs231n_convnet": 1_116_970,
     "resnet": 271_594,
+    "zfnet": 62_357_608,  # Zeiler & Fergus 2013, Figure 3 (with biases)
+    "googlenet": 6_998_552,  # Szegedy et al. 2014, Table 1, convolutions with biases
 }
 
 
@@ -34,7 +37,7 @@ def test_parameter_counts_from_shapes(name):
         jax.eval_shape(lambda k: getattr(models, name)().init(k, models.INPUT_SHAPES[name])[0],
                        jax.random.key(0)),
     )
-    assert out.shape == (1, 1000 if name.startswith(("vgg", "alex")) else 10)
+    assert out.shape == (1, 1000 if name.startswith(("vgg", "alex", "zf", "google")) else 10)
 
 
 def test_vgg16_table_matches_the_cs231n_notes():
@@ -54,6 +57,51 @@ def test_alexnet_layout_from_the_cs231n_notes():
     assert conv1.output_shape == (55, 55, 96) and conv1.params == 34_944  # "35K"
     pools = [r.output_shape for r in s.rows if "MaxPool2D" in r.name]
     assert pools == [(27, 27, 96), (13, 13, 256), (6, 6, 256)]
+
+
+def test_zfnet_sizes_from_the_paper():
+    """Figure 3: 110x110x96 after conv1, 55x55 after the first pool, 26x26x256 after conv2,
+    13x13 after the second pool, 6x6x256 before the classifier; every window tiles its input."""
+    s = fcnn.summary(models.zfnet(), (224, 224, 3))
+    convs = [r.output_shape for r in s.rows if "Conv2D" in r.name]
+    pools = [r.output_shape for r in s.rows if "MaxPool2D" in r.name]
+    assert convs[:2] == [(110, 110, 96), (26, 26, 256)]
+    assert pools == [(55, 55, 96), (13, 13, 256), (6, 6, 256)]
+    assert not any(r.note for r in s.rows)
+
+
+def test_googlenet_sizes_and_branches_from_table_1():
+    """Table 1's output sizes after every inception module, and module 3a's parameters by hand
+    from its branch widths (Table 1's own "params" column, 159K for 3a, does not follow from
+    its widths; the total, 6,998,552, is checked above)."""
+    s = fcnn.summary(models.googlenet(), (224, 224, 3))
+    joined = [r for r in s.rows if r.name.endswith("Concat")]
+    assert [r.output_shape for r in joined] == [
+        (28, 28, 256), (28, 28, 480), (14, 14, 512), (14, 14, 512), (14, 14, 512),
+        (14, 14, 528), (14, 14, 832), (7, 7, 832), (7, 7, 1024)]
+    # 3a on 28x28x192: 1x1 64; 1x1 96 -> 3x3 128; 1x1 16 -> 5x5 32; pool -> 1x1 32
+    weights = 192 * 64 + 192 * 96 + 9 * 96 * 128 + 192 * 16 + 25 * 16 * 32 + 192 * 32
+    biases = 64 + 96 + 128 + 16 + 32 + 32
+    assert fcnn.summary(inception(*MODULES["3a"]), (28, 28, 192)).total_params == \
+        weights + biases == 163_696
+    assert s.rows[-1].output_shape == (1000,) and not any(r.note for r in s.rows)
+    assert all(r.flops == 0 for r in joined)  # data movement
+
+
+def test_concat_joins_branches_and_refuses_mismatched_shapes():
+    from fcnn import layers as L
+
+    net = L.serial(L.parallel(L.Conv2D(3, 1), L.MaxPool2D(3, 1, padding=1)), L.Concat())
+    params, shape = net.init(jax.random.key(0), (5, 5, 2))
+    assert shape == (5, 5, 5)
+    y = net.apply(params, normal(0, (2, 5, 5, 2)))
+    assert y.shape == (2, 5, 5, 5)
+    with pytest.raises(ValueError, match=r"serial\[1\] Concat: input 1 has shape \(2, 2, 2\), "
+                                         r"input 0 \(5, 5, 3\): all but the channels must agree."):
+        L.serial(L.parallel(L.Conv2D(3, 1), L.MaxPool2D(2)), L.Concat()).init(
+            jax.random.key(0), (5, 5, 2))
+    with pytest.raises(ValueError, match="Concat: expects a tuple of input shapes"):
+        L.Concat().init(jax.random.key(0), (5, 5, 2))
 
 
 def test_cs231n_pattern():

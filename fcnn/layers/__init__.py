@@ -5,6 +5,7 @@ from fcnn.layers._base import Layer, LayerError, LayerInfo, Window, with_ops
 from fcnn.layers.combinators import parallel, residual, serial
 from fcnn.layers.core import (
     AvgPool2D,
+    Concat,
     Conv2D,
     Dense,
     Dropout,
@@ -19,6 +20,7 @@ from fcnn.layers.core import (
 
 __all__ = [
     "AvgPool2D",
+    "Concat",
     "Conv2D",
     "Dense",
     "Dropout",

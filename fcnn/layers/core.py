@@ -256,3 +256,34 @@ def Flatten(ndim=3) -> Layer:
         return apply
 
     return leaf(name, dict(ndim=ndim), shape, init, bind)
+
+
+def Concat() -> Layer:
+    """Join a tuple of inputs (a `parallel`'s outputs) along the channel axis, the last: how
+    GoogLeNet's inception modules join their branches (Szegedy et al. 2014). The inputs must
+    agree on every axis but the channels."""
+    name = "Concat"
+
+    def shape(input_shape):
+        if not (isinstance(input_shape, tuple) and input_shape
+                and all(isinstance(s, tuple) for s in input_shape)):
+            raise LayerError(name, f"expects a tuple of input shapes (a parallel's outputs), "
+                                   f"got {input_shape}.")
+        shapes = [as_shape(name, s) for s in input_shape]
+        first = shapes[0]
+        for i, s in enumerate(shapes[1:], 1):
+            if len(s) != len(first) or s[:-1] != first[:-1]:
+                raise LayerError(name, f"input {i} has shape {s}, input 0 {first}: all but the "
+                                       "channels must agree.")
+        return (*first[:-1], sum(s[-1] for s in shapes))
+
+    def init(key, input_shape):
+        return {}, shape(input_shape)
+
+    def bind(module):  # data movement: no op to look up
+        def apply(params, xs, *, key=None, train=False):
+            return jnp.concatenate([jnp.asarray(x) for x in xs], axis=-1)
+
+        return apply
+
+    return leaf(name, {}, shape, init, bind)
