@@ -102,6 +102,9 @@ def test_concat_joins_branches_and_refuses_mismatched_shapes():
             jax.random.key(0), (5, 5, 2))
     with pytest.raises(ValueError, match="Concat: expects a tuple of input shapes"):
         L.Concat().init(jax.random.key(0), (5, 5, 2))
+    with pytest.raises(TypeError, match=r"Concat: expects a tuple of arrays \(a parallel's "
+                                        r"outputs\), got one array of shape \(2, 5, 5, 3\)."):
+        L.Concat().apply({}, jnp.zeros((2, 5, 5, 3)))
 
 
 def test_cs231n_pattern():

@@ -282,6 +282,9 @@ def Concat() -> Layer:
 
     def bind(module):  # data movement: no op to look up
         def apply(params, xs, *, key=None, train=False):
+            if not isinstance(xs, (tuple, list)):  # an array would be split along its rows
+                raise TypeError(f"{name}: expects a tuple of arrays (a parallel's outputs), got "
+                                f"one array of shape {tuple(jnp.shape(xs))}.")
             return jnp.concatenate([jnp.asarray(x) for x in xs], axis=-1)
 
         return apply
