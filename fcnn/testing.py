@@ -40,16 +40,17 @@ def tolerance(dtype, rtol=None, atol=None) -> tuple[float, float]:
     return (default[0] if rtol is None else rtol, default[1] if atol is None else atol)
 
 
-def _discrepancy(got, want, rtol=None, atol=None) -> str | None:
-    """Why `got` fails to match `want` (shape, dtype, non-finite values, or the worst element
-    against `atol + rtol * max|want|`), or None when it matches."""
+def _discrepancy(got, want, rtol=None, atol=None) -> tuple[float, str]:
+    """How far `got` is from `want`: `(error / bound, text)`, failing when the ratio exceeds 1
+    (infinite for a shape, dtype or non-finite mismatch). The bound is `atol + rtol *
+    max|want|` over the finite elements; the text says, for a failure, where and by how much."""
     got, want = np.asarray(got), np.asarray(want)
     if got.shape != want.shape:
-        return f"shape {got.shape} != reference {want.shape}"
+        return np.inf, f"shape {got.shape} != reference {want.shape}"
     if got.dtype != want.dtype:
-        return f"dtype {got.dtype} != reference {want.dtype}"
+        return np.inf, f"dtype {got.dtype} != reference {want.dtype}"
     if got.size == 0:
-        return None
+        return 0.0, "empty"
     rtol, atol = tolerance(got.dtype, rtol, atol)
     g64, w64 = got.astype(np.float64), want.astype(np.float64)
     finite = np.isfinite(w64)
@@ -58,25 +59,27 @@ def _discrepancy(got, want, rtol=None, atol=None) -> str | None:
     same = (np.isfinite(g64) & finite) | (np.isnan(g64) & np.isnan(w64)) | (g64 == w64)
     if not same.all():
         bad = tuple(int(i) for i in np.unravel_index(np.argmax(~same), got.shape))
-        return (f"non-finite values differ, first at index {bad}: "
-                f"got {got[bad]}, reference {want[bad]}")
+        return np.inf, (f"non-finite values differ, first at index {bad}: "
+                        f"got {got[bad]}, reference {want[bad]}")
     err = np.zeros(got.shape)
     err[finite] = np.abs(g64[finite] - w64[finite])  # g64 is finite there: `same` held
     bound = atol + rtol * (np.max(np.abs(w64[finite])) if finite.any() else 0.0)
     worst = np.unravel_index(np.argmax(err), err.shape)
     if err[worst] <= bound:
-        return None
-    return (f"worst element at index {tuple(int(i) for i in worst)}: got {g64[worst]!r}, "
-            f"reference {w64[worst]!r}, |error| {err[worst]:.3e} > bound {bound:.3e} "
-            f"(atol {atol:g} + rtol {rtol:g} * max|reference|); "
-            f"{int(np.sum(err > bound))} of {err.size} elements out of tolerance")
+        return (err[worst] / bound if bound else 0.0), \
+            f"max |error| {err[worst]:.1e} <= {bound:.1e}"
+    return err[worst] / bound if bound else np.inf, (
+        f"worst element at index {tuple(int(i) for i in worst)}: got {g64[worst]!r}, "
+        f"reference {w64[worst]!r}, |error| {err[worst]:.3e} > bound {bound:.3e} "
+        f"(atol {atol:g} + rtol {rtol:g} * max|reference|); "
+        f"{int(np.sum(err > bound))} of {err.size} elements out of tolerance")
 
 
 def assert_close(got, want, what: str, rtol=None, atol=None) -> None:
     """Assert two arrays agree (shape, dtype, values); the message names `what` and the worst
     element (index, both values, the error and the bound)."""
-    why = _discrepancy(got, want, rtol, atol)
-    if why is not None:
+    ratio, why = _discrepancy(got, want, rtol, atol)
+    if ratio > 1:
         raise AssertionError(f"{what}: {why}")
 
 
@@ -302,20 +305,6 @@ def _x64():
     return enable_x64()
 
 
-def _ratio_text(got, want, rtol, atol) -> tuple[float, str]:
-    """How far `got` is from `want`, as error / bound (> 1 fails), and the text saying so."""
-    got, want = np.asarray(got), np.asarray(want)
-    why = _discrepancy(got, want, rtol, atol)
-    if why is not None and not why.startswith("worst"):
-        return np.inf, why
-    if got.size == 0:
-        return 0.0, "empty"
-    rtol, atol = tolerance(got.dtype, rtol, atol)
-    err = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
-    bound = atol + rtol * float(np.max(np.abs(want.astype(np.float64))))
-    return err / bound, why or f"max |error| {err:.1e} <= {bound:.1e}"
-
-
 def _worst(parts) -> tuple[float, str]:
     """The worst of `(ratio, text, where)` parts: its ratio and `where: text`."""
     ratio, text, where = max(parts, key=lambda t: t[0])
@@ -500,7 +489,7 @@ class _Checker:
         self.checks.append(Check(name, "FAIL" if ratio > 1 else "ok", text))
 
     def compare(self, got, want, where):
-        return _worst([(*_ratio_text(g, w, self.rtol, self.atol), n)
+        return _worst([(*_discrepancy(g, w, self.rtol, self.atol), n)
                        for g, w, n in zip(got, want, where, strict=True)])
 
     # -- the quantities ----------------------------------------------------------------------

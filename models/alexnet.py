@@ -20,6 +20,15 @@ def alexnet(num_classes: int = 1000, dropout: float = 0.5):
     return serial(
         Conv2D(96, 11, stride=4), ReLU(), LocalResponseNorm(), MaxPool2D(3, 2),
         Conv2D(256, 5, padding=2), ReLU(), LocalResponseNorm(), MaxPool2D(3, 2),
+        *conv3_to_classifier(num_classes, dropout),
+    )
+
+
+def conv3_to_classifier(num_classes: int, dropout: float):
+    """The layers from CONV3 on, which ZF Net (`models.zfnet`) keeps from AlexNet: three 3x3
+    convolutions (384, 384, 256) on 13x13, POOL 3x3 s2 -> 6x6x256, FC 4096, 4096 (dropout
+    before each), num_classes."""
+    return (
         Conv2D(384, 3, padding=1), ReLU(),
         Conv2D(384, 3, padding=1), ReLU(),
         Conv2D(256, 3, padding=1), ReLU(), MaxPool2D(3, 2),

@@ -11,16 +11,8 @@ Each published size and the padding that gives it (output = floor((W + pads - F)
     FC 4096, FC 4096 (dropout 0.5 before each), FC num_classes
 """
 
-from fcnn.layers import (
-    Conv2D,
-    Dense,
-    Dropout,
-    Flatten,
-    LocalResponseNorm,
-    MaxPool2D,
-    ReLU,
-    serial,
-)
+from fcnn.layers import Conv2D, LocalResponseNorm, MaxPool2D, ReLU, serial
+from models.alexnet import conv3_to_classifier
 
 _LOW_HIGH = ((0, 1), (0, 1))  # one row and column of padding after, none before
 
@@ -33,11 +25,5 @@ def zfnet(num_classes: int = 1000, dropout: float = 0.5):
         MaxPool2D(3, 2, padding=_LOW_HIGH), LocalResponseNorm(),
         Conv2D(256, 5, stride=2), ReLU(),
         MaxPool2D(3, 2, padding=_LOW_HIGH), LocalResponseNorm(),
-        Conv2D(384, 3, padding=1), ReLU(),
-        Conv2D(384, 3, padding=1), ReLU(),
-        Conv2D(256, 3, padding=1), ReLU(), MaxPool2D(3, 2),
-        Flatten(),
-        Dropout(dropout), Dense(4096), ReLU(),
-        Dropout(dropout), Dense(4096), ReLU(),
-        Dense(num_classes),
+        *conv3_to_classifier(num_classes, dropout),
     )

@@ -147,9 +147,8 @@ def _sum_to(a, shape):
 
 
 def _stats(x, axes):
-    mu = jnp.mean(x, axis=axes, keepdims=True)
-    var = jnp.mean(jnp.square(x - mu), axis=axes, keepdims=True)
-    return mu, var
+    mu = _mean(x, axes)
+    return mu, _mean(jnp.square(x - mu), axes)
 
 
 def _norm_value(x, gamma, beta, cfg):
