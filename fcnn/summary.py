@@ -31,6 +31,7 @@ class Row(NamedTuple):
     flops: int
     receptive_field: tuple[int, int]
     note: str  # non-empty when a window does not tile its input (cells dropped by the floor)
+    state: int = 0  # state entries (batch norm's running statistics), apart from params
 
 
 class Summary(NamedTuple):
@@ -38,23 +39,29 @@ class Summary(NamedTuple):
     total_params: int
     total_activations: int
     total_flops: int
+    total_state: int = 0  # state entries, not parameters (a stateless model: 0)
 
     def __str__(self) -> str:
-        head = ("layer", "output shape", "params", "activations", "FLOPs", "RF", "")
+        """The table; a "state" column after "params" when the model has state."""
+        stateful = self.total_state > 0
+        head = ("layer", "output shape", "params", *(("state",) if stateful else ()),
+                "activations", "FLOPs", "RF", "")
         body = [
             (r.name, "x".join(map(str, _flat(r.output_shape))), f"{r.params:,}",
+             *((f"{r.state:,}",) if stateful else ()),
              f"{r.activations:,}", f"{r.flops:,}", "x".join(map(str, r.receptive_field)),
              ("! " + r.note) if r.note else "")
             for r in self.rows
         ]
-        total = ("total", "", f"{self.total_params:,}", f"{self.total_activations:,}",
-                 f"{self.total_flops:,}", "", "")
+        total = ("total", "", f"{self.total_params:,}",
+                 *((f"{self.total_state:,}",) if stateful else ()),
+                 f"{self.total_activations:,}", f"{self.total_flops:,}", "", "")
         widths = [max(len(line[i]) for line in [head, *body, total]) for i in range(len(head))]
 
         def fmt(line):
             cells = [line[0].ljust(widths[0]), line[1].ljust(widths[1])]
-            cells += [c.rjust(w) for c, w in zip(line[2:6], widths[2:6])]
-            return "  ".join(cells + [line[6]]).rstrip()
+            cells += [c.rjust(w) for c, w in zip(line[2:-1], widths[2:-1])]
+            return "  ".join(cells + [line[-1]]).rstrip()
 
         rule = "-" * len(fmt(head))
         return "\n".join([fmt(head), rule, *map(fmt, body), rule, fmt(total)])
@@ -73,6 +80,13 @@ class _Field(NamedTuple):
 
 def _param_count(layer, shape) -> int:
     structs = jax.eval_shape(lambda k: layer.init(k, shape)[0], jax.random.key(0))
+    return sum(math.prod(s.shape) for s in jax.tree_util.tree_leaves(structs))
+
+
+def _state_count(layer, shape) -> int:
+    if not layer.stateful:
+        return 0
+    structs = jax.eval_shape(lambda: layer.init_state(shape))
     return sum(math.prod(s.shape) for s in jax.tree_util.tree_leaves(structs))
 
 
@@ -100,10 +114,11 @@ def _leaf(layer, shape, name, field, input_hw):
     elif kind in ("Dense", "Flatten"):
         field = _Field(input_hw, field.jump)
         flops = 2 * shape[0] * out[0] if kind == "Dense" else 0
-    elif kind in ("Dropout", "Concat"):  # no arithmetic
+    elif kind in ("Dropout", "Concat", "PadChannels"):  # no arithmetic
         flops = 0
     activations = math.prod(out) if kind in _COUNTED else 0
-    row = Row(name, tuple(out), _param_count(layer, shape), activations, flops, field.size, note)
+    row = Row(name, tuple(out), _param_count(layer, shape), activations, flops, field.size, note,
+              _state_count(layer, shape))
     return out, field, [row]
 
 
@@ -147,7 +162,8 @@ def summary(layer, input_shape) -> Summary:
       input_shape: per-example shape, e.g. `(224, 224, 3)`.
 
     Returns:
-      `Summary(rows, total_params, total_activations, total_flops)`; `print()` it for the table.
+      `Summary(rows, total_params, total_activations, total_flops, total_state)`; `print()` it
+      for the table. State (batch norm's running statistics) is counted apart from parameters.
 
     Raises:
       ValueError: the layer's own shape errors, naming its position.
@@ -158,4 +174,4 @@ def summary(layer, input_shape) -> Summary:
     _, _, rows = _walk(layer, input_shape, "", _Field((1, 1), (1, 1)), input_hw)
     rows = [Row("Input", input_shape, 0, math.prod(input_shape), 0, (1, 1), ""), *rows]
     return Summary(rows, sum(r.params for r in rows), sum(r.activations for r in rows),
-                   sum(r.flops for r in rows))
+                   sum(r.flops for r in rows), sum(r.state for r in rows))

@@ -40,68 +40,92 @@ def l2_penalty(params) -> jax.Array:
 def make_step(model: Layer, optimizer: optax.GradientTransformation,
               loss: Callable = ops.softmax_cross_entropy, weight_decay: float = 0.0,
               max_shift: int = 0, compute_dtype=None, mesh=None):
-    """`step(params, opt_state, x, y, key) -> (params, opt_state, metrics)`, jitted and pure.
+    """`step(params, opt_state, x, y, key) -> (params, opt_state, metrics)`, jitted and pure;
+    for a stateful model (`model.stateful`, e.g. with batch norm)
+    `step(params, opt_state, x, y, key, state) -> (params, opt_state, metrics, state)`.
 
     `key` drives the model's dropout (pass a fresh one per step, e.g. `fold_in(key, step)`);
-    `metrics` holds the batch's `loss` (without the L2 term) and `accuracy`.
+    `metrics` holds the batch's `loss` (without the L2 term) and `accuracy`. The model runs with
+    `train=True`: a stateful model's new state (running statistics) comes back; no gradient
+    flows into it.
     `weight_decay` adds `weight_decay * sum ||w||^2 / 2` to the objective; `max_shift > 0`
     translates each training image by up to that many pixels (`augment.random_shift`).
     `compute_dtype` (e.g. `jnp.bfloat16`) is mixed precision: the forward and backward run in
     that dtype on a cast copy of the parameters, the loss is taken in float32, and the gradients
-    arrive (through the cast) in the float32 master parameters the optimizer updates.
-    `mesh` (from `fcnn.parallel.batch_mesh`) makes it data-parallel: pass replicated parameters
-    and optimizer state and batches split with `parallel.shard_batch`; every output comes back
-    replicated on the mesh, and XLA all-reduces the gradients.
+    arrive (through the cast) in the float32 master parameters the optimizer updates; the state
+    stays float32.
+    `mesh` (from `fcnn.parallel.batch_mesh`) makes it data-parallel: pass replicated parameters,
+    optimizer state and state, and batches split with `parallel.shard_batch`; every output comes
+    back replicated on the mesh, and XLA all-reduces the gradients (and batch norm's statistics,
+    which are the global batch's).
     """
     weight_decay = _args.as_float(weight_decay, "make_step", "weight_decay", minimum=0)
     max_shift = _args.as_int(max_shift, "make_step", "max_shift", minimum=0)
+    stateful = model.stateful
 
-    def objective(params, x, y, key):
+    def objective(params, state, x, y, key):
         if max_shift:
             key, shift_key = jax.random.split(key)
             x = augment.random_shift(shift_key, x, max_shift)
         if compute_dtype is not None:
             params_c = jax.tree_util.tree_map(lambda p: p.astype(compute_dtype), params)
-            logits = model.apply(params_c, x.astype(compute_dtype), key=key, train=True)
+            logits, state = model.apply_with_state(params_c, state, x.astype(compute_dtype),
+                                                   key=key, train=True)
             logits = logits.astype(jnp.float32)
         else:
-            logits = model.apply(params, x, key=key, train=True)
+            logits, state = model.apply_with_state(params, state, x, key=key, train=True)
         value = loss(logits, y)
         total = value + weight_decay * l2_penalty(params) if weight_decay else value
-        return total, (value, logits)
+        return total, (value, logits, state)
 
-    def step(params, opt_state, x, y, key):
-        (_, (value, logits)), grads = jax.value_and_grad(objective, has_aux=True)(
-            params, x, y, key)
+    def step(params, opt_state, x, y, key, state=None):
+        check_state("step", model, state)
+        (_, (value, logits, state)), grads = jax.value_and_grad(objective, has_aux=True)(
+            params, state, x, y, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-        return params, opt_state, {"loss": value, "accuracy": accuracy}
+        metrics = {"loss": value, "accuracy": accuracy}
+        return (params, opt_state, metrics, state) if stateful else (params, opt_state, metrics)
 
     if mesh is None:
         return jax.jit(step)
     return jax.jit(step, out_shardings=parallel.replicated(mesh))
 
 
+def check_state(op: str, model: Layer, state) -> None:
+    """A state argument that fits the model's kind: given for a stateful model, absent (None)
+    for a stateless one."""
+    if model.stateful and state is None:
+        raise ValueError(f"{op}: the model carries state (batch norm's running statistics): "
+                         "pass `state` (from model.init_state(input_shape)).")
+    if not model.stateful and state is not None:
+        raise ValueError(f"{op}: the model is stateless; it takes no `state` (got "
+                         f"{type(state).__name__}).")
+
+
 def make_evaluate(model: Layer, loss: Callable = ops.softmax_cross_entropy,
                   batch_size: int = 1000, compute_dtype=None, mesh=None):
-    """`evaluate(params, images, labels) -> (mean loss, accuracy)` over uint8 NHWC images;
-    with `mesh`, each batch is split over its devices (parameters replicated, as for make_step)."""
+    """`evaluate(params, images, labels, state=None) -> (mean loss, accuracy)` over uint8 NHWC
+    images, the model in evaluation mode (`train=False`; a stateful model's `state`, e.g. batch
+    norm's running statistics, is required and read only); with `mesh`, each batch is split over
+    its devices (parameters replicated, as for make_step)."""
 
     @jax.jit
-    def batch_stats(params, x, y):
+    def batch_stats(params, state, x, y):
         if compute_dtype is not None:
             params = jax.tree_util.tree_map(lambda p: p.astype(compute_dtype), params)
             x = x.astype(compute_dtype)
-        logits = model.apply(params, x).astype(jnp.float32)
+        logits = model.apply_with_state(params, state, x)[0].astype(jnp.float32)
         return loss(logits, y) * y.shape[0], jnp.sum(jnp.argmax(logits, -1) == y)
 
-    def evaluate(params, images, labels):
+    def evaluate(params, images, labels, state=None):
+        check_state("evaluate", model, state)
         total_loss, correct = 0.0, 0
         for x, y in data.batches(images, labels, batch_size, shuffle=False):
             if mesh is not None:
                 x, y = parallel.shard_batch(mesh, x, y)
-            batch_loss, batch_correct = batch_stats(params, x, y)
+            batch_loss, batch_correct = batch_stats(params, state, x, y)
             total_loss += float(batch_loss)
             correct += int(batch_correct)
         n = len(labels)
@@ -200,12 +224,12 @@ class Progress(NamedTuple):
 
 
 class Diverged(RuntimeError):
-    """A step gave a non-finite loss. `params` are those from before that step (the bad update
-    is not applied, and no checkpoint is written after it)."""
+    """A step gave a non-finite loss. `params` (and a stateful model's `state`) are those from
+    before that step (the bad update is not applied, and no checkpoint is written after it)."""
 
-    def __init__(self, loss: float, step: int, epoch: int, params, checkpoint_path):
+    def __init__(self, loss: float, step: int, epoch: int, params, checkpoint_path, state=None):
         self.loss, self.step, self.epoch = loss, step, epoch
-        self.params, self.checkpoint_path = params, checkpoint_path
+        self.params, self.checkpoint_path, self.state = params, checkpoint_path, state
         where = (f"; the last good checkpoint is {checkpoint_path}"
                  if checkpoint_path is not None and Path(checkpoint_path).exists() else "")
         super().__init__(f"diverged: loss is {loss} at step {step} (epoch {epoch}); stopped with "
@@ -221,6 +245,7 @@ class FitResult(NamedTuple):
     images_per_second: float | None  # training throughput of the epochs run in this call
     train_seconds: float  # time in those epochs' steps (evaluation excluded)
     params_sha256: str
+    state: Any = None  # a stateful model's state (running statistics); None when stateless
 
 
 def dataset_sha256(dataset: data.Dataset) -> str:
@@ -229,15 +254,18 @@ def dataset_sha256(dataset: data.Dataset) -> str:
 
 
 def run_config(model: Layer, dataset: data.Dataset, recipe: Recipe, *, devices: int = 1,
-               params=None, describe: dict | None = None) -> dict:
+               params=None, state=None, describe: dict | None = None) -> dict:
     """The configuration a checkpoint records and a resume must match: the recipe's fields,
     the model's structure and arguments (its repr), the data, the device count, where the
-    initial parameters came from, and `describe` (e.g. the names a script was given)."""
+    initial parameters (and state) came from, and `describe` (e.g. the names a script was
+    given)."""
+    init = "seed" if params is None else f"params sha256 {params_sha256(params)}"
+    if state is not None:
+        init += f", state sha256 {params_sha256(state)}"
     recorded = dict(
         **dataclasses.asdict(recipe), architecture=repr(model),
         train_images=list(dataset.train_images.shape), test_images=list(dataset.test_images.shape),
-        dataset_sha256=dataset_sha256(dataset), devices=devices,
-        init="seed" if params is None else f"params sha256 {params_sha256(params)}",
+        dataset_sha256=dataset_sha256(dataset), devices=devices, init=init,
     )
     clash = sorted(set(describe or {}) & set(recorded))
     if clash:
@@ -256,7 +284,7 @@ class CheckpointExists(ValueError):
 
 
 def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, params=None,
-        loss: Callable = ops.softmax_cross_entropy, checkpoint_dir=None, resume: bool = False,
+        state=None, loss: Callable = ops.softmax_cross_entropy, checkpoint_dir=None, resume: bool = False,
         mesh=None, on_step: Callable[[Progress], None] | None = None,
         on_epoch: Callable[[dict], None] | None = None,
         on_resume: Callable[[dict], None] | None = None,
@@ -269,9 +297,12 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
       recipe: the training recipe; the default is the main job's.
       params: start from these parameters (a fresh optimizer and schedule) instead of
         `model.init` with the recipe's seed.
+      state: a stateful model's starting state (e.g. the running statistics of the run that
+        trained `params`); by default `model.init_state`. A stateless model takes none.
       loss: `loss(logits, labels) -> scalar`.
       checkpoint_dir: write `checkpoint.npz` there after every epoch (atomically; only process
-        0 writes). It records the run's configuration (`run_config`). A directory that already
+        0 writes): parameters, optimizer state, the run's key and a stateful model's state. It
+        records the run's configuration (`run_config`). A directory that already
         holds a checkpoint is refused unless `resume`.
       resume: continue from `checkpoint_dir`'s checkpoint when there is one (else start); the
         continuation is bit-exact, even after `kill -9`. A checkpoint of another configuration —
@@ -287,7 +318,7 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
 
     Returns:
       `FitResult(params, opt_state, history, step, images_per_second, train_seconds,
-      params_sha256)`.
+      params_sha256, state)`; `state` is None for a stateless model.
 
     Raises:
       Diverged: a non-finite batch loss; the last good checkpoint stays on disk.
@@ -303,11 +334,16 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
                          f"mesh's {devices} devices.")
     n_train = len(dataset.train_labels)
     steps_per_epoch = recipe.steps_per_epoch(n_train)
-    config = run_config(model, dataset, recipe, devices=devices, params=params,
+    if state is not None:
+        check_state("fit", model, state)
+    config = run_config(model, dataset, recipe, devices=devices, params=params, state=state,
                         describe=describe)
     init_key, run_key = jax.random.split(jax.random.key(recipe.seed))
+    input_shape = dataset.train_images.shape[1:]
     if params is None:
-        params, _ = model.init(init_key, dataset.train_images.shape[1:])
+        params, _ = model.init(init_key, input_shape)
+    if state is None and model.stateful:
+        state = model.init_state(input_shape)
     opt, step_fn = recipe.make_step(model, steps_per_epoch, loss, mesh)
     evaluate = make_evaluate(model, loss, compute_dtype=recipe.compute_dtype, mesh=mesh)
     opt_state = opt.init(params)
@@ -316,14 +352,18 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
     if path is not None and path.exists():
         if not resume:
             raise CheckpointExists(path)
-        state, info = checkpoint.restore(
-            path, dict(params=params, opt_state=opt_state, key=run_key), config=config)
-        params, opt_state, run_key = state["params"], state["opt_state"], state["key"]
+        saved, info = checkpoint.restore(
+            path, _saved(params, opt_state, run_key, state), config=config)
+        params, opt_state, run_key = saved["params"], saved["opt_state"], saved["key"]
+        state = saved.get("state")
         epoch, step, history = info["epoch"], info["step"], info["metadata"]["history"]
         if on_resume is not None:
             on_resume(info)
     if mesh is not None:
-        params, opt_state = parallel.replicate(mesh, (params, opt_state))
+        params, opt_state, state = parallel.replicate(mesh, (params, opt_state, state))
+    # a stateless model's step takes and returns no state: these wrap it to the same shape
+    run = step_fn if model.stateful else (
+        lambda p, o, x, y, k, s: (*step_fn(p, o, x, y, k), None))
     lead = jax.process_index() == 0
     train_seconds, seen_total = 0.0, 0
     while epoch < recipe.epochs:
@@ -332,12 +372,12 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
                                  seed=recipe.seed, epoch=epoch):
             if mesh is not None:
                 x, y = parallel.shard_batch(mesh, x, y)
-            params_next, opt_state_next, metrics = step_fn(
-                params, opt_state, x, y, jax.random.fold_in(run_key, step))
+            params_next, opt_state_next, metrics, state_next = run(
+                params, opt_state, x, y, jax.random.fold_in(run_key, step), state)
             value = float(metrics["loss"])
             if not math.isfinite(value):
-                raise Diverged(value, step, epoch + 1, params, path)
-            params, opt_state, step = params_next, opt_state_next, step + 1
+                raise Diverged(value, step, epoch + 1, params, path, state)
+            params, opt_state, state, step = params_next, opt_state_next, state_next, step + 1
             losses.append(value)
             seen += len(y)
             if on_step is not None:
@@ -345,24 +385,33 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
                                  time.perf_counter() - t0))
         elapsed = time.perf_counter() - t0
         train_seconds, seen_total = train_seconds + elapsed, seen_total + n_train
-        test_loss, test_accuracy = evaluate(params, dataset.test_images, dataset.test_labels)
+        test_loss, test_accuracy = evaluate(params, dataset.test_images, dataset.test_labels,
+                                            state)
         epoch += 1
         history.append(dict(epoch=epoch, train_loss=float(np.mean(losses)), test_loss=test_loss,
                             test_accuracy=test_accuracy))
         if path is not None and lead:
-            checkpoint.save(path, dict(params=params, opt_state=opt_state, key=run_key),
-                            step=step, epoch=epoch, config=config,
+            checkpoint.save(path, _saved(params, opt_state, run_key, state), step=step, epoch=epoch, config=config,
                             metadata=dict(history=history))
         if on_epoch is not None:
             on_epoch(dict(history[-1], seconds=elapsed, images_per_second=n_train / elapsed))
     return FitResult(params, opt_state, history, step,
                      seen_total / train_seconds if train_seconds else None, train_seconds,
-                     params_sha256(params))
+                     params_sha256(params), state)
 
 
-def load_params(path, model: Layer, input_shape=None):
+def _saved(params, opt_state, key, state) -> dict:
+    """The tree a checkpoint holds: a stateless model's without a `state` entry (so its files
+    read as before state existed)."""
+    tree = dict(params=params, opt_state=opt_state, key=key)
+    return tree if state is None else dict(tree, state=state)
+
+
+def load_params(path, model: Layer, input_shape=None, *, with_state: bool = False):
     """The parameters of a checkpoint `fit` wrote for `model` (whatever its recipe): to evaluate,
     attack or visualise a trained model, or to start a new run from it (`fit(params=...)`).
+    With `with_state`, `(params, state)`: a stateful model's state too (None when stateless),
+    which its evaluation needs.
 
     A checkpoint that records no configuration (an older fcnn's) needs `input_shape` and is read
     as the main job's (SGD) optimizer state.
@@ -386,8 +435,9 @@ def load_params(path, model: Layer, input_shape=None):
         fields = {f.name for f in dataclasses.fields(Recipe)}
         recipe = Recipe(**{k: v for k, v in config.items() if k in fields})
         params, _ = model.init(jax.random.key(0), tuple(shape))
+        state = model.init_state(tuple(shape)) if model.stateful else None
         # the optimizer state's structure does not depend on the schedule's length
-        return dict(params=params, opt_state=recipe.optimizer_for(1).init(params),
-                    key=jax.random.key(0))
+        return _saved(params, recipe.optimizer_for(1).init(params), jax.random.key(0), state)
 
-    return checkpoint.restore(path, template)[0]["params"]
+    saved = checkpoint.restore(path, template)[0]
+    return (saved["params"], saved.get("state")) if with_state else saved["params"]

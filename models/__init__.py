@@ -1,21 +1,35 @@
 """Named networks built from fcnn's public API; each function returns a `fcnn.layers.Layer`.
 
-Input shapes (per example): lenet5 28x28x1, cs231n_convnet and resnet 32x32x3, alexnet
-227x227x3, vgg, zfnet and googlenet 224x224x3. `INPUT_SHAPES` maps each name to it.
+Input shapes (per example): lenet5 28x28x1; cs231n_convnet, resnet20-110 and resnet_no_bn
+32x32x3; alexnet 227x227x3; vgg, zfnet, googlenet, resnet18 and resnet34 224x224x3. `INPUT_SHAPES` maps each name to it.
 """
 
 from models.alexnet import alexnet
 from models.cs231n import cs231n_convnet
 from models.googlenet import googlenet
 from models.lenet import lenet5
-from models.resnet import resnet
+from models.resnet import (
+    resnet18,
+    resnet20,
+    resnet32,
+    resnet34,
+    resnet44,
+    resnet56,
+    resnet110,
+    resnet_no_bn,
+)
 from models.vgg import vgg11, vgg13, vgg16, vgg19
 from models.zfnet import zfnet
 
 INPUT_SHAPES = {
     "lenet5": (28, 28, 1),
     "cs231n_convnet": (32, 32, 3),
-    "resnet": (32, 32, 3),
+    "resnet20": (32, 32, 3),
+    "resnet32": (32, 32, 3),
+    "resnet44": (32, 32, 3),
+    "resnet56": (32, 32, 3),
+    "resnet110": (32, 32, 3),
+    "resnet_no_bn": (32, 32, 3),
     "alexnet": (227, 227, 3),
     "vgg11": (224, 224, 3),
     "vgg13": (224, 224, 3),
@@ -23,6 +37,8 @@ INPUT_SHAPES = {
     "vgg19": (224, 224, 3),
     "zfnet": (224, 224, 3),
     "googlenet": (224, 224, 3),
+    "resnet18": (224, 224, 3),
+    "resnet34": (224, 224, 3),
 }
 
 __all__ = [
@@ -31,7 +47,14 @@ __all__ = [
     "cs231n_convnet",
     "googlenet",
     "lenet5",
-    "resnet",
+    "resnet18",
+    "resnet20",
+    "resnet32",
+    "resnet34",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet_no_bn",
     "vgg11",
     "vgg13",
     "vgg16",

@@ -22,7 +22,14 @@ PARAMS = {
     "vgg16": 138_357_544,
     "vgg19": 143_667_240,
     "cs231n_convnet": 1_116_970,
-    "resnet": 271_594,
+    "resnet_no_bn": 271_594,
+    "resnet20": 269_722,  # He et al. 2015, section 4.2: 0.27M (option A, batch norm)
+    "resnet32": 464_154,  # 0.46M
+    "resnet44": 658_586,  # 0.66M
+    "resnet56": 853_018,  # 0.85M
+    "resnet110": 1_727_962,  # 1.7M
+    "resnet18": 11_689_512,  # Table 1, option B (torchvision's count)
+    "resnet34": 21_797_672,
     "zfnet": 62_357_608,  # Zeiler & Fergus 2013, Figure 3 (with biases)
     "googlenet": 6_998_552,  # Szegedy et al. 2014, Table 1, convolutions with biases
 }
@@ -30,14 +37,19 @@ PARAMS = {
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_parameter_counts_from_shapes(name):
-    s = fcnn.summary(getattr(models, name)(), models.INPUT_SHAPES[name])
+    net, shape = getattr(models, name)(), models.INPUT_SHAPES[name]
+    s = fcnn.summary(net, shape)
     assert s.total_params == PARAMS[name]
+    # batch norm's running mean and variance: state, as many entries as its scale and shift
+    norm_params = sum(r.params for r in s.rows if r.name.endswith("BatchNorm"))
+    assert s.total_state == norm_params and net.stateful == (norm_params > 0)
+    assert net.stateful == (name.startswith("resnet") and name != "resnet_no_bn")
     out = jax.eval_shape(
-        lambda p: getattr(models, name)().apply(p, jnp.zeros((1, *models.INPUT_SHAPES[name]))),
-        jax.eval_shape(lambda k: getattr(models, name)().init(k, models.INPUT_SHAPES[name])[0],
-                       jax.random.key(0)),
+        lambda p, st: net.apply_with_state(p, st, jnp.zeros((1, *shape)))[0],
+        jax.eval_shape(lambda k: net.init(k, shape)[0], jax.random.key(0)),
+        jax.eval_shape(lambda: net.init_state(shape)),
     )
-    assert out.shape == (1, 1000 if name.startswith(("vgg", "alex", "zf", "google")) else 10)
+    assert out.shape == (1, 1000 if shape[0] > 200 else 10)  # ImageNet's classes, or CIFAR's
 
 
 def test_vgg16_table_matches_the_cs231n_notes():
@@ -117,7 +129,7 @@ def test_cs231n_pattern():
 @pytest.mark.parametrize("name,shape,kwargs", [
     ("lenet5", (28, 28, 1), {}),
     ("cs231n_convnet", (32, 32, 3), dict(channels=(4, 8), hidden=16)),
-    ("resnet", (32, 32, 3), dict(blocks_per_stage=1, widths=(4, 8, 8))),
+    ("resnet_no_bn", (32, 32, 3), dict(blocks_per_stage=1, widths=(4, 8, 8))),
 ])
 def test_whole_model_gradients_match_autodiff(name, shape, kwargs):
     """The model against itself on fcnn.reference (plain lax under autodiff): the oracle."""

@@ -39,10 +39,10 @@ def test_flags_windows_that_do_not_tile():
 
 
 def test_combinators_are_walked():
-    s = fcnn.summary(models.resnet(blocks_per_stage=1), (32, 32, 3))
+    s = fcnn.summary(models.resnet_no_bn(blocks_per_stage=1), (32, 32, 3))
     names = [r.name for r in s.rows]
     assert "2.0.block.0 Conv2D" in names and "3.0.shortcut Conv2D" in names
-    params, _ = models.resnet(blocks_per_stage=1).init(jax.random.key(0), (32, 32, 3))
+    params, _ = models.resnet_no_bn(blocks_per_stage=1).init(jax.random.key(0), (32, 32, 3))
     assert s.total_params == sum(p.size for p in jax.tree_util.tree_leaves(params))
     par = fcnn.summary(L.parallel(L.Conv2D(2, 1), L.MaxPool2D(2)), (4, 4, 3))
     assert [r.name for r in par.rows] == ["Input", "0 Conv2D", "1 MaxPool2D"]

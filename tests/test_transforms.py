@@ -264,7 +264,8 @@ def test_pooling_under_every_transformation(name, kw):
 
 # LeNet-5 in every run; the CIFAR net and ResNet (about 13 s of the 2-core suite) in the thorough
 # profile — their layers are LeNet's plus the padded and strided convs the op tests cover.
-MODELS = [("lenet5", (28, 28, 1)), ("cs231n_convnet", (32, 32, 3)), ("resnet", (32, 32, 3))]
+MODELS = [("lenet5", (28, 28, 1)), ("cs231n_convnet", (32, 32, 3)),
+          ("resnet_no_bn", (32, 32, 3))]
 
 
 @pytest.mark.parametrize("name,shape", MODELS if THOROUGH else MODELS[:1])

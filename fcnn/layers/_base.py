@@ -5,6 +5,18 @@ A layer is ``Layer(init, apply)``, a NamedTuple of two pure functions:
     params, out_shape = init(key, input_shape)       # input_shape per example, e.g. (28, 28, 1)
     y = apply(params, x, *, key=None, train=False)   # x batched (N, *input_shape) or not
 
+A *stateful* layer (`layer.stateful`: a BatchNorm, or a combinator with one inside) also has a
+state, an explicit pytree that is not trained by gradients (running statistics). Its init is
+the same; its state comes from `layer.init_state(input_shape)` and its apply takes the state
+and returns the next one:
+
+    state = layer.init_state(input_shape)
+    y, state = apply(params, x, *, key=None, train=False, state=state)
+
+The state changes only with `train=True`; with `train=False` the same state comes back.
+`layer.apply_with_state(params, state, x, ...)` serves any layer (a stateless one's state is
+`()` and comes back unchanged), for code written once for both kinds.
+
 Every fcnn constructor attaches a `LayerInfo` to its init function; ``layer.info`` reads it. It
 holds the layer's kind, its normalised configuration, its window geometry, its children, a
 pure-Python shape function (the one source of truth that init, `fcnn.summary` and
@@ -73,14 +85,34 @@ class LayerInfo(NamedTuple):
     shape: Callable[[tuple[int, ...]], Any]  # input shape -> output shape (raises LayerError)
     rebind: Callable[[Any], Layer] | None = None  # ops module -> the same layer on it
     apply: Callable | None = None  # the apply this info describes (with the init holding it)
+    init_state: Callable | None = None  # input shape -> initial state; None: stateless
 
 
 class Layer(NamedTuple):
     """A layer: `init(key, input_shape) -> (params, out_shape)` and
-    `apply(params, x, *, key=None, train=False) -> y`. Unpacks like stax: `init, apply = layer`."""
+    `apply(params, x, *, key=None, train=False) -> y` — or, for a stateful layer,
+    `apply(params, x, *, key=None, train=False, state) -> (y, state)`. Unpacks like stax:
+    `init, apply = layer`."""
 
     init: Callable
     apply: Callable
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the layer carries state (its apply takes `state=` and returns `(y, state)`)."""
+        return self.info.init_state is not None
+
+    def init_state(self, input_shape):
+        """The initial state on inputs of `input_shape` (per example); `()` when stateless."""
+        init_state = self.info.init_state
+        return () if init_state is None else init_state(input_shape)
+
+    def apply_with_state(self, params, state, x, *, key=None, train=False):
+        """`(y, state)` for any layer: a stateful one's apply, or a stateless one's with `state`
+        returned as it came."""
+        if self.stateful:
+            return self.apply(params, x, key=key, train=train, state=state)
+        return self.apply(params, x, key=key, train=train), state
 
     @property
     def info(self) -> LayerInfo:
@@ -162,14 +194,15 @@ def op(module, name: str, layer: str, keywords: dict[str, Any] | None = None) ->
 
 def make(kind: str, config: dict, shape: Callable, init: Callable, apply: Callable, *,
          window: Window | None = None, children: tuple = (),
-         rebind: Callable | None = None) -> Layer:
+         rebind: Callable | None = None, init_state: Callable | None = None) -> Layer:
     """The Layer of `init` and `apply`, its info attached to a fresh init function (so layers
-    that share an init still each carry their own info)."""
+    that share an init still each carry their own info). `init_state` makes it stateful."""
 
     def layer_init(key, input_shape):
         return init(key, input_shape)
 
-    layer_init.info = LayerInfo(kind, config, window, tuple(children), shape, rebind, apply)
+    layer_init.info = LayerInfo(kind, config, window, tuple(children), shape, rebind, apply,
+                                init_state)
     layer_init.__qualname__ = f"{kind}.init"
     apply.__qualname__ = f"{kind}.apply"
     return Layer(layer_init, apply)
@@ -177,11 +210,19 @@ def make(kind: str, config: dict, shape: Callable, init: Callable, apply: Callab
 
 def leaf(kind: str, config: dict, shape: Callable, init: Callable,
          bind: Callable[[Any], Callable], *, window: Window | None = None,
-         module=default_ops) -> Layer:
+         init_state: Callable | None = None, module=default_ops) -> Layer:
     """A leaf layer whose `apply = bind(module)`; `bind` looks up the ops it calls with `op`
     (so a missing function is an error here, not at apply). `with_ops` calls `bind` again."""
-    return make(kind, config, shape, init, bind(module), window=window,
-                rebind=lambda m: leaf(kind, config, shape, init, bind, window=window, module=m))
+    return make(kind, config, shape, init, bind(module), window=window, init_state=init_state,
+                rebind=lambda m: leaf(kind, config, shape, init, bind, window=window,
+                                      init_state=init_state, module=m))
+
+
+def missing_state(layer: str) -> ValueError:
+    """The error of a stateful layer's apply called without its state."""
+    return ValueError(f"{layer}: carries state (e.g. batch norm's running statistics): call "
+                      "apply(params, x, ..., state=state), with state from "
+                      "layer.init_state(input_shape); it returns (y, state).")
 
 
 def config_error(layer: str, fn, *args, catch=ValueError, **kwargs):

@@ -1,14 +1,16 @@
 """Combinators: `serial`, `parallel`, `residual`. Children's params nest as tuples.
 
 Children may be any Layer, a user's bare `Layer(init, apply)` included (its shape comes from
-`jax.eval_shape` of its init); `with_ops` rebinds every fcnn child.
+`jax.eval_shape` of its init); `with_ops` rebinds every fcnn child. A combinator with a stateful
+child is stateful: its state is the tuple of its children's (`()` for a stateless child), laid
+out like its params, and its apply threads each child's state through and returns the new ones.
 """
 
 from __future__ import annotations
 
 import jax
 
-from fcnn.layers._base import Layer, LayerError, as_layer, make, with_ops
+from fcnn.layers._base import Layer, LayerError, as_layer, make, missing_state, with_ops
 
 
 def _keys(key, n):
@@ -39,6 +41,36 @@ def _init_child(child, key, shape, segment):
         raise e.under(segment) from None
 
 
+def _shape_child(child, shape, segment):
+    try:
+        return child.info.shape(shape)
+    except LayerError as e:
+        raise e.under(segment) from None
+
+
+def _state_child(child, shape, segment):
+    try:
+        return child.init_state(shape)
+    except LayerError as e:
+        raise e.under(segment) from None
+
+
+def _states(op, state, n):
+    """A combinator's `state` argument checked: a tuple of its `n` children's states."""
+    if state is None:
+        raise missing_state(op)
+    if not isinstance(state, tuple) or len(state) != n:
+        got = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
+        raise ValueError(f"{op}: `state` must be the tuple of its {n} children's states (from "
+                         f"init_state), got {got}.")
+    return state
+
+
+def _stateful(layers, init_state):
+    """`init_state` when some child is stateful, else None (the combinator is stateless)."""
+    return init_state if any(c.stateful for c in layers) else None
+
+
 def serial(*layers: Layer) -> Layer:
     """Compose layers in order; params are the tuple of the children's. The key (init and
     apply) is split among the children."""
@@ -64,8 +96,25 @@ def serial(*layers: Layer) -> Layer:
             x = child.apply(p, x, key=k, train=train)
         return x
 
+    def init_state(input_shape):
+        states = []
+        for child, segment in zip(layers, segments):
+            states.append(_state_child(child, input_shape, segment))
+            input_shape = _shape_child(child, input_shape, segment)
+        return tuple(states)
+
+    def apply_stateful(params, x, *, key=None, train=False, state=None):
+        state = _states("serial", state, len(layers))
+        new = []
+        for child, p, s, k in zip(layers, params, state, _keys(key, len(layers))):
+            x, s = child.apply_with_state(p, s, x, key=k, train=train)
+            new.append(s)
+        return x, tuple(new)
+
     segments = [f"serial[{i}]" for i in range(len(layers))]
-    return make("serial", {}, shape, init, apply, children=layers,
+    stateful = _stateful(layers, init_state)
+    return make("serial", {}, shape, init, apply if stateful is None else apply_stateful,
+                children=layers, init_state=stateful,
                 rebind=lambda m: serial(*_rebound(layers, segments, m)))
 
 
@@ -95,8 +144,19 @@ def parallel(*layers: Layer) -> Layer:
             for child, p, k in zip(layers, params, _keys(key, len(layers)))
         )
 
+    def init_state(input_shape):
+        return tuple(_state_child(c, input_shape, s) for c, s in zip(layers, segments))
+
+    def apply_stateful(params, x, *, key=None, train=False, state=None):
+        state = _states("parallel", state, len(layers))
+        pairs = [child.apply_with_state(p, s, x, key=k, train=train)
+                 for child, p, s, k in zip(layers, params, state, _keys(key, len(layers)))]
+        return tuple(y for y, _ in pairs), tuple(s for _, s in pairs)
+
     segments = [f"parallel[{i}]" for i in range(len(layers))]
-    return make("parallel", {}, shape, init, apply, children=layers,
+    stateful = _stateful(layers, init_state)
+    return make("parallel", {}, shape, init, apply if stateful is None else apply_stateful,
+                children=layers, init_state=stateful,
                 rebind=lambda m: parallel(*_rebound(layers, segments, m)))
 
 
@@ -136,8 +196,25 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
         skip = x if shortcut is None else shortcut.apply(params[1], x, key=k_short, train=train)
         return y + skip
 
+    def init_state(input_shape):  # (block's, shortcut's): () for the identity, like its {}
+        s_block = _state_child(block, input_shape, "residual.block")
+        return s_block, (() if shortcut is None else
+                         _state_child(shortcut, input_shape, "residual.shortcut"))
+
+    def apply_stateful(params, x, *, key=None, train=False, state=None):
+        s_block, s_short = _states("residual", state, 2)
+        k_block, k_short = _keys(key, 2)
+        y, s_block = block.apply_with_state(params[0], s_block, x, key=k_block, train=train)
+        skip = x
+        if shortcut is not None:
+            skip, s_short = shortcut.apply_with_state(params[1], s_short, x, key=k_short,
+                                                      train=train)
+        return y + skip, (s_block, s_short)
+
     children = (block,) if shortcut is None else (block, shortcut)
     segments = ("residual.block", "residual.shortcut")
-    return make("residual", {"identity_shortcut": shortcut is None}, shape, init, apply,
-                children=children,
+    stateful = _stateful(children, init_state)
+    return make("residual", {"identity_shortcut": shortcut is None}, shape, init,
+                apply if stateful is None else apply_stateful, children=children,
+                init_state=stateful,
                 rebind=lambda m: residual(*_rebound(children, segments, m)))

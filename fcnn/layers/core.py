@@ -20,6 +20,7 @@ from fcnn.layers._base import (
     config_error,
     image_shape,
     leaf,
+    missing_state,
     op,
 )
 from fcnn.ops._conv_algorithms import ALGORITHMS
@@ -290,3 +291,162 @@ def Concat() -> Layer:
         return apply
 
     return leaf(name, {}, shape, init, bind)
+
+
+def _norm_shape(name, input_shape, ndim, groups=1):
+    """`input_shape` checked for a normalisation layer: rank `ndim`, channels (the last axis)
+    divisible by `groups`."""
+    shape = as_shape(name, input_shape)
+    if len(shape) != ndim:
+        raise LayerError(name, f"expects inputs of rank {ndim} (`ndim`={ndim}: "
+                               f"{'(H, W, C) images' if ndim == 3 else 'channels last'}), "
+                               f"got {shape}.")
+    if shape[-1] % groups:
+        raise LayerError(name, f"`groups` (={groups}) must divide the input channels "
+                               f"(={shape[-1]}), got input shape {shape}.")
+    return shape
+
+
+def _scale_shift(input_shape):
+    c = input_shape[-1]
+    return {"gamma": jnp.ones((c,), jnp.float32), "beta": jnp.zeros((c,), jnp.float32)}
+
+
+def BatchNorm(momentum=0.9, eps=1e-5, ndim=3) -> Layer:
+    """Batch normalisation (Ioffe & Szegedy 2015) with running statistics: a stateful layer.
+
+    Params `{"gamma": (C,), "beta": (C,)}` (ones, zeros); state `{"mean": (C,), "var": (C,)}`
+    (zeros, ones; float32), over the channels, the last axis of examples of rank `ndim` (3:
+    (H, W, C) images; 1: features).
+
+    `train=True` normalises with the batch's statistics over every axis but the channels
+    (`ops.batch_norm`: N, H, W; biased variance) and returns the state updated as
+
+        mean <- momentum * mean + (1 - momentum) * batch mean
+        var  <- momentum * var  + (1 - momentum) * batch variance * M / (M - 1)
+
+    with M = N*H*W values per channel: the running variance is the *unbiased* batch variance,
+    as PyTorch and cuDNN keep it. `train=False` is the affine map with the running statistics
+    (`ops.batch_norm_inference`); the state comes back unchanged. No gradient flows into the
+    state.
+
+    `momentum` is the weight of the old running value, as in Keras and Flax (default 0.9);
+    PyTorch's `momentum` is the weight of the new batch value: PyTorch's p is fcnn's 1 - p
+    (its default 0.1 is fcnn's 0.9). The statistics of a batch split over devices are the
+    global batch's (the SPMD step computes them over the whole batch; docs/training.md).
+    """
+    name = "BatchNorm"
+    momentum = _args.as_float(momentum, name, "momentum", minimum=0, below=1)
+    eps = _args.as_float(eps, name, "eps", above=0)
+    ndim = _args.as_int(ndim, name, "ndim", minimum=1)
+
+    def shape(input_shape):
+        return _norm_shape(name, input_shape, ndim)
+
+    def init(key, input_shape):
+        return _scale_shift(shape(input_shape)), shape(input_shape)
+
+    def init_state(input_shape):
+        c = shape(input_shape)[-1]
+        return {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)}
+
+    def bind(module):
+        batch_norm = op(module, "batch_norm", name, {"eps": eps})
+        inference = op(module, "batch_norm_inference", name, {"eps": eps})
+
+        def apply(params, x, *, key=None, train=False, state=None):
+            mean, var = _running(state, params["gamma"].shape)
+            xb, was_batched = batched(jnp.asarray(x), ndim, name)
+            if train:
+                m = xb.size // xb.shape[-1]
+                if m < 2:
+                    raise ValueError(f"{name}: train=True needs more than one value per channel "
+                                     f"to take batch statistics, got x of shape "
+                                     f"{tuple(jnp.shape(x))}.")
+                y, b_mean, b_var = batch_norm(xb, params["gamma"], params["beta"], eps=eps)
+                b_mean, b_var = jax.lax.stop_gradient((b_mean, b_var))
+                state = {"mean": momentum * mean + (1 - momentum) * b_mean.astype(mean.dtype),
+                         "var": momentum * var + (1 - momentum) * (m / (m - 1))
+                         * b_var.astype(var.dtype)}
+            else:
+                y = inference(xb, params["gamma"], params["beta"], mean, var, eps=eps)
+            return (y if was_batched else y[0]), state
+
+        def _running(state, channels):
+            if state is None:
+                raise missing_state(name)
+            if not (isinstance(state, dict) and set(state) == {"mean", "var"}
+                    and all(jnp.shape(state[k]) == channels for k in state)):
+                what = ({k: tuple(jnp.shape(v)) for k, v in state.items()}
+                        if isinstance(state, dict) else type(state).__name__)
+                raise ValueError(f"{name}: `state` must be {{'mean': {channels}, 'var': "
+                                 f"{channels}}} (from init_state), got {what}.")
+            return state["mean"], state["var"]
+
+        return apply
+
+    return leaf(name, dict(momentum=momentum, eps=eps, ndim=ndim), shape, init, bind,
+                init_state=init_state)
+
+
+def GroupNorm(groups, eps=1e-5, ndim=3) -> Layer:
+    """Group normalisation (Wu & He 2018): each example's C channels in `groups` groups, each
+    normalised over its channels and the spatial axes (`ops.group_norm`), then scaled and
+    shifted per channel. Params `{"gamma": (C,), "beta": (C,)}`; no state, and no statistic
+    crosses examples, so it is the same in training and evaluation and works with per-example
+    gradients (`fcnn.privacy`). `groups=1` is layer norm over (H, W, C); `groups=C` instance
+    norm. `ndim` is the rank of one example (3: (H, W, C) images)."""
+    name = "GroupNorm"
+    groups = _args.as_int(groups, name, "groups", minimum=1)
+    eps = _args.as_float(eps, name, "eps", above=0)
+    ndim = _args.as_int(ndim, name, "ndim", minimum=1)
+
+    def shape(input_shape):
+        return _norm_shape(name, input_shape, ndim, groups)
+
+    def init(key, input_shape):
+        return _scale_shift(shape(input_shape)), shape(input_shape)
+
+    def bind(module):
+        group_norm = op(module, "group_norm", name, {"eps": eps})
+
+        def apply(params, x, *, key=None, train=False):
+            xb, was_batched = batched(jnp.asarray(x), ndim, name)
+            y = group_norm(xb, params["gamma"], params["beta"], groups, eps=eps)
+            return y if was_batched else y[0]
+
+        return apply
+
+    return leaf(name, dict(groups=groups, eps=eps, ndim=ndim), shape, init, bind)
+
+
+def PadChannels(out_channels) -> Layer:
+    """Zero channels appended to reach `out_channels` (the last axis): the parameter-free
+    shortcut of He et al. 2015's option A, after a stride-2 subsampling, where a ResNet stage
+    widens ("the shortcut still performs identity mapping, with extra zero entries padded for
+    increasing dimensions")."""
+    name = "PadChannels"
+    out_channels = _args.as_int(out_channels, name, "out_channels", minimum=1)
+
+    def shape(input_shape):
+        input_shape = as_shape(name, input_shape)
+        if input_shape[-1] > out_channels:
+            raise LayerError(name, f"input has {input_shape[-1]} channels, more than "
+                                   f"`out_channels` (={out_channels}).")
+        return (*input_shape[:-1], out_channels)
+
+    def init(key, input_shape):
+        return {}, shape(input_shape)
+
+    def bind(module):  # data movement: no op to look up
+        def apply(params, x, *, key=None, train=False):
+            x = jnp.asarray(x)
+            extra = out_channels - x.shape[-1]
+            if extra < 0:
+                raise ValueError(f"{name}: x has {x.shape[-1]} channels, more than "
+                                 f"`out_channels` (={out_channels}).")
+            return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])
+
+        return apply
+
+    return leaf(name, dict(out_channels=out_channels), shape, init, bind)
