@@ -284,8 +284,8 @@ class CheckpointExists(ValueError):
 
 
 def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, params=None,
-        state=None, loss: Callable = ops.softmax_cross_entropy, checkpoint_dir=None, resume: bool = False,
-        mesh=None, on_step: Callable[[Progress], None] | None = None,
+        state=None, loss: Callable = ops.softmax_cross_entropy, checkpoint_dir=None,
+        resume: bool = False, mesh=None, on_step: Callable[[Progress], None] | None = None,
         on_epoch: Callable[[dict], None] | None = None,
         on_resume: Callable[[dict], None] | None = None,
         describe: dict | None = None) -> FitResult:
@@ -391,8 +391,8 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
         history.append(dict(epoch=epoch, train_loss=float(np.mean(losses)), test_loss=test_loss,
                             test_accuracy=test_accuracy))
         if path is not None and lead:
-            checkpoint.save(path, _saved(params, opt_state, run_key, state), step=step, epoch=epoch, config=config,
-                            metadata=dict(history=history))
+            checkpoint.save(path, _saved(params, opt_state, run_key, state), step=step,
+                            epoch=epoch, config=config, metadata=dict(history=history))
         if on_epoch is not None:
             on_epoch(dict(history[-1], seconds=elapsed, images_per_second=n_train / elapsed))
     return FitResult(params, opt_state, history, step,

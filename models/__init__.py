@@ -1,7 +1,8 @@
 """Named networks built from fcnn's public API; each function returns a `fcnn.layers.Layer`.
 
 Input shapes (per example): lenet5 28x28x1; cs231n_convnet, resnet20-110 and resnet_no_bn
-32x32x3; alexnet 227x227x3; vgg, zfnet, googlenet, resnet18 and resnet34 224x224x3. `INPUT_SHAPES` maps each name to it.
+32x32x3; alexnet 227x227x3; vgg, zfnet, googlenet, resnet18 and resnet34 224x224x3.
+`INPUT_SHAPES` maps each name to it.
 """
 
 from models.alexnet import alexnet
