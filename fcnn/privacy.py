@@ -12,17 +12,34 @@ import jax
 import jax.numpy as jnp
 
 from fcnn import ops
-from fcnn.layers import Layer
+from fcnn.layers import Layer, check_state, find
 
 
 def per_example_grads(model: Layer, params, x, y, *, loss: Callable = ops.softmax_cross_entropy,
-                      key=None):
+                      key=None, state=None):
     """Gradients of `loss` for each example separately: a tree like `params` whose leaves gain a
     leading batch axis. With a `key`, the model runs in training mode (dropout) with an
-    independent key per example."""
+    independent key per example.
+
+    A stateful model needs its `state`. Without a key it runs in evaluation mode, batch norm
+    with its running statistics: each example on its own, well defined. With a key, a model with
+    batch norm is refused: in training mode its statistics are the batch's, coupling the
+    examples, so one example's gradient is not defined on its own (and DP-SGD's per-example
+    clipping would not bound an example's influence). `GroupNorm` normalises each example on
+    its own and has no such limit.
+    """
+    check_state("per_example_grads", model, state)
+    coupled = find(model, "BatchNorm") if key is not None else []
+    if coupled:
+        where = coupled[0] + " " if coupled[0] else ""
+        raise ValueError(
+            f"per_example_grads: {where}BatchNorm couples the examples of a batch in training "
+            f"mode ({len(coupled)} in the model): its statistics are the batch's, so one "
+            "example's gradient is not defined on its own. Pass no `key` (evaluation mode, the "
+            "running statistics), or normalise with GroupNorm, which is per example.")
 
     def single(params, xi, yi, ki):
-        out = model.apply(params, xi[None], key=ki, train=ki is not None)
+        out, _ = model.apply_with_state(params, state, xi[None], key=ki, train=ki is not None)
         return loss(out, yi[None])
 
     keys = None if key is None else jax.random.split(key, x.shape[0])

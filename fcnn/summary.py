@@ -20,7 +20,7 @@ import jax
 
 from fcnn import _args
 
-_COUNTED = ("Conv2D", "Dense", "MaxPool2D", "AvgPool2D")
+_COUNTED = ("Conv2D", "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D")
 
 
 class Row(NamedTuple):
@@ -111,9 +111,9 @@ def _leaf(layer, shape, name, field, input_hw):
         taps = math.prod(window.kernel)
         flops = 2 * math.prod(out) * taps * shape[2] // info.config["groups"] \
             if kind == "Conv2D" else math.prod(out) * taps
-    elif kind in ("Dense", "Flatten"):
+    elif kind in ("Dense", "Flatten", "GlobalAvgPool2D"):  # every unit sees the whole input
         field = _Field(input_hw, field.jump)
-        flops = 2 * shape[0] * out[0] if kind == "Dense" else 0
+        flops = {"Dense": 2 * shape[0] * out[0], "Flatten": 0}.get(kind, math.prod(shape))
     elif kind in ("Dropout", "Concat", "PadChannels"):  # no arithmetic
         flops = 0
     activations = math.prod(out) if kind in _COUNTED else 0

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fcnn import _args, augment, checkpoint, data, ops, parallel
+from fcnn import _args, augment, checkpoint, data, layers, ops, parallel
 from fcnn.layers import Layer
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -79,7 +79,7 @@ def make_step(model: Layer, optimizer: optax.GradientTransformation,
         return total, (value, logits, state)
 
     def step(params, opt_state, x, y, key, state=None):
-        check_state("step", model, state)
+        layers.check_state("make_step", model, state)
         (_, (value, logits, state)), grads = jax.value_and_grad(objective, has_aux=True)(
             params, state, x, y, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -91,17 +91,6 @@ def make_step(model: Layer, optimizer: optax.GradientTransformation,
     if mesh is None:
         return jax.jit(step)
     return jax.jit(step, out_shardings=parallel.replicated(mesh))
-
-
-def check_state(op: str, model: Layer, state) -> None:
-    """A state argument that fits the model's kind: given for a stateful model, absent (None)
-    for a stateless one."""
-    if model.stateful and state is None:
-        raise ValueError(f"{op}: the model carries state (batch norm's running statistics): "
-                         "pass `state` (from model.init_state(input_shape)).")
-    if not model.stateful and state is not None:
-        raise ValueError(f"{op}: the model is stateless; it takes no `state` (got "
-                         f"{type(state).__name__}).")
 
 
 def make_evaluate(model: Layer, loss: Callable = ops.softmax_cross_entropy,
@@ -120,7 +109,7 @@ def make_evaluate(model: Layer, loss: Callable = ops.softmax_cross_entropy,
         return loss(logits, y) * y.shape[0], jnp.sum(jnp.argmax(logits, -1) == y)
 
     def evaluate(params, images, labels, state=None):
-        check_state("evaluate", model, state)
+        layers.check_state("evaluate", model, state)
         total_loss, correct = 0.0, 0
         for x, y in data.batches(images, labels, batch_size, shuffle=False):
             if mesh is not None:
@@ -335,7 +324,7 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
     n_train = len(dataset.train_labels)
     steps_per_epoch = recipe.steps_per_epoch(n_train)
     if state is not None:
-        check_state("fit", model, state)
+        layers.check_state("fit", model, state)
     config = run_config(model, dataset, recipe, devices=devices, params=params, state=state,
                         describe=describe)
     init_key, run_key = jax.random.split(jax.random.key(recipe.seed))

@@ -2,7 +2,8 @@
 `residual` (the skip connection out = F(x) + x) and, as their authors built them, batch norm after
 every convolution ("right after each convolution and before activation", §3.4).
 
-- `resnet20/32/44/56/110(num_classes=10)`: the CIFAR-10 networks of §4.2 on 32x32x3. A 3x3
+- `resnet20/32/44/56/110(num_classes=10)`: the CIFAR-10 networks of §4.2 on 32x32x3 (any
+  size: the global average pool takes whatever map is left; 28x28 MNIST digits give 7x7). A 3x3
   conv of 16, three stages of n basic blocks on 32x32, 16x16 and 8x8 maps with 16, 32 and 64
   filters (6n + 2 layers), global average pool, a fully connected layer. **Option A**
   shortcuts: identity; where a stage begins, subsampling by 2 (a 1x1 window of stride 2) and
@@ -28,6 +29,7 @@ from fcnn.layers import (
     Conv2D,
     Dense,
     Flatten,
+    GlobalAvgPool2D,
     MaxPool2D,
     PadChannels,
     ReLU,
@@ -57,7 +59,7 @@ def _cifar(n, num_classes):
             # option A: subsample by 2 and zero-pad the channels; identity elsewhere
             shortcut = serial(MaxPool2D(1, stride=2), PadChannels(width)) if first else None
             layers.append(basic_block(width, 2 if first else 1, shortcut))
-    return serial(*layers, AvgPool2D(8), Flatten(), Dense(num_classes))
+    return serial(*layers, GlobalAvgPool2D(), Dense(num_classes))
 
 
 def resnet20(num_classes: int = 10):
@@ -95,7 +97,7 @@ def _imagenet(blocks, num_classes):
             shortcut = conv_bn(width, 1, stride) if stride != 1 or width != width_in else None
             layers.append(basic_block(width, stride, shortcut))
             width_in = width
-    return serial(*layers, AvgPool2D(7), Flatten(), Dense(num_classes))
+    return serial(*layers, GlobalAvgPool2D(), Dense(num_classes))
 
 
 def resnet18(num_classes: int = 1000):

@@ -22,7 +22,7 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
-from fcnn import checkpoint, data, parallel, train  # noqa: E402
+from fcnn import checkpoint, data, layers, parallel, train  # noqa: E402
 
 DEFAULT = train.Recipe()
 
@@ -155,12 +155,19 @@ def main(argv=None):
         return fail(f"--devices {n_devices}: {e}")
     ds = data.load(args.dataset, args.data_dir, args.download)
     model = getattr(models, args.model)(num_classes=10)
+    image_shape = ds.train_images.shape[1:]
+    try:
+        model.info.shape(image_shape)
+    except layers.LayerError as e:
+        own = "x".join(map(str, models.INPUT_SHAPES[args.model]))
+        return fail(f"--model {args.model} (made for {own} inputs) does not fit "
+                    f"{args.dataset}'s {'x'.join(map(str, image_shape))} images: {e}")
     recipe = args.recipe
     ckpt = args.checkpoint_dir / "checkpoint.npz" if args.checkpoint_dir else None
-    params = None
+    params = state = None
     if args.init_from:
         try:
-            params = train.load_params(args.init_from, model)
+            params, state = train.load_params(args.init_from, model, with_state=True)
         except checkpoint.CheckpointError as e:
             return fail(f"--init-from: {e}")
         say(f"starting from the parameters of {args.init_from}")
@@ -179,7 +186,8 @@ def main(argv=None):
             f"{r['images_per_second']:,.0f} img/s", flush=True)
 
     try:
-        result = train.fit(model, ds, recipe, params=params, checkpoint_dir=args.checkpoint_dir,
+        result = train.fit(model, ds, recipe, params=params, state=state,
+                           checkpoint_dir=args.checkpoint_dir,
                            resume=args.resume, mesh=mesh, on_step=bar, on_epoch=on_epoch,
                            on_resume=lambda info: say(f"resuming from {ckpt} at epoch "
                                                       f"{info['epoch']}, step {info['step']}"),

@@ -1,7 +1,7 @@
 """fcnn.layers: every constructor returns `Layer(init, apply)` (see `_base` for the contract);
 `with_ops(layer, module)` runs a model's leaves on another ops module (e.g. `fcnn.reference`)."""
 
-from fcnn.layers._base import Layer, LayerError, LayerInfo, Window, with_ops
+from fcnn.layers._base import Layer, LayerError, LayerInfo, Window, check_state, find, with_ops
 from fcnn.layers.combinators import parallel, residual, serial
 from fcnn.layers.core import (
     AvgPool2D,
@@ -11,6 +11,7 @@ from fcnn.layers.core import (
     Dense,
     Dropout,
     Flatten,
+    GlobalAvgPool2D,
     GroupNorm,
     LeakyReLU,
     LocalResponseNorm,
@@ -29,6 +30,7 @@ __all__ = [
     "Dense",
     "Dropout",
     "Flatten",
+    "GlobalAvgPool2D",
     "GroupNorm",
     "Layer",
     "LayerError",
@@ -41,6 +43,8 @@ __all__ = [
     "Sigmoid",
     "Tanh",
     "Window",
+    "check_state",
+    "find",
     "parallel",
     "residual",
     "serial",

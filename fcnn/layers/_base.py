@@ -218,6 +218,29 @@ def leaf(kind: str, config: dict, shape: Callable, init: Callable,
                                       init_state=init_state, module=m))
 
 
+def check_state(op: str, model: Layer, state) -> None:
+    """A `state` argument that fits the model's kind: given (not None) for a stateful model,
+    absent (None) for a stateless one; else a ValueError naming `op`."""
+    if model.stateful and state is None:
+        raise ValueError(f"{op}: the model carries state (e.g. batch norm's running "
+                         "statistics): pass `state` (from model.init_state(input_shape)).")
+    if not model.stateful and state is not None:
+        raise ValueError(f"{op}: the model is stateless; it takes no `state` (got "
+                         f"{type(state).__name__}).")
+
+
+def find(layer: Layer, kind: str, path: tuple[str, ...] = ()) -> list[str]:
+    """The positions (e.g. "serial[0].serial[1]") of every layer of `kind` inside `layer`."""
+    info = layer.info
+    if info.kind == kind:
+        return [".".join(path)]
+    if info.kind == "residual":
+        segments = ["residual.block", "residual.shortcut"]
+    else:
+        segments = [f"{info.kind}[{i}]" for i in range(len(info.children))]
+    return [p for child, s in zip(info.children, segments) for p in find(child, kind, (*path, s))]
+
+
 def missing_state(layer: str) -> ValueError:
     """The error of a stateful layer's apply called without its state."""
     return ValueError(f"{layer}: carries state (e.g. batch norm's running statistics): call "

@@ -129,6 +129,33 @@ def AvgPool2D(window, stride=None, padding=0) -> Layer:
     return _pool("AvgPool2D", "avg_pool2d", window, stride, padding)
 
 
+def GlobalAvgPool2D() -> Layer:
+    """The mean of each channel over the whole (H, W) map: `(H, W, C) -> (C,)`, whatever the
+    input size (ResNet's and GoogLeNet's last pooling, as torchvision's AdaptiveAvgPool2d(1)
+    followed by a flatten). It runs the average pool of its ops module with the window and
+    stride equal to the map's size."""
+    name = "GlobalAvgPool2D"
+
+    def shape(input_shape):
+        return (image_shape(name, input_shape)[2],)
+
+    def init(key, input_shape):
+        return {}, shape(input_shape)
+
+    def bind(module):
+        pool = op(module, "avg_pool2d", name)
+
+        def apply(params, x, *, key=None, train=False):
+            xb, was_batched = batched(jnp.asarray(x), 3, name)
+            window = xb.shape[1:3]
+            y = pool(xb, window, window, 0).reshape(xb.shape[0], xb.shape[3])
+            return y if was_batched else y[0]
+
+        return apply
+
+    return leaf(name, {}, shape, init, bind)
+
+
 def Dense(out_features, use_bias=True, w_init=None, b_init=None) -> Layer:
     """Fully connected; params `{"w": (in, out_features), "b": (out_features,)}`."""
     name = "Dense"
