@@ -20,24 +20,35 @@ import models  # noqa: E402
 from fcnn import data, train  # noqa: E402
 
 
-def train_ensemble(keys, epochs, seed=0, ds=None):
-    """Train one LeNet-5 per key, all at once, with the main job's recipe (`fcnn.train.Recipe`)
-    for `epochs` epochs. Returns the model and the stacked params `(K, ...)`."""
+def train_ensemble(keys, epochs, seed=0, ds=None, model=None):
+    """Train one `model` (default LeNet-5) per key, all at once, with the main job's recipe
+    (`fcnn.train.Recipe`) for `epochs` epochs. Returns the model, the stacked params `(K, ...)`
+    and the stacked state (None for a stateless model; batch norm's running statistics, one
+    set per member, for a stateful one)."""
     ds = ds or data.load()
     recipe = train.Recipe(epochs=epochs, seed=seed)
-    model = models.lenet5()
-    params = jax.vmap(lambda k: model.init(k, (28, 28, 1))[0])(keys)
+    model = model or models.lenet5()
+    shape = ds.train_images.shape[1:]
+    params = jax.vmap(lambda k: model.init(k, shape)[0])(keys)
+    state = None
+    if model.stateful:  # the same initial state for every member, stacked like the params
+        state = jax.tree_util.tree_map(lambda s: jnp.broadcast_to(s, (len(keys), *s.shape)),
+                                       model.init_state(shape))
     opt, step = recipe.make_step(model, recipe.steps_per_epoch(len(ds.train_labels)))
     opt_state = jax.vmap(opt.init)(params)
-    vstep = jax.jit(jax.vmap(step, in_axes=(0, 0, None, None, 0)))
+    in_axes = (0, 0, None, None, 0, *((0,) if model.stateful else ()))
+    vstep = jax.jit(jax.vmap(step, in_axes=in_axes))
     n = 0
     for epoch in range(epochs):
         for x, y in data.batches(ds.train_images, ds.train_labels, recipe.batch_size, seed=seed,
                                  epoch=epoch):
             step_keys = jax.vmap(lambda k: jax.random.fold_in(k, n))(keys)
-            params, opt_state, _ = vstep(params, opt_state, x, y, step_keys)
+            if model.stateful:
+                params, opt_state, _, state = vstep(params, opt_state, x, y, step_keys, state)
+            else:
+                params, opt_state, _ = vstep(params, opt_state, x, y, step_keys)
             n += 1
-    return model, params
+    return model, params, state
 
 
 def main(argv=None):
@@ -49,7 +60,7 @@ def main(argv=None):
     ds = data.load()
     t = time.perf_counter()
     keys = jax.random.split(jax.random.key(args.seed), args.members)
-    model, params = train_ensemble(keys, args.epochs, seed=args.seed, ds=ds)
+    model, params, _ = train_ensemble(keys, args.epochs, seed=args.seed, ds=ds)
     x = jnp.asarray(ds.test_images, jnp.float32) / 255
     # vmap over the members' parameters: fcnn's batching rule runs each member's convolutions
     # as its own (unrolled up to 16 members, a loop past that; no grouped convolution,

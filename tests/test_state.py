@@ -121,8 +121,9 @@ def test_combinators_thread_the_childrens_states():
     p, _ = both.init(jax.random.key(0), (2, 2, 1))
     ys, s2 = both.apply(p, jnp.arange(8.0).reshape(2, 2, 2, 1), state=s, train=True)
     assert len(ys) == 3 and s2[1] == ()
-    assert_close(jnp.stack([s2[0]["mean"][0], s2[2]["mean"][0]]), np.float32([0.1 * 3.5, 0.5 * 3.5]),
-                 "momenta 0.9 and 0.5 on a batch mean of 3.5", rtol=1e-6, atol=0)
+    assert_close(jnp.stack([s2[0]["mean"][0], s2[2]["mean"][0]]),
+                 np.float32([0.1 * 3.5, 0.5 * 3.5]), "momenta 0.9 and 0.5, batch mean 3.5",
+                 rtol=1e-6, atol=0)
 
 
 def test_stateless_layers_keep_their_contract():
