@@ -1,5 +1,6 @@
 """Data parallelism: the sharded step is the single-device step with its batch split, on 4 host
-devices in one process and on 2 processes x 2 devices (jax.distributed over gloo).
+devices in one process (batch norm's statistics those of the whole batch) and on 2 processes x 2
+devices (jax.distributed over gloo).
 
 The device count is fixed when jax starts, so every check that needs several devices runs in a
 fresh interpreter with XLA_FLAGS=--xla_force_host_platform_device_count=N.
@@ -63,6 +64,23 @@ CHILD = textwrap.dedent("""
             out[name]["all_reduce"] = "all-reduce" in hlo
             out[name]["per_device_input"] = "f32[16,28,28,1]" in hlo
             out[name]["whole_input"] = "f32[64,28,28,1]" in hlo
+    # ResNet-20 with batch norm (12x12 crops, 4 per device): the statistics are the global
+    # batch's, as on one device, not each device's quarter
+    import models
+    bn = models.resnet20()
+    bp, bs = bn.init(jax.random.key(1), (12, 12, 1))[0], bn.init_state((12, 12, 1))
+    bo = opt.init(bp)
+    xb, yb = x[:16, 8:20, 8:20], y[:16]
+    want = train.make_step(bn, opt)(bp, bo, xb, yb, key, bs)
+    xs, ys = parallel.shard_batch(mesh, xb, yb)
+    got = train.make_step(bn, opt, mesh=mesh)(*parallel.replicate(mesh, (bp, bo)), xs, ys, key,
+                                               parallel.replicate(mesh, bs))
+    out["batch_norm"] = dict(
+        diff=diff(want, got), scale=max(float(jnp.max(jnp.abs(u))) for u in
+                                        jax.tree.leaves(want)),
+        state_diff=diff(want[3], got[3]),
+        moved=diff(want[3], bs),  # the statistics did change, so state_diff compares something
+        out_replicated=all(a.sharding.is_fully_replicated for a in jax.tree.leaves(got)))
     try:
         parallel.batch_mesh(5)
     except ValueError as e:
@@ -92,6 +110,10 @@ def test_sharded_step_equals_single_device_step_and_splits_the_batch():
     assert rem["shards"] == [[6, 28, 28, 1]] * 4
     assert rem["diff"] <= 1e-5 * rem["scale"], rem
     assert even["out_replicated"] and rem["out_replicated"]
+    bn = out["batch_norm"]  # synchronised batch norm: the single-device step's statistics
+    # (per-device statistics, each device's quarter of the batch, would differ from them)
+    assert bn["diff"] <= 1e-5 * bn["scale"] and bn["state_diff"] <= 1e-5, bn
+    assert bn["moved"] > 1e-3 and bn["out_replicated"], bn
     assert "asked for 5 devices" in out["too_many"] and "device_count" in out["too_many"]
 
 

@@ -17,6 +17,7 @@ from jax.interpreters import ad, batching
 from jax.test_util import check_grads
 
 import models
+from fcnn import layers as fcnn_layers
 from fcnn import ops
 from fcnn import reference as R
 from fcnn.layers import with_ops
@@ -289,5 +290,44 @@ def test_whole_models_in_forward_mode(name, shape):
     want = derivatives(with_ops(net, R), R.softmax_cross_entropy)
     with lax_rules_refused([lax.conv_general_dilated_p, lax.dot_general_p, *POOL_RULES]):
         got = derivatives(net, ops.softmax_cross_entropy)
+    for key in want:
+        assert_trees_close(got[key], want[key], key)
+
+
+def test_a_batch_norm_resnet_in_forward_mode_and_its_hessian():
+    """A residual net with batch norm in training mode (option-A shortcut included): the jvp of
+    its output and new state in the parameters, a Hessian-vector product of its loss, and
+    `jax.hessian` of the loss in the first batch norm's scale (so every layer after it is
+    differentiated twice), equal to the oracle's in float64, with lax's convolution, dot and
+    pooling rules unavailable to fcnn's side. One jitted program per side (the op-by-op eager
+    run of the same three costs 4x the time)."""
+    from models.resnet import basic_block, conv_bn
+
+    shortcut = fcnn_layers.serial(fcnn_layers.MaxPool2D(1, stride=2), fcnn_layers.PadChannels(4))
+    net = fcnn_layers.serial(conv_bn(2, 3, 1, 1), fcnn_layers.ReLU(),
+                             basic_block(4, 2, shortcut), fcnn_layers.GlobalAvgPool2D(),
+                             fcnn_layers.Dense(3))
+    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64),
+                                    net.init(jax.random.key(0), (6, 6, 1))[0])
+    state = net.init_state((6, 6, 1))
+    x, y = normal(1, (2, 6, 6, 1)), jnp.array([2, 0])
+    tangent = jax.tree_util.tree_map(lambda p: normal(2, p.shape), params)
+
+    def derivatives(model, loss):
+        run = lambda p: model.apply(p, x, state=state, train=True)  # noqa: E731
+        s = lambda p: loss(run(p)[0], y)  # noqa: E731
+
+        def in_gamma(gamma):  # params[0] = conv_bn's (conv, batch norm)
+            bn = dict(params[0][1], gamma=gamma)
+            return s(((params[0][0], bn), *params[1:]))
+
+        return jax.jit(lambda: dict(jvp=jax.jvp(run, (params,), (tangent,)),
+                                    hvp=jax.jvp(jax.grad(s), (params,), (tangent,)),
+                                    hessian=jax.hessian(in_gamma)(params[0][1]["gamma"])))()
+
+    want = derivatives(with_ops(net, R), R.softmax_cross_entropy)
+    with lax_rules_refused([lax.conv_general_dilated_p, lax.dot_general_p, *POOL_RULES]):
+        got = derivatives(net, ops.softmax_cross_entropy)
+    assert got["hessian"].shape == (2, 2)
     for key in want:
         assert_trees_close(got[key], want[key], key)
