@@ -63,6 +63,11 @@ def test_readme_python_examples_run():
     assert namespace["ensemble"][0]["w"].shape == (4, 5, 5, 1, 6)
     assert jax.tree_util.tree_structure(namespace["hvp"]) == \
         jax.tree_util.tree_structure(namespace["params"])
+    # the state example: x is zeros, so the batch has mean 0 and variance 0 per channel, and
+    # one step takes the running variance from 1 to 0.9 * 1 + 0.1 * 0
+    state = namespace["state"]
+    assert namespace["bn"].stateful and namespace["logits"].shape == (8, 10)
+    assert state[0] == () and float(jax.numpy.max(jax.numpy.abs(state[1]["var"] - 0.9))) < 1e-7
 
 
 def _run_readme_blocks():
