@@ -53,6 +53,12 @@ POOL = [  # (N, H, W, C, window, stride, padding)
     (64, 32, 32, 64, 2, 2, 0),
     (64, 32, 32, 64, 3, 2, 1),
 ]
+NORM = [  # (N, H, W, C): LeNet's first maps, then ResNet-20's three stages at batch 128
+    (128, 28, 28, 6),
+    (128, 32, 32, 16),
+    (128, 16, 16, 32),
+    (128, 8, 8, 64),
+]
 DENSE = [  # (N, in, out)
     (128, 400, 120),
     (128, 4096, 256),
@@ -150,6 +156,25 @@ def bench_dense(repeats):
     return rows
 
 
+def bench_norm(repeats):
+    """Batch norm (training mode: its output, the statistics' cotangents zero as in a layer,
+    whose running update stops their gradient) and group norm (4 groups). The GFLOP/s column
+    counts one operation per element: read it as G elements/s."""
+    rows = []
+    for n, h, w, c in NORM:
+        x, gamma, beta = _rand((n, h, w, c), 6), _rand((c,), 7), _rand((c,), 8)
+        groups = min(c, 4) if c % min(c, 4) == 0 else 1
+        shape = f"N={n} {h}x{w}x{c}"
+        rows += _measure(f"batch_norm {shape}", x.size,
+                         lambda x, g, b: ops.batch_norm(x, g, b)[0],
+                         lambda x, g, b: R.batch_norm(x, g, b)[0], (x, gamma, beta), repeats)
+        rows += _measure(f"group_norm {shape} G={groups}", x.size,
+                         lambda x, g, b, G=groups: ops.group_norm(x, g, b, G),
+                         lambda x, g, b, G=groups: R.group_norm(x, g, b, G), (x, gamma, beta),
+                         repeats)
+    return rows
+
+
 def _fmt(r):
     same = "same" if r["same_program"] else ""
     return (f"{r['op']:<44} {r['mode']:<8} {r['fcnn_ms']:9.3f} {r['autodiff_ms']:9.3f} "
@@ -160,14 +185,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per side (>= 20)")
     parser.add_argument("--json", type=Path, help="write the table as JSON here")
-    parser.add_argument("--only", choices=["conv", "pool", "dense"], action="append")
+    parser.add_argument("--only", choices=["conv", "pool", "dense", "norm"], action="append")
     args = parser.parse_args(argv)
-    groups = args.only or ["conv", "pool", "dense"]
+    groups = args.only or ["conv", "pool", "dense", "norm"]
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {platform.processor() or ''}"
           f" median of {args.repeats} interleaved runs, float32")
     print(f"{'op':<44} {'mode':<8} {'fcnn ms':>9} {'autodiff':>9} {'GFLOP/s':>8} {'ratio':>6}"
           "  XLA program")
-    benches = {"conv": bench_conv, "pool": bench_pool, "dense": bench_dense}
+    benches = {"conv": bench_conv, "pool": bench_pool, "dense": bench_dense, "norm": bench_norm}
     rows = [row for g in groups for row in benches[g](args.repeats)]
     for mode in ("fwd", "fwd+bwd"):
         worst = min((r for r in rows if r["mode"] == mode), key=lambda r: r["ratio"])

@@ -28,6 +28,12 @@ LAYERS = [
     (L.Sigmoid(), (5,)),
     (L.Flatten(), (3, 4, 2)),
     (L.LocalResponseNorm(), (3, 3, 8)),
+    (L.BatchNorm(), (3, 3, 4)),  # stateful: in evaluation mode, the running statistics
+    (L.BatchNorm(ndim=1), (6,)),
+    (L.GroupNorm(2), (3, 2, 4)),
+    (L.GroupNorm(3, ndim=1), (6,)),
+    (L.GlobalAvgPool2D(), (4, 3, 2)),
+    (L.PadChannels(5), (3, 3, 2)),
     (L.serial(L.Conv2D(3, 3, padding=1), L.ReLU(), L.MaxPool2D(2), L.Flatten(), L.Dense(4)),
      (6, 6, 1)),
     (L.residual(L.serial(L.Conv2D(2, 3, padding=1), L.ReLU())), (5, 5, 2)),
@@ -36,24 +42,32 @@ LAYERS = [
 IDS = [repr(layer)[:40] for layer, _ in LAYERS]
 
 
+def _applier(layer, shape):
+    """`apply(params, x) -> y` for any layer: a stateful one with its initial state."""
+    state = layer.init_state(shape)
+    return lambda params, x: layer.apply_with_state(params, state, x)[0]
+
+
 @pytest.mark.parametrize("layer,shape", LAYERS, ids=IDS)
 def test_init_shape_agrees_with_apply_and_eval_shape(layer, shape):
     params, out_shape = layer.init(KEY, shape)
+    apply = _applier(layer, shape)
     x = normal(1, (2, *shape), jnp.float32)
-    y = layer.apply(params, x)
+    y = apply(params, x)
     assert y.shape == (2, *out_shape)
-    assert jax.jit(layer.apply)(params, x).shape == (2, *out_shape)
-    assert jax.eval_shape(layer.apply, params, x).shape == (2, *out_shape)
+    assert jax.jit(apply)(params, x).shape == (2, *out_shape)
+    assert jax.eval_shape(apply, params, x).shape == (2, *out_shape)
     assert layer.info.shape(shape) == out_shape
 
 
 @pytest.mark.parametrize("layer,shape", LAYERS, ids=IDS)
 def test_batched_unbatched_and_vmap_agree(layer, shape):
     params, _ = layer.init(KEY, shape)
+    apply = _applier(layer, shape)
     x = normal(2, (3, *shape), jnp.float32)
-    batched = layer.apply(params, x)
-    per_example = jnp.stack([layer.apply(params, xi) for xi in x])
-    mapped = jax.vmap(lambda xi: layer.apply(params, xi))(x)
+    batched = apply(params, x)
+    per_example = jnp.stack([apply(params, xi) for xi in x])
+    mapped = jax.vmap(lambda xi: apply(params, xi))(x)
     assert_close(per_example, batched, "unbatched", rtol=1e-5, atol=1e-5)
     assert_close(mapped, batched, "vmap", rtol=1e-5, atol=1e-5)
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import fcnn
 import models
 from fcnn import layers as L
-from fcnn import ops, privacy
+from fcnn import ops, privacy, train
 from fcnn import reference as R
 from fcnn.testing import assert_close, rule_bindings
 from models.resnet import basic_block, conv_bn
@@ -258,3 +259,27 @@ def test_configuration_errors():
         L.PadChannels(4).init(jax.random.key(0), (2, 2, 6))
     with pytest.raises(ValueError, match="GlobalAvgPool2D: expects"):
         L.GlobalAvgPool2D().init(jax.random.key(0), (6,))
+
+
+def test_a_users_own_stateful_layer_composes_and_trains():
+    """A running count of the examples seen in training: user state through serial and the
+    train step."""
+    counter = L.stateful(
+        lambda key, shape: ({}, shape),
+        lambda params, x, *, key=None, train=False, state: (
+            x, {"seen": state["seen"] + (x.shape[0] if train else 0)}),
+        lambda shape: {"seen": jnp.zeros((), jnp.int32)})
+    net = L.serial(counter, L.Flatten(), L.Dense(3))
+    assert net.stateful and net.info.children[0].info.kind == "Layer"
+    assert fcnn.summary(net, (2, 2, 1)).total_state == 1
+    params, _ = net.init(jax.random.key(0), (2, 2, 1))
+    state = net.init_state((2, 2, 1))
+    step = train.make_step(net, optax.sgd(0.1))
+    opt_state = optax.sgd(0.1).init(params)
+    x, y = normal(0, (5, 2, 2, 1)), jnp.array([0, 1, 2, 0, 1])
+    for _ in range(3):
+        params, opt_state, _, state = step(params, opt_state, x, y, jax.random.key(0), state)
+    assert int(state[0]["seen"]) == 15
+    assert int(net.apply(params, x, state=state)[1][0]["seen"]) == 15  # evaluation: unchanged
+    with pytest.raises(TypeError, match="stateful: `init_state` must be callable"):
+        L.stateful(counter.init, counter.apply, None)

@@ -1,7 +1,16 @@
 """fcnn.layers: every constructor returns `Layer(init, apply)` (see `_base` for the contract);
 `with_ops(layer, module)` runs a model's leaves on another ops module (e.g. `fcnn.reference`)."""
 
-from fcnn.layers._base import Layer, LayerError, LayerInfo, Window, check_state, find, with_ops
+from fcnn.layers._base import (
+    Layer,
+    LayerError,
+    LayerInfo,
+    Window,
+    check_state,
+    find,
+    stateful,
+    with_ops,
+)
 from fcnn.layers.combinators import parallel, residual, serial
 from fcnn.layers.core import (
     AvgPool2D,
@@ -48,5 +57,6 @@ __all__ = [
     "parallel",
     "residual",
     "serial",
+    "stateful",
     "with_ops",
 ]

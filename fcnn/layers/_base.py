@@ -145,6 +145,24 @@ def _bare_info(init) -> LayerInfo:
     return LayerInfo("Layer", {}, None, (), shape)
 
 
+def stateful(init: Callable, apply: Callable, init_state: Callable) -> Layer:
+    """A user's own stateful layer: `init(key, input_shape) -> (params, out_shape)`,
+    `init_state(input_shape) -> state` (a pytree of arrays) and `apply(params, x, *, key=None,
+    train=False, state) -> (y, state)`, which must return the state unchanged unless
+    `train=True`. It composes in the combinators like a bare `Layer(init, apply)` (kind
+    "Layer"), and its state goes wherever fcnn's own goes (train step, fit, checkpoints)."""
+    for name, fn in (("init", init), ("apply", apply), ("init_state", init_state)):
+        if not callable(fn):
+            raise TypeError(f"stateful: `{name}` must be callable, got {type(fn).__name__}.")
+
+    def layer_init(key, input_shape):
+        return init(key, input_shape)
+
+    layer_init.info = _bare_info(init)._replace(apply=apply, init_state=init_state)
+    layer_init.__qualname__ = _qualname(init)
+    return Layer(layer_init, apply)
+
+
 def as_layer(value, op: str, name: str) -> Layer:
     """`value` as a Layer: a Layer, or an `(init, apply)` pair of callables (stax style)."""
     if isinstance(value, Layer):
