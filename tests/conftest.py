@@ -16,7 +16,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # Bounded, reproducible sweeps for CI; HYPOTHESIS_PROFILE=thorough explores further.
 settings.register_profile(
     "ci",
-    max_examples=10,
+    max_examples=8,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

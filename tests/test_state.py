@@ -107,12 +107,13 @@ def test_combinators_thread_the_childrens_states():
     assert block[1] == () and len(block[0]) == 3  # the shortcut (pool, pad) is stateless
     params, _ = net.init(jax.random.key(0), (8, 8, 1))
     x = normal(2, (5, 8, 8, 1))
-    y, new = net.apply(params, x, state=state, train=True)
+    apply = jax.jit(net.apply, static_argnames="train")
+    y, new = apply(params, x, state=state, train=True)
     assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(state)
     changed = [not np.array_equal(a, b) for a, b in
                zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(state))]
     assert all(changed) and len(changed) == 2 * 5  # every batch norm's mean and var moved
-    y_eval, same = net.apply(params, x, state=new)
+    y_eval, same = apply(params, x, state=new)
     assert all(np.array_equal(a, b) for a, b in
                zip(jax.tree_util.tree_leaves(same), jax.tree_util.tree_leaves(new)))
     assert not np.allclose(y, y_eval)  # batch statistics vs running statistics
@@ -173,13 +174,15 @@ def test_group_norm_layer_is_per_example_and_ready_for_dp_sgd():
     y = layer.apply(params, x)
     assert_close(y, ops.group_norm(x, params["gamma"], params["beta"], 2), "layer", rtol=0,
                  atol=0)
+    one = jax.jit(layer.apply)
     for i in range(5):  # no statistic crosses examples
-        assert_close(layer.apply(params, x[i]), y[i], f"example {i}", rtol=1e-6, atol=1e-6)
+        assert_close(one(params, x[i]), y[i], f"example {i}", rtol=1e-6, atol=1e-6)
     net = L.serial(L.Conv2D(4, 3), L.GroupNorm(2), L.ReLU(), L.Flatten(), L.Dense(3))
     p, _ = net.init(jax.random.key(1), (5, 5, 1))
     xs, ys = normal(4, (4, 5, 5, 1)), jnp.array([0, 1, 2, 1])
-    grads = privacy.per_example_grads(net, p, xs, ys)
-    one = jax.grad(lambda p: ops.softmax_cross_entropy(net.apply(p, xs[2:3]), ys[2:3]))(p)
+    grads = jax.jit(lambda p: privacy.per_example_grads(net, p, xs, ys))(p)
+    one = jax.jit(jax.grad(lambda p: ops.softmax_cross_entropy(net.apply(p, xs[2:3]),
+                                                               ys[2:3])))(p)
     for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(one)):
         assert_close(a[2], b, "example 2's gradient", rtol=1e-5, atol=1e-6)
 
@@ -195,9 +198,9 @@ def test_per_example_grads_refuse_batch_norm_in_training_mode():
     with pytest.raises(ValueError, match="per_example_grads: the model carries state"):
         privacy.per_example_grads(net, params, x, y)
     # evaluation mode (running statistics): each example on its own, well defined
-    grads = privacy.per_example_grads(net, params, x, y, state=state)
-    one = jax.grad(lambda p: ops.softmax_cross_entropy(
-        net.apply(p, x[1:2], state=state)[0], y[1:2]))(params)
+    grads = jax.jit(lambda p: privacy.per_example_grads(net, p, x, y, state=state))(params)
+    one = jax.jit(jax.grad(lambda p: ops.softmax_cross_entropy(
+        net.apply(p, x[1:2], state=state)[0], y[1:2])))(params)
     for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(one)):
         assert_close(a[1], b, "example 1's gradient", rtol=1e-5, atol=1e-6)
 
