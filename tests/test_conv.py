@@ -50,14 +50,14 @@ def test_value_and_vjp_match_autodiff(case, algorithm):
 
 
 @algorithms
-@costly(ci_examples=5)  # the rules are proven in float64 above; this sweeps float32's dtype path
+@costly(ci_examples=7)  # the rules are proven in float64 above; this sweeps float32's dtype path
 @given(case=conv_cases())
 def test_value_and_vjp_match_autodiff_in_float32(case, algorithm):
     _assert_value_and_vjp_match(case, jnp.float32, algorithm)
 
 
 @algorithms
-@costly(ci_examples=5)  # four programs compiled per example
+@costly(ci_examples=7)  # four programs compiled per example
 @given(case=conv_cases())
 def test_grad_input_and_grad_kernel_match_autodiff(case, algorithm):
     """The dX and dK ops equal jax.vjp of lax's conv, and so do their own VJPs (2nd order)."""
@@ -77,7 +77,7 @@ def test_grad_input_and_grad_kernel_match_autodiff(case, algorithm):
 
 
 @algorithms
-@costly(ci_examples=5)
+@costly(ci_examples=7)
 @given(case=conv_cases())
 def test_grad_of_grad_matches_autodiff(case, algorithm):
     x, w, b = _operands(case, jnp.float64)
@@ -117,7 +117,7 @@ def test_finite_differences_orders_1_and_2(kw, algorithm):
 
 
 @algorithms
-@costly(ci_examples=5)  # exact identities, four programs per example
+@costly(ci_examples=7)  # exact identities, four programs per example
 @given(case=conv_cases())
 def test_adjoint_identities(case, algorithm):
     """<conv(v, w), u> == <v, dX(u, w)> and <conv(x, v), u> == <v, dK(x, u)>: the dX/dK ops are

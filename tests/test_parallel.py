@@ -90,7 +90,8 @@ CHILD = textwrap.dedent("""
 
 
 def _env(devices: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    flags = [os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={devices}"]
+    env = dict(os.environ, XLA_FLAGS=" ".join(flags).strip())  # the suite's flags kept
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return env
 
