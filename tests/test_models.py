@@ -100,6 +100,39 @@ def test_googlenet_sizes_and_branches_from_table_1():
     assert all(r.flops == 0 for r in joined)  # data movement
 
 
+def _residual_outputs(summary):
+    """The output shape of each residual block (a block's last row is its closing ReLU)."""
+    rows = summary.rows
+    return [r.output_shape for i, r in enumerate(rows[:-1])
+            if ".block." in r.name and ".block." not in rows[i + 1].name]
+
+
+def test_resnet_sizes_from_the_paper():
+    """He et al. 2015. CIFAR (section 4.2): maps of 32x32, 16x16 and 8x8 with 16, 32 and 64
+    filters, n blocks each, 6n + 2 weighted layers. ImageNet (Table 1): conv1 112x112, the max
+    pool 56x56, conv2_x-conv5_x 56, 28, 14, 7 with 64-512 filters; 7x7/2 padded 3, the 3x3
+    pool padded 1, 3x3 convolutions padded 1 (torchvision's). Option A's shortcut has no
+    parameters; option B's is a 1x1 projection with batch norm."""
+    for name, n in (("resnet20", 3), ("resnet56", 9), ("resnet110", 18)):
+        s = fcnn.summary(getattr(models, name)(), (32, 32, 3))
+        weighted = [r for r in s.rows if r.name.endswith(("Conv2D", "Dense"))]
+        assert len(weighted) == 6 * n + 2, name  # option A: no shortcut convolutions
+        assert _residual_outputs(s) == [(32, 32, 16)] * n + [(16, 16, 32)] * n + \
+            [(8, 8, 64)] * n
+        pads = [r for r in s.rows if r.name.endswith("PadChannels")]
+        assert [r.output_shape for r in pads] == [(16, 16, 32), (8, 8, 64)]
+        assert all(r.params == 0 for r in s.rows if ".shortcut." in r.name)
+    s = fcnn.summary(models.resnet18(), (224, 224, 3))
+    assert s.rows[1].output_shape == (112, 112, 64)  # conv1
+    assert next(r for r in s.rows if r.name.endswith("MaxPool2D")).output_shape == (56, 56, 64)
+    assert _residual_outputs(s) == [(56, 56, 64)] * 2 + [(28, 28, 128)] * 2 + \
+        [(14, 14, 256)] * 2 + [(7, 7, 512)] * 2
+    projections = [r for r in s.rows if ".shortcut." in r.name and r.name.endswith("Conv2D")]
+    assert [r.params for r in projections] == [64 * 128, 128 * 256, 256 * 512]  # 1x1, no bias
+    assert _residual_outputs(fcnn.summary(models.resnet34(), (224, 224, 3))) == \
+        [(56, 56, 64)] * 3 + [(28, 28, 128)] * 4 + [(14, 14, 256)] * 6 + [(7, 7, 512)] * 3
+
+
 def test_concat_joins_branches_and_refuses_mismatched_shapes():
     from fcnn import layers as L
 
