@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 Samples = dict[str, list[float]]  # runner label -> seconds per call, one entry per round
 
@@ -87,3 +89,11 @@ def medians(samples: Samples) -> dict[str, float]:
 def pair_ratio(samples: Samples, num: str, den: str) -> float:
     """Median over rounds of `num`'s sample / `den`'s sample of the same round."""
     return statistics.median(a / b for a, b in zip(samples[num], samples[den], strict=True))
+
+
+def matmul_peak(repeats=10, n=2048):
+    """f32 GFLOP/s of one jitted n x n matmul: the practical peak XLA reaches on this machine."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    runner = jax_timed("matmul", jnp.matmul, (a, a))
+    t = medians(interleaved([runner], repeats, warmup=1, probe=1))["matmul"]
+    return 2 * n ** 3 / t / 1e9

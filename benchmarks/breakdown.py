@@ -7,7 +7,9 @@ against autodiff of the fcnn.reference op on the same arrays, interleaved by the
 (`_timing`, samples of about 50 ms). Reported: median ms of each, the ratio of the medians
 autodiff/fcnn (> 1: fcnn is faster) and, for convs, the algorithms fcnn's "auto" picks for the
 forward, dX and dK on a CPU (`_conv_algorithms.choose`, from the shapes; on GPU and TPU "auto"
-runs XLA's native convolution instead).
+runs XLA's native convolution instead), with fcnn's GFLOP/s for each map (the three maps do the
+same 2·N·H_out·W_out·C_out·kh·kw·C_in/groups FLOPs) and its share of the f32 matmul peak
+measured in the same run: the distance to the hardware.
 
     python benchmarks/breakdown.py [--models lenet5,cs231n_convnet] [--batch 128]
         [--repeats 15] [--json out.json]
@@ -29,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import twins  # noqa: E402
 from benchmarks._report import key, table  # noqa: E402
-from benchmarks._timing import medians  # noqa: E402
+from benchmarks._timing import matmul_peak, medians  # noqa: E402
 from benchmarks.ops import compare  # noqa: E402
 from fcnn import ops  # noqa: E402
 from fcnn import reference as R  # noqa: E402
@@ -37,6 +39,13 @@ from fcnn.ops import _conv_algorithms as algo  # noqa: E402
 
 TARGET = 0.05  # seconds per sample
 POOLS = {"MaxPool2D": "max_pool2d", "AvgPool2D": "avg_pool2d"}
+
+
+def _conv_flops(g, w):
+    """2 x the multiply-adds of a convolution with output g and HWIO kernel w (w's I is C_in /
+    groups): the same for each of its three maps."""
+    n, ho, wo, cout = g.shape
+    return 2 * n * ho * wo * cout * w.shape[0] * w.shape[1] * w.shape[2]
 
 
 def _conv_maps(info, x, g, w):
@@ -96,8 +105,10 @@ def _layer_maps(info, shape, batch, rng):
     return _dense_maps(x, g, r((shape[0], c["out_features"])))
 
 
-def breakdown(name, batch, repeats):
-    """Per layer and per map: fcnn's rule against autodiff of the reference op, in isolation."""
+def breakdown(name, batch, repeats, peak=None):
+    """Per layer and per map: fcnn's rule against autodiff of the reference op, in isolation;
+    a conv map's row also has fcnn's `gflops` and, given the matmul `peak` (GFLOP/s), its
+    `peak_pct`."""
     shape, rng, rows = twins.SHAPES[name], np.random.default_rng(2), []
     for i, child in enumerate(twins.model(name).info.children):
         info = child.info
@@ -106,10 +117,16 @@ def breakdown(name, batch, repeats):
             chosen, maps = found
             for label, (mine, theirs, args) in maps.items():
                 t = medians(compare(mine, theirs, args, repeats, TARGET)[0])
-                rows.append(dict(model=name, layer=f"{i} {info.kind}",
-                                 shape="x".join(map(str, shape)), algorithm=chosen, map=label,
-                                 fcnn_ms=1e3 * t["fcnn"], autodiff_ms=1e3 * t["autodiff"],
-                                 ratio=t["autodiff"] / t["fcnn"]))
+                row = dict(model=name, layer=f"{i} {info.kind}",
+                           shape="x".join(map(str, shape)), algorithm=chosen, map=label,
+                           fcnn_ms=1e3 * t["fcnn"], autodiff_ms=1e3 * t["autodiff"],
+                           ratio=t["autodiff"] / t["fcnn"])
+                if info.kind == "Conv2D":
+                    g, w = maps["dX"][2]
+                    row["gflops"] = _conv_flops(g, w) / t["fcnn"] / 1e9
+                    if peak:
+                        row["peak_pct"] = 100 * row["gflops"] / peak
+                rows.append(row)
         shape = info.shape(shape)
     return rows
 
@@ -118,7 +135,8 @@ COLS = [
     ("model", key("model")), ("layer", key("layer")), ("input", key("shape")),
     ("auto (fwd/dX/dK)", key("algorithm")), ("map", key("map")),
     ("fcnn ms", key("fcnn_ms", "{:.2f}")), ("autodiff ms", key("autodiff_ms", "{:.2f}")),
-    ("x", key("ratio", "{:.2f}")),
+    ("x", key("ratio", "{:.2f}")), ("GFLOP/s", key("gflops", "{:.1f}")),
+    ("%peak", key("peak_pct", "{:.0f}")),
 ]
 
 
@@ -135,10 +153,14 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--json", type=Path, help="write the rows here")
     args = p.parse_args(argv)
-    rows = [row for name in args.models for row in breakdown(name, args.batch, args.repeats)]
+    peak = matmul_peak()
+    print(f"f32 matmul peak {peak:.0f} GFLOP/s (one jitted 2048 x 2048 matmul, this run)")
+    rows = [row for name in args.models
+            for row in breakdown(name, args.batch, args.repeats, peak)]
     print(report(rows, args.batch))
     if args.json:
-        args.json.write_text(json.dumps(dict(jax=jax.__version__, layers=rows), indent=1))
+        args.json.write_text(json.dumps(dict(jax=jax.__version__, matmul_peak_gflops=peak,
+                                             layers=rows), indent=1))
     return 0
 
 

@@ -44,7 +44,13 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import breakdown, twins  # noqa: E402
 from benchmarks._report import key, table  # noqa: E402
-from benchmarks._timing import Timed, interleaved, jax_timed, medians  # noqa: E402
+from benchmarks._timing import (  # noqa: E402
+    Timed,
+    interleaved,
+    jax_timed,
+    matmul_peak,
+    medians,
+)
 from benchmarks.twins import LR, MOMENTUM, SHAPES, Built  # noqa: E402
 from fcnn import summary  # noqa: E402
 
@@ -104,14 +110,6 @@ def memory(compiled):
         return None, None
     return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
             - m.alias_size_in_bytes), m.temp_size_in_bytes
-
-
-def matmul_peak(repeats=10, n=2048):
-    """f32 GFLOP/s of one jitted n x n matmul: the practical peak XLA reaches on this machine."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-    runner = jax_timed("matmul", jnp.matmul, (a, a))
-    t = medians(interleaved([runner], repeats, warmup=1, probe=1))["matmul"]
-    return 2 * n ** 3 / t / 1e9
 
 
 # --------------------------------------------------------------------------- tables
@@ -203,7 +201,7 @@ def main(argv=None):
     layers = []
     if args.breakdown:
         layers = [row for name in args.models
-                  for row in breakdown.breakdown(name, args.batch, args.repeats)]
+                  for row in breakdown.breakdown(name, args.batch, args.repeats, peak)]
         print("\n" + breakdown.report(layers, args.batch))
     if args.json:
         args.json.write_text(json.dumps(dict(

@@ -111,8 +111,15 @@ def test_short_train_step_run_writes_rows(tmp_path, capsys):
     assert {r["map"] for r in result["layers"] if "Pool" in r["layer"]} == {"fwd", "fwd+bwd"}
     assert {r["map"] for r in result["layers"] if "Dense" in r["layer"]} == {"fwd", "fwd+bwd"}
     assert all(r["fcnn_ms"] > 0 and r["autodiff_ms"] > 0 for r in result["layers"])
+    # each conv map's GFLOP/s: 2 N Ho Wo Cout kh kw Cin / its time, as a share of the matmul peak
+    c1 = convs[0]  # LeNet's first conv: 28x28x1 -> 28x28x6, 5x5, batch 8
+    flops = 2 * 8 * 28 * 28 * 6 * 25 * 1
+    assert c1["gflops"] == pytest.approx(flops / (c1["fcnn_ms"] / 1e3) / 1e9)
+    assert all(r["peak_pct"] == pytest.approx(100 * r["gflops"] / result["matmul_peak_gflops"])
+               for r in convs)
+    assert not any("gflops" in r for r in result["layers"] if "Conv2D" not in r["layer"])
     printed = capsys.readouterr().out
-    assert "x reference" in printed and "per layer, batch 8" in printed
+    assert "x reference" in printed and "per layer, batch 8" in printed and "%peak" in printed
 
 
 def test_unknown_names_are_refused():
