@@ -136,3 +136,19 @@ def test_short_ops_run_writes_its_table(tmp_path):
     assert all(r["fcnn_ms"] > 0 and r["autodiff_ms"] > 0 and r["ratio"] > 0 for r in rows)
     assert all(isinstance(r["same_program"], bool) for r in rows)
     assert out.read_text().count('"ratio"') == len(rows)
+
+
+def test_resnet_step_run_writes_its_row(tmp_path, capsys):
+    """benchmarks/resnet.py: ResNet-20 with batch norm, fcnn's step against autodiff's, on two
+    8x8 images (the layers are the same at any size)."""
+    import benchmarks.resnet as bench_resnet
+
+    out = tmp_path / "resnet.json"
+    (row,) = bench_resnet.main(["--batch", "2", "--size", "8", "--repeats", "1", "--json",
+                                str(out)])
+    assert row["model"] == "resnet20" and row["fcnn_ms"] > 0 and row["autodiff_ms"] > 0
+    assert row["images_per_s"] == pytest.approx(2 / (row["fcnn_ms"] / 1e3))
+    assert json.loads(out.read_text())["rows"][0]["ratio"] == row["ratio"]
+    assert "autodiff / fcnn" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_resnet.main(["--models", "lenet5"])
