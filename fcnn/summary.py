@@ -78,16 +78,16 @@ class _Field(NamedTuple):
     jump: tuple[int, int]  # input pixels between neighbouring units
 
 
-def _param_count(layer, shape) -> int:
-    structs = jax.eval_shape(lambda k: layer.init(k, shape)[0], jax.random.key(0))
+def _entries(structs) -> int:
     return sum(math.prod(s.shape) for s in jax.tree_util.tree_leaves(structs))
+
+
+def _param_count(layer, shape) -> int:
+    return _entries(jax.eval_shape(lambda k: layer.init(k, shape)[0], jax.random.key(0)))
 
 
 def _state_count(layer, shape) -> int:
-    if not layer.stateful:
-        return 0
-    structs = jax.eval_shape(lambda: layer.init_state(shape))
-    return sum(math.prod(s.shape) for s in jax.tree_util.tree_leaves(structs))
+    return _entries(jax.eval_shape(lambda: layer.init_state(shape))) if layer.stateful else 0
 
 
 def _leaf(layer, shape, name, field, input_hw):

@@ -23,36 +23,17 @@ def _children(op, layers):
     return tuple(as_layer(c, op, f"layers[{i}]") for i, c in enumerate(layers))
 
 
+def _under(segment, fn, *args):
+    """`fn(*args)` for a child; its LayerError re-raised one level deeper, naming `segment`."""
+    try:
+        return fn(*args)
+    except LayerError as e:
+        raise e.under(segment) from None
+
+
 def _rebound(children, segments, module):
     """`with_ops` of each child, its errors naming the child's position."""
-    out = []
-    for child, segment in zip(children, segments):
-        try:
-            out.append(with_ops(child, module))
-        except LayerError as e:
-            raise e.under(segment) from None
-    return out
-
-
-def _init_child(child, key, shape, segment):
-    try:
-        return child.init(key, shape)
-    except LayerError as e:
-        raise e.under(segment) from None
-
-
-def _shape_child(child, shape, segment):
-    try:
-        return child.info.shape(shape)
-    except LayerError as e:
-        raise e.under(segment) from None
-
-
-def _state_child(child, shape, segment):
-    try:
-        return child.init_state(shape)
-    except LayerError as e:
-        raise e.under(segment) from None
+    return [_under(s, with_ops, child, module) for child, s in zip(children, segments)]
 
 
 def _states(op, state, n):
@@ -75,19 +56,17 @@ def serial(*layers: Layer) -> Layer:
     """Compose layers in order; params are the tuple of the children's. The key (init and
     apply) is split among the children."""
     layers = _children("serial", layers)
+    segments = [f"serial[{i}]" for i in range(len(layers))]
 
     def shape(input_shape):
-        for i, child in enumerate(layers):
-            try:
-                input_shape = child.info.shape(input_shape)
-            except LayerError as e:
-                raise e.under(f"serial[{i}]") from None
+        for child, segment in zip(layers, segments):
+            input_shape = _under(segment, child.info.shape, input_shape)
         return input_shape
 
     def init(key, input_shape):
         params = []
-        for i, (child, k) in enumerate(zip(layers, jax.random.split(key, len(layers)))):
-            p, input_shape = _init_child(child, k, input_shape, f"serial[{i}]")
+        for child, k, segment in zip(layers, jax.random.split(key, len(layers)), segments):
+            p, input_shape = _under(segment, child.init, k, input_shape)
             params.append(p)
         return tuple(params), input_shape
 
@@ -99,8 +78,8 @@ def serial(*layers: Layer) -> Layer:
     def init_state(input_shape):
         states = []
         for child, segment in zip(layers, segments):
-            states.append(_state_child(child, input_shape, segment))
-            input_shape = _shape_child(child, input_shape, segment)
+            states.append(_under(segment, child.init_state, input_shape))
+            input_shape = _under(segment, child.info.shape, input_shape)
         return tuple(states)
 
     def apply_stateful(params, x, *, key=None, train=False, state=None):
@@ -111,7 +90,6 @@ def serial(*layers: Layer) -> Layer:
             new.append(s)
         return x, tuple(new)
 
-    segments = [f"serial[{i}]" for i in range(len(layers))]
     stateful = _stateful(layers, init_state)
     return make("serial", {}, shape, init, apply if stateful is None else apply_stateful,
                 children=layers, init_state=stateful,
@@ -121,21 +99,14 @@ def serial(*layers: Layer) -> Layer:
 def parallel(*layers: Layer) -> Layer:
     """Apply each layer to the same input; output (and out_shape) is the tuple of theirs."""
     layers = _children("parallel", layers)
+    segments = [f"parallel[{i}]" for i in range(len(layers))]
 
     def shape(input_shape):
-        out = []
-        for i, child in enumerate(layers):
-            try:
-                out.append(child.info.shape(input_shape))
-            except LayerError as e:
-                raise e.under(f"parallel[{i}]") from None
-        return tuple(out)
+        return tuple(_under(s, c.info.shape, input_shape) for c, s in zip(layers, segments))
 
     def init(key, input_shape):
-        pairs = [
-            _init_child(child, k, input_shape, f"parallel[{i}]")
-            for i, (child, k) in enumerate(zip(layers, jax.random.split(key, len(layers))))
-        ]
+        pairs = [_under(s, child.init, k, input_shape) for child, k, s in
+                 zip(layers, jax.random.split(key, len(layers)), segments)]
         return tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
 
     def apply(params, x, *, key=None, train=False):
@@ -145,7 +116,7 @@ def parallel(*layers: Layer) -> Layer:
         )
 
     def init_state(input_shape):
-        return tuple(_state_child(c, input_shape, s) for c, s in zip(layers, segments))
+        return tuple(_under(s, c.init_state, input_shape) for c, s in zip(layers, segments))
 
     def apply_stateful(params, x, *, key=None, train=False, state=None):
         state = _states("parallel", state, len(layers))
@@ -153,7 +124,6 @@ def parallel(*layers: Layer) -> Layer:
                  for child, p, s, k in zip(layers, params, state, _keys(key, len(layers)))]
         return tuple(y for y, _ in pairs), tuple(s for _, s in pairs)
 
-    segments = [f"parallel[{i}]" for i in range(len(layers))]
     stateful = _stateful(layers, init_state)
     return make("parallel", {}, shape, init, apply if stateful is None else apply_stateful,
                 children=layers, init_state=stateful,
@@ -168,14 +138,9 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
     shortcut = None if shortcut is None else as_layer(shortcut, "residual", "shortcut")
 
     def shape(input_shape):
-        try:
-            out = block.info.shape(input_shape)
-        except LayerError as e:
-            raise e.under("residual.block") from None
-        try:
-            skip = input_shape if shortcut is None else shortcut.info.shape(input_shape)
-        except LayerError as e:
-            raise e.under("residual.shortcut") from None
+        out = _under("residual.block", block.info.shape, input_shape)
+        skip = input_shape if shortcut is None else _under(
+            "residual.shortcut", shortcut.info.shape, input_shape)
         if tuple(out) != tuple(skip):
             raise LayerError("residual", f"block output {tuple(out)} and shortcut output "
                                          f"{tuple(skip)} must match to be added. Give the "
@@ -185,9 +150,9 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
     def init(key, input_shape):
         out = shape(input_shape)
         k_block, k_short = jax.random.split(key)
-        p_block, _ = _init_child(block, k_block, input_shape, "residual.block")
-        p_short = {} if shortcut is None else _init_child(
-            shortcut, k_short, input_shape, "residual.shortcut")[0]
+        p_block, _ = _under("residual.block", block.init, k_block, input_shape)
+        p_short = {} if shortcut is None else _under(
+            "residual.shortcut", shortcut.init, k_short, input_shape)[0]
         return (p_block, p_short), out
 
     def apply(params, x, *, key=None, train=False):
@@ -197,9 +162,9 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
         return y + skip
 
     def init_state(input_shape):  # (block's, shortcut's): () for the identity, like its {}
-        s_block = _state_child(block, input_shape, "residual.block")
+        s_block = _under("residual.block", block.init_state, input_shape)
         return s_block, (() if shortcut is None else
-                         _state_child(shortcut, input_shape, "residual.shortcut"))
+                         _under("residual.shortcut", shortcut.init_state, input_shape))
 
     def apply_stateful(params, x, *, key=None, train=False, state=None):
         s_block, s_short = _states("residual", state, 2)

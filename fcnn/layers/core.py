@@ -334,9 +334,10 @@ def _norm_shape(name, input_shape, ndim, groups=1):
     return shape
 
 
-def _scale_shift(input_shape):
-    c = input_shape[-1]
-    return {"gamma": jnp.ones((c,), jnp.float32), "beta": jnp.zeros((c,), jnp.float32)}
+def _scale_shift(out_shape):
+    """A normalisation layer's init result: ones and zeros per channel, and `out_shape`."""
+    c = out_shape[-1]
+    return {"gamma": jnp.ones((c,), jnp.float32), "beta": jnp.zeros((c,), jnp.float32)}, out_shape
 
 
 def BatchNorm(momentum=0.9, eps=1e-5, ndim=3) -> Layer:
@@ -371,7 +372,7 @@ def BatchNorm(momentum=0.9, eps=1e-5, ndim=3) -> Layer:
         return _norm_shape(name, input_shape, ndim)
 
     def init(key, input_shape):
-        return _scale_shift(shape(input_shape)), shape(input_shape)
+        return _scale_shift(shape(input_shape))
 
     def init_state(input_shape):
         c = shape(input_shape)[-1]
@@ -432,7 +433,7 @@ def GroupNorm(groups, eps=1e-5, ndim=3) -> Layer:
         return _norm_shape(name, input_shape, ndim, groups)
 
     def init(key, input_shape):
-        return _scale_shift(shape(input_shape)), shape(input_shape)
+        return _scale_shift(shape(input_shape))
 
     def bind(module):
         group_norm = op(module, "group_norm", name, {"eps": eps})
