@@ -5,9 +5,10 @@ the VJP of fcnn.reference's conv), and every pool's and dense layer's forward an
 forward + backward, each timed alone on the layer's own shapes at batch `--batch`: fcnn's rule
 against autodiff of the fcnn.reference op on the same arrays, interleaved by the shared harness
 (`_timing`, samples of about 50 ms). Reported: median ms of each, the ratio of the medians
-autodiff/fcnn (> 1: fcnn is faster) and, for convs, the algorithms fcnn's "auto" picks for the
-forward, dX and dK on a CPU (`_conv_algorithms.choose`, from the shapes; on GPU and TPU "auto"
-runs XLA's native convolution instead), with fcnn's GFLOP/s for each map (the three maps do the
+autodiff/fcnn (> 1: fcnn is faster) and, for convs, the algorithms fcnn's "auto" runs for the
+forward, dX and dK on this CPU (`fcnn.tuning.plan`: measured on first use and cached, or the
+built-in table under FCNN_CONV_TUNING=table; on GPU and TPU "auto" runs XLA's native
+convolution instead), with fcnn's GFLOP/s for each map (the three maps do the
 same 2·N·H_out·W_out·C_out·kh·kw·C_in/groups FLOPs) and its share of the f32 matmul peak
 measured in the same run: the distance to the hardware.
 
@@ -33,9 +34,8 @@ from benchmarks import twins  # noqa: E402
 from benchmarks._report import key, table  # noqa: E402
 from benchmarks._timing import matmul_peak, medians  # noqa: E402
 from benchmarks.ops import compare  # noqa: E402
-from fcnn import ops  # noqa: E402
+from fcnn import ops, tuning  # noqa: E402
 from fcnn import reference as R  # noqa: E402
-from fcnn.ops import _conv_algorithms as algo  # noqa: E402
 
 TARGET = 0.05  # seconds per sample
 POOLS = {"MaxPool2D": "max_pool2d", "AvgPool2D": "avg_pool2d"}
@@ -63,7 +63,9 @@ def _conv_maps(info, x, g, w):
         "dK": (lambda x, g: ops.conv2d_grad_kernel(x, g, w.shape, **kw),
                lambda x, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0], (x, g)),
     }
-    return "/".join(algo.choose(w.shape, c["groups"], x.shape[1:3])), maps
+    # what "auto" runs here: fcnn.tuning's choice per map (measured on first use, cached)
+    chosen = [tuning.plan(fn, *args)[0].algorithm for fn, _, args in maps.values()]
+    return "/".join(chosen), maps
 
 
 def _pool_maps(info, x, g):

@@ -1,6 +1,6 @@
 """fcnn: a functional convolutional-network library on JAX with hand-written backward rules."""
 
-from fcnn import init, layers, ops, reference, shapes, testing
+from fcnn import init, layers, ops, reference, shapes, testing, tuning
 from fcnn.summary import Summary, summary
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "shapes",
     "summary",
     "testing",
+    "tuning",
 ]

@@ -1,5 +1,5 @@
 """Suite-wide settings: float64 available, strict rank promotion, exact float32 matmuls, XLA:CPU
-compiling at LLVM optimisation level 0."""
+compiling at LLVM optimisation level 0, convolution algorithms by the built-in table."""
 
 import os
 import shutil
@@ -16,6 +16,11 @@ import tempfile
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join(
         [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
+
+# "auto" resolves by the built-in table, not by measuring this machine (fcnn.tuning): the suite's
+# programs are the same on every machine and no test writes the user's cache. The tuning tests
+# measure in temporary caches of their own.
+os.environ.setdefault("FCNN_CONV_TUNING", "table")
 
 import jax  # noqa: E402
 import pytest

@@ -25,12 +25,14 @@ typeof = jax.typeof
 UNROLL_MAX = 16
 
 
-def register(p, compute, abstract_eval, static):
+def register(p, compute, abstract_eval, static, wrap_lowering=None):
     """`compute(*operands, **params)` as primitive `p`'s computation: its eager implementation
     (compiled once per configuration of the `static` parameters) and its lowering (inlined
-    into the caller's program under jit); `abstract_eval` gives its output's shape and dtype."""
+    into the caller's program under jit, through `wrap_lowering(rule)` if given);
+    `abstract_eval` gives its output's shape and dtype."""
     p.def_impl(jax.jit(compute, static_argnames=static))
-    mlir.register_lowering(p, mlir.lower_fun(compute, multiple_results=False))
+    rule = mlir.lower_fun(compute, multiple_results=False)
+    mlir.register_lowering(p, wrap_lowering(rule) if wrap_lowering else rule)
     p.def_abstract_eval(abstract_eval)
 
 

@@ -39,7 +39,7 @@ from functools import partial
 import jax.numpy as jnp
 from jax import lax
 
-from fcnn import _args
+from fcnn import _args, tuning
 from fcnn.ops import _taps
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -110,10 +110,28 @@ def _conv(lhs, rhs, pads, *, lhs_dilation=(1, 1), rhs_dilation=(1, 1), groups=1,
     return lax.platform_dependent(lhs, rhs, cpu=cpu, default=plain)
 
 
-def _per_platform(cfg, which, run, a, b):
-    """`run(algorithm, a, b)` for map `which` (0 forward, 1 dX, 2 dK) of `cfg`.
+def candidates(which, cfg) -> tuple[str, ...]:
+    """The algorithms that compute map `which` (0 forward, 1 dX, 2 dK) of `cfg` differently:
+    a strided forward's "phase" is XLA's convolution, dX's "taps" is im2col's col2im, dK's
+    "phase" is XLA's."""
+    if which == 0:
+        return ALGORITHMS if cfg.stride == (1, 1) else ("xla", "im2col", "taps")
+    return ("xla", "phase", "im2col") if which == 1 else ("xla", "im2col", "taps")
 
-    Under "auto" the choice is a measurement on a CPU, so it sits behind
+
+def _same(which, cfg, algorithm) -> str:
+    """The candidate that computes map `which` as `algorithm` does."""
+    if algorithm in candidates(which, cfg):
+        return algorithm
+    return "im2col" if which == 1 and algorithm == "taps" else "xla"
+
+
+def _per_platform(cfg, which, run, a, b, size):
+    """`run(algorithm, a, b)` for map `which` (0 forward, 1 dX, 2 dK) of `cfg`; `size` is the
+    input's H, W (dX) or the kernel's (dK), () for the forward.
+
+    Under "auto" the CPU's algorithm is measured once per shape and machine and kept on disk
+    (fcnn.tuning; `choose` is the table it falls back on), and it sits behind
     `lax.platform_dependent`: lowered for CPU the program holds the chosen formulation; for any
     other platform (CUDA, ROCm, TPU) XLA's own convolution, which cuDNN and the TPU's
     convolution units take (no im2col patches, no scan over batch chunks there). The choice is
@@ -121,8 +139,14 @@ def _per_platform(cfg, which, run, a, b):
     carries both branches and the platform picks its own when it compiles. An algorithm named
     explicitly runs as named on every platform.
     """
-    algorithm = cfg.algorithm[which]
-    if not cfg.auto or algorithm == "xla":
+    if not cfg.auto:
+        return run(cfg.algorithm[which], a, b)
+    config = {"stride": list(cfg.stride), "padding": [list(p) for p in cfg.padding],
+              "dilation": list(cfg.dilation), "groups": cfg.groups, "size": list(size)}
+    algorithm = tuning.resolve(which, (a.shape, b.shape), a.dtype, config,
+                               candidates(which, cfg), _same(which, cfg, cfg.algorithm[which]),
+                               run)
+    if algorithm == "xla":
         return run(algorithm, a, b)
     return lax.platform_dependent(a, b, cpu=partial(run, algorithm), default=partial(run, "xla"))
 
@@ -156,7 +180,7 @@ def _transposed_kernel(w, groups):
 
 
 def forward(x, w, cfg):
-    return _per_platform(cfg, 0, lambda algorithm, x, w: _forward(algorithm, x, w, cfg), x, w)
+    return _per_platform(cfg, 0, lambda algorithm, x, w: _forward(algorithm, x, w, cfg), x, w, ())
 
 
 def _forward(algorithm, x, w, cfg):
@@ -220,7 +244,7 @@ def _forward_taps(x, w, cfg):
 
 def grad_input(g, w, in_hw, cfg):
     return _per_platform(
-        cfg, 1, lambda algorithm, g, w: _grad_input(algorithm, g, w, in_hw, cfg), g, w)
+        cfg, 1, lambda algorithm, g, w: _grad_input(algorithm, g, w, in_hw, cfg), g, w, in_hw)
 
 
 def _grad_input(algorithm, g, w, in_hw, cfg):
@@ -303,7 +327,7 @@ def _grad_input_phases(g, w, in_hw, cfg):
 
 def grad_kernel(x, g, k_hw, cfg):
     return _per_platform(
-        cfg, 2, lambda algorithm, x, g: _grad_kernel(algorithm, x, g, k_hw, cfg), x, g)
+        cfg, 2, lambda algorithm, x, g: _grad_kernel(algorithm, x, g, k_hw, cfg), x, g, k_hw)
 
 
 def _grad_kernel(algorithm, x, g, k_hw, cfg):

@@ -26,6 +26,7 @@ from __future__ import annotations
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching
 
+from fcnn import tuning
 from fcnn.ops import _conv_algorithms as algo
 from fcnn.ops._bilinear import (
     bilinear_jvp,
@@ -88,7 +89,9 @@ for _p, _compute, _shape, _static in (
         (conv_p, _compute_forward, _conv_shape, ("cfg", "members")),
         (conv_dx_p, _compute_dx, _conv_dx_shape, ("in_hw", "cfg", "members")),
         (conv_dk_p, _compute_dk, _conv_dk_shape, ("k_hw", "cfg", "members"))):
-    register(_p, each(_compute, loop_batches=True), shape_rule(_shape), _static)
+    # the lowering tells fcnn.tuning which platforms the program is for, and whether exported
+    register(_p, each(_compute, loop_batches=True), shape_rule(_shape), _static,
+             tuning.lowering_rule)
 
 
 # ----------------------------------------------------------------------------- forward mode
