@@ -63,6 +63,7 @@ BUDGET_S = 1.0  # seconds of timed runs per map, after compiling (FCNN_CONV_TUNI
 MARGIN = 0.05  # the table's choice stands unless another is this much faster by median
 PRUNE = 4.0  # a candidate whose untimed-warm-up run is this much slower than the best is dropped
 MAX_ROUNDS = 15
+LOOPED_UNDER_VMAP = ("onednn",)  # an FFI call: vmap makes it a loop of calls
 _ISA = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
         "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16",
         "amx_int8", "asimd", "sve", "sve2")
@@ -149,6 +150,19 @@ def using(name: str):
         yield
     finally:
         set_mode(before)
+
+
+@contextlib.contextmanager
+def vectorised():
+    """Inside: maps are traced under `jax.vmap` as one batch of problems (a primitive's
+    members), where a foreign kernel (LOOPED_UNDER_VMAP) runs once per problem: those are not
+    candidates there."""
+    before = getattr(_local, "vectorised", False)
+    _local.vectorised = True
+    try:
+        yield
+    finally:
+        _local.vectorised = before
 
 
 @contextlib.contextmanager
@@ -326,6 +340,8 @@ def resolve(which, shapes, dtype, config, candidates, table, run) -> str:
     table_choice = Choice(MAPS[which], tuple(tuple(s) for s in shapes), config, str(dtype),
                           table, "table", table)
     current = mode()
+    if getattr(_local, "vectorised", False):  # a loop of calls under vmap: not what was timed
+        candidates = tuple(c for c in candidates if c not in LOOPED_UNDER_VMAP)
     if current == "table" or len(candidates) < 2 or _table_only():
         return _recorded(table_choice)
     key = _key(which, shapes, dtype, config, candidates)

@@ -16,6 +16,12 @@ def normal(seed, shape, dtype=jnp.float64):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
+def dtype_for(algorithm):
+    """The dtype a sweep proves `algorithm` in: float64, except oneDNN's kernels, which compute
+    float32 only (in float64 "onednn" would run XLA's convolution and prove nothing of it)."""
+    return jnp.float32 if algorithm == "onednn" else jnp.float64
+
+
 def distinct(seed, shape, dtype=jnp.float64):
     """Values with no ties (a random permutation), for max-pool gradients."""
     n = int(np.prod(shape))

@@ -24,7 +24,7 @@ from fcnn.layers import with_ops
 from fcnn.ops._bilinear import UNROLL_MAX
 from fcnn.ops._conv_algorithms import ALGORITHMS
 from fcnn.testing import assert_close
-from tests.strategies import distinct, normal
+from tests.strategies import distinct, dtype_for, normal
 
 pytestmark = pytest.mark.skipif(ops.binding() != "primitive",
                                 reason="forward mode needs the primitive binding")
@@ -60,9 +60,10 @@ def lax_conv_rules_refused(tables=DERIVATIVES, p=lax.conv_general_dilated_p):
 
 def _maps(algorithm, groups=1):
     """name -> (fcnn's map, the oracle's, its two arguments) for the three maps."""
-    x, w = normal(0, (2, 7, 9, 4)), normal(1, (3, 2, 4 // groups, 6))
+    dtype = dtype_for(algorithm)
+    x, w = normal(0, (2, 7, 9, 4), dtype), normal(1, (3, 2, 4 // groups, 6), dtype)
     kw = dict(KW, groups=groups)
-    g = normal(2, R.conv2d(x, w, **kw).shape)
+    g = normal(2, R.conv2d(x, w, **kw).shape, dtype)
     return {
         "conv2d": (lambda x, w: ops.conv2d(x, w, algorithm=algorithm, **kw),
                    lambda x, w: R.conv2d(x, w, **kw), (x, w)),
@@ -101,16 +102,17 @@ def _derivatives(f, args, tangents):
 
 
 # The rules do not depend on the algorithm (it only computes each map, proven equal per map by
-# the sweeps of test_conv.py): the default run takes "auto" and the grouped taps; the thorough
-# profile every algorithm.
+# the sweeps of test_conv.py): the default run takes "auto", the grouped taps and oneDNN's
+# foreign kernel where it is built; the thorough profile every algorithm.
 THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
+DEFAULT_RUN = ["auto", "taps"] + [a for a in ALGORITHMS if a == "onednn"]
 
 
-@pytest.mark.parametrize("algorithm", ["auto", *ALGORITHMS] if THOROUGH else ["auto", "taps"])
+@pytest.mark.parametrize("algorithm", ["auto", *ALGORITHMS] if THOROUGH else DEFAULT_RUN)
 @pytest.mark.parametrize("name", ["conv2d", "grad_input", "grad_kernel"])
 def test_forward_mode_and_second_order_equal_the_oracle(name, algorithm):
     ours, oracle, args = _maps(algorithm, groups=2 if algorithm == "taps" else 1)[name]
-    tangents = (normal(3, args[0].shape), normal(4, args[1].shape))
+    tangents = (normal(3, args[0].shape, args[0].dtype), normal(4, args[1].shape, args[1].dtype))
     want = _derivatives(oracle, args, tangents)
     with lax_conv_rules_refused():
         with pytest.raises(AssertionError, match="lax's conv_general_dilated rule"):  # guard on

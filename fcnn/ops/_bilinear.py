@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax.interpreters import ad, mlir
 
+from fcnn import tuning
+
 # resolved at import: a JAX without them falls back to the custom_vjp binding (_binding)
 ShapedArray = jax.core.ShapedArray
 typeof = jax.typeof
@@ -57,7 +59,8 @@ def each(compute, loop_batches=False):
             return one(a, b)
         if loop_batches and a.shape[1] > 1:
             return jax.lax.map(lambda ab: one(*ab), (a, b))
-        return jax.vmap(one)(a, b)
+        with tuning.vectorised():
+            return jax.vmap(one)(a, b)
 
     return run
 

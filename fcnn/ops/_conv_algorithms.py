@@ -29,6 +29,10 @@ other platform XLA's own convolution (the formulations below were measured on a 
   on a CPU; beyond that the GEMM formulations win (docs/performance.md). With more than
   ``TAPS_BROADCAST_MAX`` input channels each tap is one small GEMM instead (the program stays
   ``kh*kw`` terms long whatever ``C_in``).
+- ``onednn`` (only when the optional native part is built, fcnn.ops.onednn): each map one call
+  of oneDNN's convolution kernel through the XLA FFI, on the CPU, in float32 (another dtype runs
+  ``xla``): the forward, its backward-data primitive for dX, its backward-weights primitive for
+  dK. Other platforms run ``xla``.
 """
 
 from __future__ import annotations
@@ -40,13 +44,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from fcnn import _args, tuning
-from fcnn.ops import _taps
+from fcnn.ops import _taps, onednn
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # dK as one convolution: the batch is the contraction axis ("C" of the lhs, "I" of g), the input
 # channels ride in the lhs batch slot and come out as the kernel's I axis.
 DK = ("CHWN", "IHWO", "HWNC")
-ALGORITHMS = ("xla", "phase", "im2col", "taps")
+ALGORITHMS = ("xla", "phase", "im2col", "taps") + (("onednn",) if onednn.AVAILABLE else ())
+ONEDNN_DTYPES = (jnp.float32,)
 # taps: input channels up to this are broadcast multiply-adds; beyond, one GEMM per tap
 TAPS_BROADCAST_MAX = 8
 # im2col dK: batch chunk whose patch matrix is at most this size (about L2 + a share of L3)
@@ -110,18 +115,25 @@ def _conv(lhs, rhs, pads, *, lhs_dilation=(1, 1), rhs_dilation=(1, 1), groups=1,
     return lax.platform_dependent(lhs, rhs, cpu=cpu, default=plain)
 
 
-def candidates(which, cfg) -> tuple[str, ...]:
-    """The algorithms that compute map `which` (0 forward, 1 dX, 2 dK) of `cfg` differently:
-    a strided forward's "phase" is XLA's convolution, dX's "taps" is im2col's col2im, dK's
-    "phase" is XLA's."""
+def candidates(which, cfg, dtype) -> tuple[str, ...]:
+    """The algorithms that compute map `which` (0 forward, 1 dX, 2 dK) of `cfg` in `dtype`
+    differently: a strided forward's "phase" is XLA's convolution, dX's "taps" is im2col's
+    col2im, dK's "phase" is XLA's; "onednn" where it is built, in float32."""
     if which == 0:
-        return ALGORITHMS if cfg.stride == (1, 1) else ("xla", "im2col", "taps")
-    return ("xla", "phase", "im2col") if which == 1 else ("xla", "im2col", "taps")
+        own = ("xla", "phase", "im2col", "taps") if cfg.stride == (1, 1) else (
+            "xla", "im2col", "taps")
+    else:
+        own = ("xla", "phase", "im2col") if which == 1 else ("xla", "im2col", "taps")
+    return own + (("onednn",) if _onednn_runs(dtype) else ())
 
 
-def _same(which, cfg, algorithm) -> str:
+def _onednn_runs(dtype) -> bool:
+    return onednn.AVAILABLE and jnp.dtype(dtype) in ONEDNN_DTYPES
+
+
+def _same(which, cfg, dtype, algorithm) -> str:
     """The candidate that computes map `which` as `algorithm` does."""
-    if algorithm in candidates(which, cfg):
+    if algorithm in candidates(which, cfg, dtype):
         return algorithm
     return "im2col" if which == 1 and algorithm == "taps" else "xla"
 
@@ -137,15 +149,19 @@ def _per_platform(cfg, which, run, a, b, size):
     convolution units take (no im2col patches, no scan over batch chunks there). The choice is
     resolved when the program is lowered for one platform; an artifact exported for several
     carries both branches and the platform picks its own when it compiles. An algorithm named
-    explicitly runs as named on every platform.
+    explicitly runs as named on every platform, except "onednn": a CPU kernel, XLA's
+    convolution elsewhere.
     """
     if not cfg.auto:
-        return run(cfg.algorithm[which], a, b)
-    config = {"stride": list(cfg.stride), "padding": [list(p) for p in cfg.padding],
-              "dilation": list(cfg.dilation), "groups": cfg.groups, "size": list(size)}
-    algorithm = tuning.resolve(which, (a.shape, b.shape), a.dtype, config,
-                               candidates(which, cfg), _same(which, cfg, cfg.algorithm[which]),
-                               run)
+        algorithm = cfg.algorithm[which]
+        if algorithm != "onednn" or not _onednn_runs(a.dtype):  # a CPU kernel: CPU only
+            return run(algorithm, a, b)
+    else:
+        config = {"stride": list(cfg.stride), "padding": [list(p) for p in cfg.padding],
+                  "dilation": list(cfg.dilation), "groups": cfg.groups, "size": list(size)}
+        algorithm = tuning.resolve(
+            which, (a.shape, b.shape), a.dtype, config, candidates(which, cfg, a.dtype),
+            _same(which, cfg, a.dtype, cfg.algorithm[which]), run)
     if algorithm == "xla":
         return run(algorithm, a, b)
     return lax.platform_dependent(a, b, cpu=partial(run, algorithm), default=partial(run, "xla"))
@@ -184,6 +200,8 @@ def forward(x, w, cfg):
 
 
 def _forward(algorithm, x, w, cfg):
+    if algorithm == "onednn" and _onednn_runs(x.dtype):
+        return onednn.forward(x, w, _out_hw(x.shape[1:3], w.shape[:2], cfg), cfg)
     if algorithm == "im2col":
         return _forward_im2col(x, w, cfg)
     if algorithm == "taps":
@@ -248,6 +266,8 @@ def grad_input(g, w, in_hw, cfg):
 
 
 def _grad_input(algorithm, g, w, in_hw, cfg):
+    if algorithm == "onednn" and _onednn_runs(g.dtype):
+        return onednn.grad_input(g, w, in_hw, cfg)
     if algorithm in ("im2col", "taps"):  # the adjoint of reading taps is writing them back
         return _grad_input_col2im(g, w, in_hw, cfg)
     kh, kw = w.shape[:2]
@@ -331,6 +351,8 @@ def grad_kernel(x, g, k_hw, cfg):
 
 
 def _grad_kernel(algorithm, x, g, k_hw, cfg):
+    if algorithm == "onednn" and _onednn_runs(x.dtype):
+        return onednn.grad_kernel(x, g, k_hw, cfg)
     if algorithm == "taps":
         return _grad_kernel_taps(x, g, k_hw, cfg)
     if algorithm == "im2col":

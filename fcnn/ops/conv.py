@@ -23,7 +23,7 @@ from typing import NamedTuple
 import jax
 
 from fcnn import _args
-from fcnn.ops import _binding, _checks
+from fcnn.ops import _binding, _checks, onednn
 from fcnn.ops import _conv_algorithms as algo
 from fcnn.ops._bias import bias_add, check_bias
 
@@ -56,10 +56,11 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
         Ints and pairs may be numpy values (`np.array([1, 2])`, shape (2,) or (2, 2) for
         padding); configuration is static, so a value traced under `jit` is a TypeError.
       groups: feature groups, one int; `groups == C_in` with `C_out = k * C_in` is depthwise.
-      algorithm: "auto" (default: chosen per shape on a CPU; XLA's native convolution when
-        lowered for CUDA, ROCm or TPU), "xla", "phase", "im2col" or "taps" (on every platform):
-        how the forward, dX and dK are computed (see fcnn.ops._conv_algorithms). Same maths,
-        same rule.
+      algorithm: "auto" (default: measured per shape on a CPU and cached, fcnn.tuning; XLA's
+        native convolution when lowered for CUDA, ROCm or TPU), "xla", "phase", "im2col" or
+        "taps" (on every platform), or "onednn" where the native part is built (oneDNN's
+        kernels on a CPU, float32): how the forward, dX and dK are computed (see
+        fcnn.ops._conv_algorithms). Same maths, same rule.
 
     Returns:
       `(N, H_out, W_out, C_out)` (or unbatched), `H_out = floor((H + p_t + p_b - F_eff) / s) + 1`.
@@ -151,6 +152,8 @@ def _kernel(op, w):
 
 def _config(op, x_shape, w_shape, stride, padding, dilation, groups, algorithm) -> ConvConfig:
     """Validate shapes and normalise configuration; `x_shape` is batched NHWC."""
+    if algorithm == "onednn" and "onednn" not in algo.ALGORITHMS:
+        raise ValueError(f"{op}: `algorithm` 'onednn' is unavailable: {onednn.WHY_NOT}.")
     if algorithm != "auto" and algorithm not in algo.ALGORITHMS:
         raise ValueError(
             f"{op}: `algorithm` must be 'auto' or one of {algo.ALGORITHMS}, got {algorithm!r}."

@@ -1,0 +1,539 @@
+// fcnn's optional native part: oneDNN's convolutions as XLA FFI handlers (native/README.md).
+//
+// fcnn's hand-written rules decide *what* each map computes; these handlers only compute it:
+//   fcnn_onednn_conv_fwd   y  = conv(x, w)      convolution_forward
+//   fcnn_onednn_conv_dx    dX = conv_dx(g, w)   convolution_backward_data: the full convolution
+//                                                of g with the flipped kernel
+//   fcnn_onednn_conv_dk    dK = conv_dk(x, g)   convolution_backward_weights: the
+//                                                cross-correlation of x with g
+// Layouts are fcnn's: activations NHWC (N, H, W, C), kernels HWIO (kh, kw, C/G, O), float32.
+// Groups follow XLA's feature_group_count (group g: input channels [g*C/G, (g+1)*C/G), outputs
+// [g*O/G, (g+1)*O/G)).
+//
+// Attributes (int64): window_strides [sh, sw]; padding [top, bottom, left, right] (>= 0);
+// rhs_dilation [dh, dw] (XLA's convention, >= 1); feature_group_count; layout_any (0: the
+// primitive runs on the plain buffers; 1: oneDNN picks its blocked layouts and the operands are
+// reordered into them and back).
+//
+// Primitives are created once per configuration (oneDNN JIT-compiles their kernels) and cached.
+// XLA may call a handler from any of its threads, so the scratchpad is user-managed: a
+// per-thread workspace holds it and the reordered operands.
+
+#include <array>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+enum class Kind : int64_t { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
+
+// ---------------------------------------------------------------------------
+// Problem description and cache key.
+// ---------------------------------------------------------------------------
+struct ConvProblem {
+  int64_t n, h, w, c;      // input
+  int64_t oh, ow, o;       // output
+  int64_t kh, kw;          // kernel window
+  int64_t sh, sw;          // strides
+  int64_t dh, dw;          // XLA dilation (>= 1)
+  int64_t pt, pb, pl, pr;  // explicit padding
+  int64_t g;               // feature_group_count
+  int64_t layout_any;
+
+  using Key = std::array<int64_t, 20>;
+  Key key(Kind kind) const {
+    return {static_cast<int64_t>(kind), n, h, w, c, oh, ow, o, kh, kw,
+            sh, sw, dh, dw, pt, pb, pl, pr, g, layout_any};
+  }
+};
+
+struct KeyHash {
+  size_t operator()(const ConvProblem::Key& k) const {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a over the int64 words
+    for (int64_t v : k) {
+      h ^= static_cast<uint64_t>(v);
+      h *= 1099511628211ull;
+    }
+    return static_cast<size_t>(h);
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Global oneDNN state.
+// ---------------------------------------------------------------------------
+dnnl::engine& Engine() {
+  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  return eng;
+}
+
+// Per-thread growable, 64-byte aligned workspace used for the scratchpad and
+// for reorder temporaries.  A handler never re-enters on the same thread, so
+// one buffer per thread is enough.
+class Workspace {
+ public:
+  void* Get(size_t bytes) {
+    if (bytes > size_) {
+      std::free(ptr_);
+      size_ = (bytes + 4095) & ~size_t{4095};
+      ptr_ = std::aligned_alloc(64, size_);
+      if (!ptr_) size_ = 0;
+    }
+    return ptr_;
+  }
+  ~Workspace() { std::free(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
+size_t Align64(size_t n) { return (n + 63) & ~size_t{63}; }
+
+// ---------------------------------------------------------------------------
+// A cached primitive plus what is needed to bind user buffers to it.
+// ---------------------------------------------------------------------------
+struct Operand {
+  int arg = 0;                  // DNNL_ARG_*
+  dnnl::memory::desc user_md;   // plain layout of the XLA buffer
+  dnnl::memory::desc prim_md;   // layout the primitive wants
+  bool reorder = false;
+  dnnl::reorder reorder_prim;   // user->prim (inputs) or prim->user (output)
+  size_t reorder_scratch_bytes = 0;
+};
+
+struct CachedConv {
+  dnnl::primitive prim;
+  Operand in[2];
+  Operand out;
+  size_t scratch_bytes = 0;
+  std::string impl;
+};
+
+std::mutex g_cache_mu;
+std::unordered_map<ConvProblem::Key, std::shared_ptr<const CachedConv>, KeyHash>*
+    g_cache = new std::unordered_map<ConvProblem::Key,
+                                     std::shared_ptr<const CachedConv>, KeyHash>();
+
+struct Descs {
+  dnnl::memory::desc src, wei, dst;
+};
+
+Descs PlainDescs(const ConvProblem& p) {
+  Descs d;
+  d.src = dnnl::memory::desc({p.n, p.c, p.h, p.w}, dt::f32, tag::nhwc);
+  d.dst = dnnl::memory::desc({p.n, p.o, p.oh, p.ow}, dt::f32, tag::nhwc);
+  if (p.g == 1) {
+    d.wei = dnnl::memory::desc({p.o, p.c, p.kh, p.kw}, dt::f32, tag::hwio);
+  } else {
+    // (G, O/G, C/G, KH, KW) stored as KH, KW, C/G, G, O/G == HWIO with
+    // O split as (G, O/G).
+    d.wei = dnnl::memory::desc({p.g, p.o / p.g, p.c / p.g, p.kh, p.kw},
+                               dt::f32, tag::hwigo);
+  }
+  return d;
+}
+
+Descs AnyDescs(const ConvProblem& p) {
+  Descs d;
+  d.src = dnnl::memory::desc({p.n, p.c, p.h, p.w}, dt::f32, tag::any);
+  d.dst = dnnl::memory::desc({p.n, p.o, p.oh, p.ow}, dt::f32, tag::any);
+  if (p.g == 1) {
+    d.wei = dnnl::memory::desc({p.o, p.c, p.kh, p.kw}, dt::f32, tag::any);
+  } else {
+    d.wei = dnnl::memory::desc({p.g, p.o / p.g, p.c / p.g, p.kh, p.kw},
+                               dt::f32, tag::any);
+  }
+  return d;
+}
+
+Operand MakeOperand(int arg, const dnnl::memory::desc& user,
+                    const dnnl::memory::desc& prim, bool is_input) {
+  Operand op;
+  op.arg = arg;
+  op.user_md = user;
+  op.prim_md = prim;
+  op.reorder = (user != prim);
+  if (op.reorder) {
+    auto& eng = Engine();
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::reorder::primitive_desc rpd =
+        is_input ? dnnl::reorder::primitive_desc(eng, user, eng, prim, attr)
+                 : dnnl::reorder::primitive_desc(eng, prim, eng, user, attr);
+    op.reorder_prim = dnnl::reorder(rpd);
+    op.reorder_scratch_bytes = rpd.scratchpad_desc().get_size();
+  }
+  return op;
+}
+
+std::shared_ptr<const CachedConv> CreateConv(Kind kind, const ConvProblem& p) {
+  auto& eng = Engine();
+  const Descs plain = PlainDescs(p);
+  const Descs req = p.layout_any ? AnyDescs(p) : plain;
+
+  const dnnl::memory::dims strides = {p.sh, p.sw};
+  const dnnl::memory::dims dilates = {p.dh - 1, p.dw - 1};  // oneDNN: d - 1
+  const dnnl::memory::dims pad_l = {p.pt, p.pl};
+  const dnnl::memory::dims pad_r = {p.pb, p.pr};
+  const auto alg = dnnl::algorithm::convolution_direct;
+
+  dnnl::primitive_attr attr;
+  // User-managed scratchpad: with the default (library) mode and the default
+  // DNNL_ENABLE_CONCURRENT_EXEC=OFF build, a primitive must not migrate
+  // between threads, but XLA calls us from arbitrary pool threads.
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+
+  auto out = std::make_shared<CachedConv>();
+  const auto prop =
+      kind == Kind::kFwd ? dnnl::prop_kind::forward_inference
+                         : dnnl::prop_kind::forward_training;
+  dnnl::convolution_forward::primitive_desc fwd_pd(
+      eng, prop, alg, req.src, req.wei, req.dst, strides, dilates, pad_l,
+      pad_r, attr);
+
+  switch (kind) {
+    case Kind::kFwd: {
+      out->prim = dnnl::convolution_forward(fwd_pd);
+      out->in[0] = MakeOperand(DNNL_ARG_SRC, plain.src, fwd_pd.src_desc(), true);
+      out->in[1] =
+          MakeOperand(DNNL_ARG_WEIGHTS, plain.wei, fwd_pd.weights_desc(), true);
+      out->out = MakeOperand(DNNL_ARG_DST, plain.dst, fwd_pd.dst_desc(), false);
+      out->scratch_bytes = fwd_pd.scratchpad_desc().get_size();
+      out->impl = fwd_pd.impl_info_str();
+      break;
+    }
+    case Kind::kBwdData: {
+      dnnl::convolution_backward_data::primitive_desc pd(
+          eng, alg, req.src, req.wei, req.dst, strides, dilates, pad_l, pad_r,
+          fwd_pd, attr);
+      out->prim = dnnl::convolution_backward_data(pd);
+      out->in[0] =
+          MakeOperand(DNNL_ARG_DIFF_DST, plain.dst, pd.diff_dst_desc(), true);
+      out->in[1] =
+          MakeOperand(DNNL_ARG_WEIGHTS, plain.wei, pd.weights_desc(), true);
+      out->out =
+          MakeOperand(DNNL_ARG_DIFF_SRC, plain.src, pd.diff_src_desc(), false);
+      out->scratch_bytes = pd.scratchpad_desc().get_size();
+      out->impl = pd.impl_info_str();
+      break;
+    }
+    case Kind::kBwdWeights: {
+      dnnl::convolution_backward_weights::primitive_desc pd(
+          eng, alg, req.src, req.wei, req.dst, strides, dilates, pad_l, pad_r,
+          fwd_pd, attr);
+      out->prim = dnnl::convolution_backward_weights(pd);
+      out->in[0] = MakeOperand(DNNL_ARG_SRC, plain.src, pd.src_desc(), true);
+      out->in[1] =
+          MakeOperand(DNNL_ARG_DIFF_DST, plain.dst, pd.diff_dst_desc(), true);
+      out->out = MakeOperand(DNNL_ARG_DIFF_WEIGHTS, plain.wei,
+                             pd.diff_weights_desc(), false);
+      out->scratch_bytes = pd.scratchpad_desc().get_size();
+      out->impl = pd.impl_info_str();
+      break;
+    }
+  }
+  // Reorders have their own (usually empty) scratchpads; reserve the max.
+  for (const Operand* op : {&out->in[0], &out->in[1], &out->out}) {
+    if (op->reorder_scratch_bytes > out->scratch_bytes) {
+      out->scratch_bytes = op->reorder_scratch_bytes;
+    }
+  }
+  return out;
+}
+
+std::shared_ptr<const CachedConv> GetConv(Kind kind, const ConvProblem& p) {
+  const auto key = p.key(kind);
+  {
+    std::lock_guard<std::mutex> lock(g_cache_mu);
+    auto it = g_cache->find(key);
+    if (it != g_cache->end()) return it->second;
+  }
+  // Create outside the lock (JIT compilation can take milliseconds); if two
+  // threads race, the first insertion wins and the other result is dropped.
+  auto conv = CreateConv(kind, p);
+  std::lock_guard<std::mutex> lock(g_cache_mu);
+  return g_cache->emplace(key, std::move(conv)).first->second;
+}
+
+// Executes `conv` on user buffers in0, in1 -> out (all in plain layouts).
+void Execute(const CachedConv& conv, void* in0, void* in1, void* out) {
+  auto& eng = Engine();
+
+  // Workspace layout: [scratchpad | in0' | in1' | out'] for reordered operands.
+  size_t total = Align64(conv.scratch_bytes);
+  size_t off_in[2] = {0, 0}, off_out = 0;
+  for (int i = 0; i < 2; ++i) {
+    if (conv.in[i].reorder) {
+      off_in[i] = total;
+      total += Align64(conv.in[i].prim_md.get_size());
+    }
+  }
+  if (conv.out.reorder) {
+    off_out = total;
+    total += Align64(conv.out.prim_md.get_size());
+  }
+  thread_local Workspace ws;
+  char* base = static_cast<char*>(ws.Get(total > 0 ? total : 64));
+  if (!base) throw std::bad_alloc();
+
+  dnnl::stream strm(eng);
+  // Passing a zero-sized scratchpad is avoided; the arg is added only if used.
+  dnnl::memory scratch;
+  if (conv.scratch_bytes > 0) {
+    scratch = dnnl::memory(
+        dnnl::memory::desc({static_cast<int64_t>(conv.scratch_bytes)}, dt::u8,
+                           tag::a),
+        eng, base);
+  }
+  auto with_scratch = [&](std::unordered_map<int, dnnl::memory> args) {
+    if (conv.scratch_bytes > 0) args.emplace(DNNL_ARG_SCRATCHPAD, scratch);
+    return args;
+  };
+
+  auto bind_input = [&](const Operand& op, void* user_ptr, size_t off) {
+    dnnl::memory user(op.user_md, eng, user_ptr);
+    if (!op.reorder) return user;
+    dnnl::memory prim(op.prim_md, eng, base + off);
+    op.reorder_prim.execute(
+        strm, with_scratch({{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, prim}}));
+    return prim;
+  };
+  dnnl::memory m0 = bind_input(conv.in[0], in0, off_in[0]);
+  dnnl::memory m1 = bind_input(conv.in[1], in1, off_in[1]);
+  dnnl::memory user_out(conv.out.user_md, eng, out);
+  dnnl::memory m_out = conv.out.reorder
+                           ? dnnl::memory(conv.out.prim_md, eng, base + off_out)
+                           : user_out;
+
+  conv.prim.execute(strm, with_scratch({{conv.in[0].arg, m0},
+                                        {conv.in[1].arg, m1},
+                                        {conv.out.arg, m_out}}));
+  if (conv.out.reorder) {
+    conv.out.reorder_prim.execute(
+        strm, with_scratch({{DNNL_ARG_FROM, m_out}, {DNNL_ARG_TO, user_out}}));
+  }
+  strm.wait();
+}
+
+// ---------------------------------------------------------------------------
+// Attribute / shape validation.
+// ---------------------------------------------------------------------------
+ffi::Error MakeProblem(ffi::Span<const int64_t> x_dims,
+                       ffi::Span<const int64_t> w_dims,
+                       ffi::Span<const int64_t> y_dims,
+                       ffi::Span<const int64_t> strides,
+                       ffi::Span<const int64_t> padding,
+                       ffi::Span<const int64_t> dilation, int64_t groups,
+                       int64_t layout_any, ConvProblem* p) {
+  if (strides.size() != 2 || padding.size() != 4 || dilation.size() != 2) {
+    return ffi::Error::InvalidArgument(
+        "fcnn onednn conv: window_strides and rhs_dilation need 2 entries, "
+        "padding needs 4 (top, bottom, left, right)");
+  }
+  p->n = x_dims[0]; p->h = x_dims[1]; p->w = x_dims[2]; p->c = x_dims[3];
+  p->kh = w_dims[0]; p->kw = w_dims[1];
+  p->oh = y_dims[1]; p->ow = y_dims[2]; p->o = y_dims[3];
+  p->sh = strides[0]; p->sw = strides[1];
+  p->pt = padding[0]; p->pb = padding[1]; p->pl = padding[2]; p->pr = padding[3];
+  p->dh = dilation[0]; p->dw = dilation[1];
+  p->g = groups;
+  p->layout_any = layout_any ? 1 : 0;
+
+  if (p->sh < 1 || p->sw < 1 || p->dh < 1 || p->dw < 1 || p->g < 1) {
+    return ffi::Error::InvalidArgument(
+        "fcnn onednn conv: strides, dilation and groups must be >= 1");
+  }
+  if (p->pt < 0 || p->pb < 0 || p->pl < 0 || p->pr < 0) {
+    return ffi::Error::InvalidArgument(
+        "fcnn onednn conv: negative padding is not supported");
+  }
+  if (y_dims[0] != p->n || p->c % p->g != 0 || p->o % p->g != 0 ||
+      w_dims[2] * p->g != p->c || w_dims[3] != p->o) {
+    return ffi::Error::InvalidArgument(
+        "fcnn onednn conv: inconsistent N / channel / group dimensions");
+  }
+  auto out_size = [](int64_t in, int64_t k, int64_t s, int64_t d, int64_t lo,
+                     int64_t hi) {
+    int64_t eff = (k - 1) * d + 1;
+    int64_t padded = in + lo + hi;
+    return padded < eff ? 0 : (padded - eff) / s + 1;
+  };
+  if (out_size(p->h, p->kh, p->sh, p->dh, p->pt, p->pb) != p->oh ||
+      out_size(p->w, p->kw, p->sw, p->dw, p->pl, p->pr) != p->ow) {
+    return ffi::Error::InvalidArgument(
+        "fcnn onednn conv: output spatial size does not match the configuration");
+  }
+  return ffi::Error::Success();
+}
+
+using F32R4 = ffi::Buffer<ffi::F32, 4>;
+using F32R4Out = ffi::ResultBuffer<ffi::F32, 4>;
+using I64Span = ffi::Span<const int64_t>;
+using F32R4OutRef = const ffi::Buffer<ffi::F32, 4>&;
+
+// oneDNN rejects zero-sized dimensions; handle empty problems directly.
+// Returns true if the call is fully handled (output zero-filled or empty).
+bool HandleEmpty(size_t in0_elems, size_t in1_elems, F32R4OutRef out) {
+  if (out.element_count() == 0) return true;
+  if (in0_elems == 0 || in1_elems == 0) {
+    std::memset(out.untyped_data(), 0, out.size_bytes());
+    return true;
+  }
+  return false;
+}
+
+template <typename F>
+ffi::Error Guarded(F&& f) {
+  try {
+    return f();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN error: ") + e.what() +
+                                " (status " + std::to_string(e.status) + ")");
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("fcnn onednn conv: ") + e.what());
+  }
+}
+
+
+ffi::Error ConvFwdImpl(F32R4 x, F32R4 w, F32R4Out y, I64Span strides,
+                       I64Span padding, I64Span dilation, int64_t groups,
+                       int64_t layout_any) {
+  ConvProblem p;
+  if (auto err = MakeProblem(x.dimensions(), w.dimensions(), y->dimensions(),
+                             strides, padding, dilation, groups, layout_any,
+                             &p);
+      !err.success()) {
+    return err;
+  }
+  if (HandleEmpty(x.element_count(), w.element_count(), *y)) {
+    return ffi::Error::Success();
+  }
+  return Guarded([&] {
+    auto conv = GetConv(Kind::kFwd, p);
+    Execute(*conv, x.untyped_data(), w.untyped_data(), y->untyped_data());
+    return ffi::Error::Success();
+  });
+}
+
+// dx = conv_backward_data(g, w); `x_like` output has the shape of x.
+ffi::Error ConvBwdDataImpl(F32R4 g, F32R4 w, F32R4Out dx, I64Span strides,
+                           I64Span padding, I64Span dilation, int64_t groups,
+                           int64_t layout_any) {
+  ConvProblem p;
+  if (auto err = MakeProblem(dx->dimensions(), w.dimensions(), g.dimensions(),
+                             strides, padding, dilation, groups, layout_any,
+                             &p);
+      !err.success()) {
+    return err;
+  }
+  if (HandleEmpty(g.element_count(), w.element_count(), *dx)) {
+    return ffi::Error::Success();
+  }
+  return Guarded([&] {
+    auto conv = GetConv(Kind::kBwdData, p);
+    Execute(*conv, g.untyped_data(), w.untyped_data(), dx->untyped_data());
+    return ffi::Error::Success();
+  });
+}
+
+// dw = conv_backward_weights(x, g); output has the HWIO shape of w.
+ffi::Error ConvBwdWeightsImpl(F32R4 x, F32R4 g, F32R4Out dw, I64Span strides,
+                              I64Span padding, I64Span dilation, int64_t groups,
+                              int64_t layout_any) {
+  ConvProblem p;
+  if (auto err = MakeProblem(x.dimensions(), dw->dimensions(), g.dimensions(),
+                             strides, padding, dilation, groups, layout_any,
+                             &p);
+      !err.success()) {
+    return err;
+  }
+  if (HandleEmpty(x.element_count(), g.element_count(), *dw)) {
+    return ffi::Error::Success();
+  }
+  return Guarded([&] {
+    auto conv = GetConv(Kind::kBwdWeights, p);
+    Execute(*conv, x.untyped_data(), g.untyped_data(), dw->untyped_data());
+    return ffi::Error::Success();
+  });
+}
+
+#define CONV_ATTRS                                   \
+  .Attr<I64Span>("window_strides")                   \
+      .Attr<I64Span>("padding")                      \
+      .Attr<I64Span>("rhs_dilation")                 \
+      .Attr<int64_t>("feature_group_count")          \
+      .Attr<int64_t>("layout_any")
+
+}  // namespace
+
+// The library is built with -fvisibility=hidden and XLA_FFI_DEFINE_HANDLER_SYMBOL
+// does not mark its extern "C" function as exported, so declare them first.
+#define ONEDNN_FFI_EXPORT __attribute__((visibility("default")))
+extern "C" {
+ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvFwd(XLA_FFI_CallFrame*);
+ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvBwdData(XLA_FFI_CallFrame*);
+ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvBwdWeights(XLA_FFI_CallFrame*);
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvFwd, ConvFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32R4>()  // x
+                                  .Arg<F32R4>()  // w
+                                  .Ret<F32R4>()  // y
+                                  CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdData, ConvBwdDataImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32R4>()  // g (shape of y)
+                                  .Arg<F32R4>()  // w
+                                  .Ret<F32R4>()  // dx (shape of x)
+                                  CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdWeights, ConvBwdWeightsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32R4>()  // x
+                                  .Arg<F32R4>()  // g (shape of y)
+                                  .Ret<F32R4>()  // dw (shape of w)
+                                  CONV_ATTRS);
+
+// ---------------------------------------------------------------------------
+// A plain C helper for the Python side (ctypes).
+// ---------------------------------------------------------------------------
+extern "C" {
+
+// The cached primitives, one per line: the key (kind, N, H, W, C, OH, OW, O, KH, KW, SH, SW, DH,
+// DW, PT, PB, PL, PR, G, layout_any), oneDNN's implementation, and for (in0, in1, out) whether
+// it is reordered (R) or not (-). Returns the full length; writes at most len - 1 chars + NUL.
+ONEDNN_FFI_EXPORT int OnednnConvImplInfo(char* buf, int len) {
+  std::string s;
+  std::lock_guard<std::mutex> lock(g_cache_mu);
+  for (const auto& [k, v] : *g_cache) {
+    s += std::to_string(k[0]);
+    for (size_t i = 1; i < k.size(); ++i) s += "," + std::to_string(k[i]);
+    s += " -> " + v->impl;
+    for (const Operand* op : {&v->in[0], &v->in[1], &v->out}) {
+      s += op->reorder ? " R" : " -";
+    }
+    s += "\n";
+  }
+  if (len > 0) {
+    std::strncpy(buf, s.c_str(), static_cast<size_t>(len) - 1);
+    buf[len - 1] = '\0';
+  }
+  return static_cast<int>(s.size());
+}
+
+}  // extern "C"

@@ -1,0 +1,176 @@
+"""The optional native part: oneDNN's convolutions through the XLA FFI (fcnn.ops.onednn).
+
+Where it is built, "onednn" is in ALGORITHMS and the sweeps of test_conv.py and the transforms
+of test_transforms.py prove it like every other algorithm; these tests check what is particular
+to a foreign kernel: that it really runs (the custom calls in the program), where it does not
+(other dtypes, other platforms, under the table), vmap, export, its threads, and the message
+when it is not built.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from fcnn import ops, tuning
+from fcnn import reference as R
+from fcnn.ops import _conv_algorithms as algo
+from fcnn.ops import onednn
+from fcnn.testing import assert_close
+from tests.strategies import normal
+
+ROOT = Path(__file__).resolve().parents[1]
+built = pytest.mark.skipif(not onednn.AVAILABLE, reason=f"oneDNN: {onednn.WHY_NOT}")
+KW = dict(stride=2, padding=((1, 0), (2, 1)), dilation=(1, 2), groups=2)
+
+
+def operands(dtype=jnp.float32):
+    x, w = normal(0, (3, 9, 8, 4), dtype), normal(1, (3, 2, 2, 6), dtype)
+    return x, w, normal(2, R.conv2d(x, w, **KW).shape, dtype)
+
+
+def maps(algorithm="onednn"):
+    kw = dict(KW, algorithm=algorithm)
+    return (lambda x, w, g: ops.conv2d(x, w, **kw),
+            lambda x, w, g: ops.conv2d_grad_input(g, w, x.shape, **kw),
+            lambda x, w, g: ops.conv2d_grad_kernel(x, g, w.shape, **kw))
+
+
+def custom_calls(text):
+    return sorted(t for t in onednn.TARGETS.values() if t in text)
+
+
+@built
+def test_each_map_is_one_onednn_call_in_float32_only():
+    x, w, g = operands()
+    for f, target in zip(maps(), onednn.TARGETS.values()):
+        assert custom_calls(jax.jit(f).lower(x, w, g).as_text()) == [target]
+    x64, w64, g64 = operands(jnp.float64)  # oneDNN computes float32: XLA's convolution here
+    for f, oracle in zip(maps(), maps("xla")):
+        assert custom_calls(jax.jit(f).lower(x64, w64, g64).as_text()) == []
+        assert_close(f(x64, w64, g64), oracle(x64, w64, g64), "float64 under onednn")
+    cfg = ops.conv._config("t", x.shape, w.shape, 1, 0, 1, 2, "auto")
+    assert "onednn" in algo.candidates(0, cfg, jnp.float32)
+    assert "onednn" not in algo.candidates(2, cfg, jnp.bfloat16)
+
+
+@built
+def test_other_platforms_and_the_table_run_noonednn():
+    """Named explicitly it is a CPU kernel (XLA's convolution when lowered for a GPU); "auto"
+    under the table never picks it."""
+    x, w, g = operands()
+    for f in maps():
+        assert custom_calls(jax.jit(f).trace(x, w, g).lower(
+            lowering_platforms=("cuda",)).as_text()) == []
+    with tuning.using("table"):
+        for f in maps("auto"):
+            assert custom_calls(jax.jit(f).lower(x, w, g).as_text()) == []
+
+
+@built
+def test_vmap_per_example_and_members():
+    """Per-example gradients (dK per example: a vmapped members primitive, one oneDNN call per
+    example) and an ensemble's members (a loop of calls) equal the oracle."""
+    x, w, _ = operands()
+    y = jnp.arange(3) % 6
+
+    def loss(conv):
+        return lambda w, x, y: jnp.mean(jnp.sin(conv(x[None], w, **KW)) ** 2) + y * 0.0
+
+    ours = jax.jit(jax.vmap(jax.grad(loss(lambda *a, **k: ops.conv2d(*a, **k,
+                                                                   algorithm="onednn"))),
+                            in_axes=(None, 0, 0)))
+    want = jax.vmap(jax.grad(loss(R.conv2d)), in_axes=(None, 0, 0))(w, x, y)
+    assert_close(ours(w, x, y), want, "per-example dK")
+    ws = jnp.stack([w, 2 * w, -w, w + 1])
+    members = jax.jit(jax.vmap(lambda w: ops.conv2d(x, w, **KW, algorithm="onednn")))(ws)
+    assert_close(members, jax.vmap(lambda w: R.conv2d(x, w, **KW))(ws), "members")
+
+
+@built
+def test_export_names_the_custom_calls_and_runs_after_import():
+    x, w, g = operands()
+    f = jax.jit(maps()[0])
+    exported = jax.export.export(f, platforms=("cpu",),
+                                 disabled_checks=onednn.export_checks())(x, w, g)
+    assert custom_calls(exported.mlir_module()) == ["fcnn_onednn_conv_fwd"]
+    again = jax.export.deserialize(exported.serialize())
+    assert_close(again.call(x, w, g), R.conv2d(x, w, **KW), "exported oneDNN forward")
+
+
+@built
+def test_measured_auto_can_chooseonednn(tmp_path, monkeypatch):
+    monkeypatch.setenv("FCNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tuning, "_memory", {})
+
+    def fake(shapes, dtype, candidates, run, budget):
+        return {c: (0.1 if c == "onednn" else 1.0) for c in candidates}, {}
+
+    monkeypatch.setattr(tuning, "_time_candidates", fake)
+    x, w, g = operands()
+    with tuning.using("measure"):
+        choices = tuning.plan(jax.grad(lambda x, w: jnp.sum(ops.conv2d(x, w, **KW) ** 2),
+                                       (0, 1)), x, w)
+        text = jax.jit(lambda x, w: ops.conv2d(x, w, **KW)).lower(x, w).as_text()
+    assert {c.algorithm for c in choices} == {"onednn"} and len(choices) == 3
+    assert custom_calls(text) == ["fcnn_onednn_conv_fwd"]
+
+
+@built
+def test_implementations_and_threads():
+    x, w, g = operands()
+    jax.block_until_ready([f(x, w, g) for f in maps()])
+    kernels = onednn.implementations().splitlines()
+    assert len(kernels) >= 3 and all(" -> " in k for k in kernels)  # a kernel per map
+    with open("/proc/self/maps") as f:
+        assert "libgomp" in f.read()  # oneDNN's OpenMP runtime, loaded with the library
+
+
+def test_the_wait_policy_is_set_for_libgomp_only():
+    """libgomp reads OMP_WAIT_POLICY once, when it loads: fcnn sets PASSIVE for that moment
+    (unless the environment chose) and restores the environment."""
+    code = textwrap.dedent("""
+        import os
+        import fcnn
+        from fcnn.ops import onednn
+        print(onednn.AVAILABLE, os.environ.get("OMP_WAIT_POLICY"))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == [str(onednn.AVAILABLE), "None"], out.stderr
+
+
+def test_unbuilt_or_disabled_says_why():
+    code = textwrap.dedent("""
+        import jax.numpy as jnp
+        from fcnn import ops
+        from fcnn.ops import _conv_algorithms as algo
+        assert "onednn" not in algo.ALGORITHMS
+        try:
+            ops.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((2, 2, 1, 1)), algorithm="onednn")
+        except ValueError as e:
+            print(e)
+    """)
+    env = {**os.environ, "FCNN_ONEDNN": "0", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("conv2d: `algorithm` 'onednn' is unavailable: FCNN_ONEDNN=0 "
+                                  "in the environment.")
+
+
+def test_build_script_skips_when_optional(tmp_path):
+    """A machine without the tools skips only the native part, saying why (.ci/run)."""
+    env = {**os.environ, "PATH": str(tmp_path)}  # no cmake, no compiler
+    run = [sys.executable, str(ROOT / "native" / "build.py")]
+    skipped = subprocess.run([*run, "--optional"], env=env, capture_output=True, text=True)
+    assert skipped.returncode == 0
+    assert "native/build.py: skipped: no cmake on PATH" in skipped.stderr
+    failed = subprocess.run(run, env=env, capture_output=True, text=True)
+    assert failed.returncode == 1 and "cannot build: no cmake" in failed.stderr
