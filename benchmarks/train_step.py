@@ -4,7 +4,9 @@ For LeNet-5 (28x28x1) and the CIFAR net `cs231n_convnet` ([conv3-32 x2, pool] [c
 pool] fc256 fc10, 32x32x3), at batch 128, in one process: one SGD-momentum train step
 (forward, softmax cross-entropy, backward, update), timed for every variant of twins.py
 
-  fcnn       the model from models/ with fcnn's hand-written rules (the library as shipped)
+  fcnn       the model from models/ with fcnn's hand-written rules (the library as shipped:
+             "auto" measures each convolution map's algorithms, oneDNN's among them where built)
+  fcnn_table the same with the built-in table's algorithms (FCNN_CONV_TUNING=table)
   reference  the same fcnn model with every op taken from fcnn.reference (plain lax, autodiff)
   stax       jax.example_libraries.stax (XLA's defaults: what most JAX code runs)
   flax       flax.linen, when installed (pip install ".[bench]")
@@ -29,6 +31,7 @@ against autodiff of the fcnn.reference op on the same arrays).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -52,7 +55,7 @@ from benchmarks._timing import (  # noqa: E402
     medians,
 )
 from benchmarks.twins import LR, MOMENTUM, SHAPES, Built  # noqa: E402
-from fcnn import summary  # noqa: E402
+from fcnn import summary, tuning  # noqa: E402
 
 
 # --------------------------------------------------------------------------- what is timed
@@ -87,7 +90,14 @@ def train_runner(variant, name, shape, x, y) -> Timed:
         return Timed(variant, functools.partial(step, tx, ty), sync=lambda loss: loss.item())
     built = twins.JAX_VARIANTS[variant](name, shape)
     step, opt_state = train_step(built)
-    return jax_timed(variant, step, (built.params, opt_state, jnp.asarray(x), jnp.asarray(y)))
+    with _algorithms(variant):
+        return jax_timed(variant, step,
+                         (built.params, opt_state, jnp.asarray(x), jnp.asarray(y)))
+
+
+def _algorithms(variant):
+    """fcnn_table compiles under the built-in table; every other variant as configured."""
+    return tuning.using("table") if variant == "fcnn_table" else contextlib.nullcontext()
 
 
 def per_example_runner(variant, name, shape, x, y) -> Timed | None:
@@ -98,8 +108,9 @@ def per_example_runner(variant, name, shape, x, y) -> Timed | None:
     if variant not in twins.JAX_VARIANTS:
         return None
     built = twins.JAX_VARIANTS[variant](name, shape)
-    return jax_timed(variant, per_example_fn(built),
-                     (built.params, jnp.asarray(x), jnp.asarray(y)))
+    with _algorithms(variant):
+        return jax_timed(variant, per_example_fn(built),
+                         (built.params, jnp.asarray(x), jnp.asarray(y)))
 
 
 def memory(compiled):

@@ -4,7 +4,9 @@ Each variant of a model from models/ is built here from the one description `spe
 the fcnn model's layers (kind, window geometry, configuration), so every framework runs the same
 network with the same parameter count:
 
-  fcnn       the model as shipped, fcnn's hand-written rules
+  fcnn       the model as shipped, fcnn's hand-written rules ("auto": measured, cached)
+  fcnn_table the same, its convolution algorithms from the built-in table (no measuring, no
+             oneDNN): what "auto" ran before it measured
   reference  the same model on fcnn.reference's ops (plain lax, JAX autodiff), by
              `fcnn.layers.with_ops`
   stax       jax.example_libraries.stax (XLA's defaults: what most JAX code runs)
@@ -35,7 +37,7 @@ from fcnn import ops  # noqa: E402
 from fcnn import reference as R  # noqa: E402
 
 SHAPES = {"lenet5": (28, 28, 1), "cs231n_convnet": (32, 32, 3)}  # model -> input (H, W, C)
-VARIANTS = ("fcnn", "reference", "stax", "flax", "torch", "torch_cl")
+VARIANTS = ("fcnn", "fcnn_table", "reference", "stax", "flax", "torch", "torch_cl")
 LR, MOMENTUM = 0.01, 0.9  # every variant's SGD-momentum step
 
 
@@ -171,6 +173,7 @@ def flax_variant(name, shape):
 
 JAX_VARIANTS = {
     "fcnn": fcnn_variant,
+    "fcnn_table": fcnn_variant,  # compiled under fcnn.tuning's built-in table (train_step.py)
     "reference": reference_variant,
     "stax": stax_variant,
     "flax": flax_variant,

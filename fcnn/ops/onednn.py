@@ -10,18 +10,17 @@ fcnn's rules decide what each map is; oneDNN computes it, on the CPU, in float32
 
 Each is a `jax.ffi.ffi_call` of a handler in `fcnn/_native/libfcnn_onednn.so`, built by
 `python native/build.py` (optional: without it fcnn runs as before and "onednn" is not among
-the algorithms). The forward runs on the plain layouts (oneDNN's NHWC kernels need no
-reorder); dX and dK let oneDNN pick its blocked layouts and reorder into them, measured faster
-(docs/performance.md). A program holding these calls names them as custom calls
+the algorithms). The activations stay in fcnn's NHWC layout (no copy of the large tensors);
+the kernel is reordered into the layout oneDNN prefers, a small copy per call (measured fastest,
+docs/performance.md). A program holding these calls names them as custom calls
 (`fcnn_onednn_conv_fwd`, `_dx`, `_dk`): `jax.export` needs `disabled_checks=export_checks()`
 for it, and a process runs the artifact after `import fcnn` on a machine with the library
 built.
 
-Threads: oneDNN's GNU OpenMP build runs each call on a team of OpenMP threads (one per core) on
-the XLA thread that calls it, while XLA's own pool waits. OpenMP workers that spin-wait stall
-every barrier when another process takes a core (one dX measured 1.3 s instead of 12 ms), so
-the library is loaded with `OMP_WAIT_POLICY=PASSIVE` unless the environment sets a policy
-(libgomp reads it once, when it loads; the variable is restored afterwards).
+Threads: each call cuts the batch into one piece per thread of XLA's own pool (the FFI's
+thread-pool context), the calling thread taking part, and oneDNN runs single-threaded in each:
+no OpenMP team beside XLA's threads (which spin a while after their own work: a oneDNN team
+started right after a multi-threaded XLA op lost 0.5 ms of 1.5). dK's pieces are summed.
 `FCNN_ONEDNN=0` leaves the library unloaded.
 """
 
@@ -39,14 +38,6 @@ TARGETS = {"forward": "fcnn_onednn_conv_fwd", "dx": "fcnn_onednn_conv_dx",
 _SYMBOLS = {"forward": "OnednnConvFwd", "dx": "OnednnConvBwdData", "dk": "OnednnConvBwdWeights"}
 
 
-def _libgomp_loaded() -> bool:
-    try:
-        with open("/proc/self/maps") as f:
-            return "libgomp" in f.read()
-    except OSError:
-        return False
-
-
 def _load():
     """(library, "") once loaded and registered, or (None, why not)."""
     if os.environ.get("FCNN_ONEDNN", "1") == "0":
@@ -54,16 +45,10 @@ def _load():
     if not LIBRARY.exists():
         return None, (f"the native part is not built ({LIBRARY} is missing): pip install "
                       f"'.[native]' && python native/build.py")
-    set_policy = "OMP_WAIT_POLICY" not in os.environ and not _libgomp_loaded()
-    if set_policy:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
         lib = ctypes.CDLL(str(LIBRARY))
     except OSError as e:
         return None, f"{LIBRARY} did not load: {e}"
-    finally:
-        if set_policy:
-            del os.environ["OMP_WAIT_POLICY"]
     import jax
 
     for name, symbol in _SYMBOLS.items():
@@ -98,7 +83,7 @@ def export_checks():
     return [jax.export.DisabledSafetyCheck.custom_call(t) for t in TARGETS.values()]
 
 
-def _call(which, out_shape, a, b, cfg, layout_any):
+def _call(which, out_shape, a, b, cfg):
     import jax
 
     (top, bottom), (left, right) = cfg.padding
@@ -109,16 +94,16 @@ def _call(which, out_shape, a, b, cfg, layout_any):
     )(a, b, window_strides=np.asarray(cfg.stride, np.int64),
       padding=np.asarray([top, bottom, left, right], np.int64),
       rhs_dilation=np.asarray(cfg.dilation, np.int64),
-      feature_group_count=np.int64(cfg.groups), layout_any=np.int64(layout_any))
+      feature_group_count=np.int64(cfg.groups))
 
 
 def forward(x, w, out_hw, cfg):
-    return _call("forward", (x.shape[0], *out_hw, w.shape[3]), x, w, cfg, 0)
+    return _call("forward", (x.shape[0], *out_hw, w.shape[3]), x, w, cfg)
 
 
 def grad_input(g, w, in_hw, cfg):
-    return _call("dx", (g.shape[0], *in_hw, w.shape[2] * cfg.groups), g, w, cfg, 1)
+    return _call("dx", (g.shape[0], *in_hw, w.shape[2] * cfg.groups), g, w, cfg)
 
 
 def grad_kernel(x, g, k_hw, cfg):
-    return _call("dk", (*k_hw, x.shape[3] // cfg.groups, g.shape[3]), x, g, cfg, 1)
+    return _call("dk", (*k_hw, x.shape[3] // cfg.groups, g.shape[3]), x, g, cfg)
