@@ -1,12 +1,17 @@
 """fcnn: a functional convolutional-network library on JAX with hand-written backward rules."""
 
-from fcnn import init, layers, ops, reference, shapes, testing, tuning
-from fcnn.summary import Summary, summary
+from fcnn import memory
+
+memory._from_environment()  # before XLA allocates: see fcnn.memory
+
+from fcnn import init, layers, ops, reference, shapes, testing, tuning  # noqa: E402
+from fcnn.summary import Summary, summary  # noqa: E402
 
 __all__ = [
     "Summary",
     "init",
     "layers",
+    "memory",
     "ops",
     "reference",
     "shapes",
