@@ -152,10 +152,18 @@ Descs UserDescs(const ConvProblem& p) {
 // What the primitives are asked for: the activations as they are (NHWC: no copy of the large
 // tensors), the kernel in whatever layout oneDNN prefers (a small reorder per call). Measured on
 // the CIFAR net's 3x3 layers against every operand in oneDNN's own layout and against none:
-// as fast or faster in 17 of 18 maps, dK 1.2-1.3x (docs/performance.md).
-Descs PrimitiveDescs(const ConvProblem& p) {
+// as fast or faster in 17 of 18 maps, dK 1.2-1.3x (docs/performance.md). One exception: a dX
+// whose channel count is not a multiple of 16 (a SIMD register of floats on AVX-512, two on
+// AVX2) is written in oneDNN's blocked layout and reordered into NHWC: LeNet-5's 6-channel dX
+// 0.96 -> 0.62 ms, where the CIFAR net's 32- and 64-channel ones lose 3-25% that way.
+constexpr int64_t kSimdChannels = 16;
+
+Descs PrimitiveDescs(Kind kind, const ConvProblem& p) {
   Descs d = UserDescs(p);
   d.wei = dnnl::memory::desc(KernelDims(p), dt::f32, tag::any);
+  if (kind == Kind::kBwdData && p.c % kSimdChannels != 0) {
+    d.src = dnnl::memory::desc({p.n, p.c, p.h, p.w}, dt::f32, tag::any);
+  }
   return d;
 }
 
@@ -182,7 +190,7 @@ Operand MakeOperand(int arg, const dnnl::memory::desc& user,
 std::shared_ptr<const CachedConv> CreateConv(Kind kind, const ConvProblem& p) {
   auto& eng = Engine();
   const Descs plain = UserDescs(p);
-  const Descs req = PrimitiveDescs(p);
+  const Descs req = PrimitiveDescs(kind, p);
 
   const dnnl::memory::dims strides = {p.sh, p.sw};
   const dnnl::memory::dims dilates = {p.dh - 1, p.dw - 1};  // oneDNN: d - 1

@@ -16,6 +16,7 @@ differentiation:
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 from typing import NamedTuple
 
@@ -189,8 +190,11 @@ _avg_pool_t.defvjp(_avg_pool_t_fwd, _avg_pool_t_bwd)
 
 
 def _max_pool_impl(x, cfg):
-    dims, strides, pads = _window_dims(cfg)
-    return lax.reduce_window(x, -jnp.inf, lax.max, dims, strides, pads)
+    """The elementwise maximum of the window's taps (strided slices of the input padded with
+    -inf), which XLA fuses into one loop over the output: 1.2-2.3x faster than its
+    `reduce_window` on the tiling 2x2 pools of LeNet-5 and the CIFAR net, 1.5-7x on 3x3 stride-2
+    windows (docs/performance.md). The same values: a maximum is exact in any order."""
+    return functools.reduce(jnp.maximum, (xs for _, _, xs in _taps(x, cfg, -jnp.inf)))
 
 
 def _argmax_taps(x, cfg):
