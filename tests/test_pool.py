@@ -88,6 +88,42 @@ def test_tiled_max_pool_backward_and_its_second_order_rules(shape, window, paddi
     check_vjp(pool(ops.max_pool2d), pool(R.max_pool2d), x32)
 
 
+# Windows that tile an unpadded input with fewer than 16 channels: the backward reads every tap
+# as a slice of the `(N, H_out, kh, W_out, kw * C)` view and writes dX by concatenation.
+NARROW_TILES = [
+    ((2, 8, 8, 6), 2),  # LeNet-5's first pool, smaller
+    ((3, 9, 7, 1), 2),  # one channel, floor remainders
+    ((2, 10, 11, 15), (3, 2)),  # non-square window, remainders, 15 channels
+    ((9, 6, 3), 3),  # unbatched
+]
+
+
+@pytest.mark.parametrize("shape,window", NARROW_TILES)
+def test_narrow_tiled_max_pool_backward_with_ties(shape, window):
+    """The narrow-tile backward against autodiff of lax's max pool (select_and_scatter), with
+    many ties (a ReLU's zeros, values rounded to one decimal: the first maximum in row-major
+    window order takes g), in float64 and float32, and its second-order rule (the gather)."""
+    def pool(impl):
+        return lambda x: impl(x, window)
+
+    def scatter(impl):
+        return lambda x, g: jax.vjp(pool(impl), x)[1](g)[0]
+
+    def gather(impl):
+        return lambda x, ct: jax.vjp(lambda g: scatter(impl)(x, g), g)[1](ct)[0]
+
+    for dtype in (jnp.float64, jnp.float32):
+        x = jnp.round(jnp.maximum(normal(11, shape, dtype), 0), 1)
+        assert int(jnp.sum(x == 0)) > x.size // 3  # ties in most windows
+        g = normal(12, jax.eval_shape(pool(ops.max_pool2d), x).shape, dtype)
+        check_vjp(scatter(ops.max_pool2d), scatter(R.max_pool2d), x, g)
+        check_vjp(gather(ops.max_pool2d), gather(R.max_pool2d), x, normal(13, x.shape, dtype))
+    n, h, w, c = x.shape if x.ndim == 4 else (1, *x.shape)
+    kh, kw = np.broadcast_to(window, 2)
+    view = f"tensor<{n}x{h // kh}x{kh}x{w // kw}x{kw * c}x"
+    assert view in jax.jit(scatter(ops.max_pool2d)).lower(x, g).as_text(), "not the narrow path"
+
+
 @pytest.mark.parametrize("pool", POOLS, ids=["max", "avg"])
 def test_finite_differences(pool):
     x = distinct(2, (2, 7, 6, 3))

@@ -218,13 +218,43 @@ def _argmax_taps(x, cfg):
     return index
 
 
+def _max_scatter_tiles(x, g, cfg):
+    """`_max_scatter_impl` for windows that tile an unpadded input with fewer than 16 channels:
+    the input viewed as `(N, H_out, kh, W_out, kw * C)`, whose last axis holds a window row's
+    taps side by side, so every tap is a slice along that axis and dX is assembled by one
+    concatenation per window row and one stack of the rows — contiguous writes of `kw * C`
+    values where the per-tap writes stride by the window (LeNet-5's first pool, 6 channels:
+    2.5x faster on AVX-512, 1.4x on AVX2; docs/performance.md). Rows and columns the floor left
+    out get 0. The same first-maximum rule as `_argmax_taps`."""
+    (kh, kw), (n, h, w, c), (ho, wo) = cfg.window, x.shape, g.shape[1:3]
+    rows = x[:, : ho * kh, : wo * kw].reshape(n, ho, kh, wo, kw * c)
+    best, index = None, None
+    for a in range(kh):
+        for b in range(kw):
+            xs = rows[:, :, a, :, b * c:(b + 1) * c]
+            if best is None:
+                best, index = xs, jnp.zeros(xs.shape, jnp.int32)
+            else:
+                wins = xs > best  # strict: an equal value later in the window does not win
+                best = jnp.where(wins, xs, best)
+                index = jnp.where(wins, a * kw + b, index)
+    zero = jnp.zeros((), g.dtype)
+    dx = jnp.stack([jnp.concatenate([jnp.where(index == a * kw + b, g, zero) for b in range(kw)],
+                                    axis=-1) for a in range(kh)], axis=2)
+    dx = dx.reshape(n, ho * kh, wo * kw, c)
+    return lax.pad(dx, zero, ((0, 0, 0), (0, h - ho * kh, 0), (0, w - wo * kw, 0), (0, 0, 0)))
+
+
 def _max_scatter_impl(x, g, cfg):
+    tiles = cfg.stride == cfg.window
+    if tiles and x.shape[3] < 16 and cfg.padding == ((0, 0), (0, 0)):
+        return _max_scatter_tiles(x, g, cfg)
     index = _argmax_taps(x, cfg)
     zero = jnp.zeros((), g.dtype)
     # Tiles with 32+ channels: no cell is in two windows, one select writes every block (far
-    # faster than XLA's select-and-scatter there). With fewer channels the 6-D select vectorises
+    # faster than XLA's select-and-scatter there). With 16-31 channels the 6-D select vectorises
     # badly and the per-tap writes below were faster (measured: docs/performance.md).
-    if cfg.stride == cfg.window and x.shape[3] >= 32:
+    if tiles and x.shape[3] >= 32:
         hit = index[:, :, None, :, None, :] == _tap_ids(cfg)
         return _untile(jnp.where(hit, g[:, :, None, :, None, :], zero), x.shape[1:3], cfg)
     area = cfg.window[0] * cfg.window[1]
