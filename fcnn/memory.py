@@ -12,6 +12,11 @@ blocks (they come from the heap, where freed blocks are reused) and the heap's t
 past `trim_threshold` bytes of free space. The cost is resident memory: the process keeps what
 it freed, up to its peak use plus `trim_threshold`, rather than returning it at once.
 
+Not covered: a block over 64 MiB that one of XLA's threads allocates. glibc gives each thread
+an arena of at most 64 MiB and serves a larger block with `mmap` whatever the settings; one
+arena for all threads (`M_ARENA_MAX` 1) would cover it, but measured, the lock the threads then
+share made the main job (`scripts/train.py`) 1.3x slower, so it is not set.
+
 `import fcnn` applies it on Linux with glibc unless `FCNN_MALLOC=system` is set in the
 environment (glibc's defaults left alone); elsewhere (macOS, musl, Windows) nothing is done.
 It is process-wide: every library in the process (PyTorch, NumPy) allocates under it too.
@@ -23,7 +28,7 @@ import ctypes
 import os
 
 # mallopt's parameters (glibc's <malloc.h>)
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
 TRIM_THRESHOLD = 1 << 30  # free bytes at the heap's top before glibc gives them back
 TOP_PAD = 256 << 20  # extra address space each heap growth reserves (untouched: not resident)
 MODES = ("keep", "system")
@@ -55,8 +60,7 @@ def keep_freed_memory(trim_threshold: int = TRIM_THRESHOLD) -> bool:
     if libc is None:
         return False
     ok = all(libc.mallopt(p, v) == 1 for p, v in (
-        (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, trim_threshold), (M_TOP_PAD, TOP_PAD),
-        (M_ARENA_MAX, 1)))
+        (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, trim_threshold), (M_TOP_PAD, TOP_PAD)))
     _applied = "keep" if ok else None
     return ok
 

@@ -1,8 +1,8 @@
 """fcnn.memory: glibc keeps the large blocks XLA frees every run, so no run page-faults them back.
 
 The property measured is the kernel's own count of minor page faults (getrusage) over repeated
-runs of a program whose 64 MiB output is allocated anew each time, in a fresh process per mode
-(kept, the heap reaches its steady state within about four runs: 16,384 faults each before).
+runs of a program whose 48 MiB output is allocated anew each time, in a fresh process per mode
+(kept, the heap reaches its steady state within a few runs: 12,288 faults each before).
 """
 
 import os
@@ -22,7 +22,8 @@ PROBE = textwrap.dedent("""
     import jax, jax.numpy as jnp
     import fcnn
     f = jax.jit(lambda x: x + 1.0)
-    x = jnp.zeros((16 << 20,), jnp.float32)            # 64 MiB: above glibc's mmap threshold
+    x = jnp.zeros((12 << 20,), jnp.float32)            # 48 MiB: above glibc's mmap threshold
+                                                       # (32 MiB at most), within an arena (64)
     faults = []
     for _ in range(18):                                # each output freed before the next
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -45,8 +46,8 @@ def _probe(mode):
 def test_kept_memory_is_reused_without_page_faults():
     applied, kept = _probe("keep")
     assert applied == "keep"
-    # 64 MiB in 4 KiB pages is 16,384 faults per run when the block comes back from the kernel
-    # (with transparent huge pages, 32); reused, none. Measured (median run): 16,384 under
+    # 48 MiB in 4 KiB pages is 12,288 faults per run when the block comes back from the kernel
+    # (with transparent huge pages, 24); reused, none. Measured (median run): 12,288 under
     # glibc's defaults, 0 kept (2-core Intel Xeon, glibc 2.36).
     assert kept < 8, f"{kept} page faults per run with freed memory kept"
     applied, system = _probe("system")
