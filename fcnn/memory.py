@@ -41,7 +41,7 @@ def _libc():
     try:
         libc = ctypes.CDLL(None)
         version = libc.gnu_get_libc_version
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no C library handle, or not glibc's
         return None
     version.restype = ctypes.c_char_p
     return libc if version() and hasattr(libc, "mallopt") else None
@@ -66,7 +66,8 @@ def keep_freed_memory(trim_threshold: int = TRIM_THRESHOLD) -> bool:
 
 
 def mode() -> str | None:
-    """"keep" once `keep_freed_memory` took effect in this process, else None."""
+    """The setting in force: "keep" once `keep_freed_memory` took effect in this process, else
+    None (glibc's defaults, or not glibc)."""
     return _applied
 
 

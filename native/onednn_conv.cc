@@ -152,18 +152,25 @@ Descs UserDescs(const ConvProblem& p) {
 // What the primitives are asked for: the activations as they are (NHWC: no copy of the large
 // tensors), the kernel in whatever layout oneDNN prefers (a small reorder per call). Measured on
 // the CIFAR net's 3x3 layers against every operand in oneDNN's own layout and against none:
-// as fast or faster in 17 of 18 maps, dK 1.2-1.3x (docs/performance.md). One exception: a dX
-// whose channel count is not a multiple of 16 (a SIMD register of floats on AVX-512, two on
-// AVX2) is written in oneDNN's blocked layout and reordered into NHWC: LeNet-5's 6-channel dX
-// 0.96 -> 0.62 ms, where the CIFAR net's 32- and 64-channel ones lose 3-25% that way.
+// as fast or faster in 17 of 18 maps, dK 1.2-1.3x (docs/performance.md). One exception: for an
+// ungrouped dX whose channel count is not a multiple of 16 (a SIMD register of floats on
+// AVX-512, two on AVX2) the dX layout is left to oneDNN (`any`). Asked for NHWC outright, oneDNN
+// 3.2 runs such a dX through its brgemm backward-by-forward kernel (`brg_fwd+brgconv`); left
+// free, it takes its direct backward-data kernel (`jit:avx512_core`, `jit:avx2`), which still
+// writes NHWC (no reorder): LeNet-5's 6-channel dX 0.96 -> 0.60 ms. The CIFAR net's 32- and
+// 64-channel dX lose 3-25% when left free, so they are asked for NHWC; so are grouped ones, for
+// which oneDNN left free fell back to its reference kernel (`ref:any`, 38x slower). Any
+// configuration left free whose kernel would be a reference one is asked for NHWC (GetConv).
 constexpr int64_t kSimdChannels = 16;
 
-Descs PrimitiveDescs(Kind kind, const ConvProblem& p) {
+bool FreeDxLayout(Kind kind, const ConvProblem& p) {
+  return kind == Kind::kBwdData && p.g == 1 && p.c % kSimdChannels != 0;
+}
+
+Descs PrimitiveDescs(const ConvProblem& p, bool free_dx) {
   Descs d = UserDescs(p);
   d.wei = dnnl::memory::desc(KernelDims(p), dt::f32, tag::any);
-  if (kind == Kind::kBwdData && p.c % kSimdChannels != 0) {
-    d.src = dnnl::memory::desc({p.n, p.c, p.h, p.w}, dt::f32, tag::any);
-  }
+  if (free_dx) d.src = dnnl::memory::desc({p.n, p.c, p.h, p.w}, dt::f32, tag::any);
   return d;
 }
 
@@ -187,10 +194,11 @@ Operand MakeOperand(int arg, const dnnl::memory::desc& user,
   return op;
 }
 
-std::shared_ptr<const CachedConv> CreateConv(Kind kind, const ConvProblem& p) {
+std::shared_ptr<const CachedConv> CreateConv(Kind kind, const ConvProblem& p,
+                                             bool free_dx) {
   auto& eng = Engine();
   const Descs plain = UserDescs(p);
-  const Descs req = PrimitiveDescs(kind, p);
+  const Descs req = PrimitiveDescs(p, free_dx);
 
   const dnnl::memory::dims strides = {p.sh, p.sw};
   const dnnl::memory::dims dilates = {p.dh - 1, p.dw - 1};  // oneDNN: d - 1
@@ -271,7 +279,10 @@ std::shared_ptr<const CachedConv> GetConv(Kind kind, const ConvProblem& p) {
   }
   // Create outside the lock (JIT compilation can take milliseconds); if two
   // threads race, the first insertion wins and the other result is dropped.
-  auto conv = CreateConv(kind, p);
+  auto conv = CreateConv(kind, p, FreeDxLayout(kind, p));
+  if (FreeDxLayout(kind, p) && conv->impl.rfind("ref", 0) == 0) {
+    conv = CreateConv(kind, p, false);  // left free, oneDNN found only its reference kernel
+  }
   std::lock_guard<std::mutex> lock(g_cache_mu);
   return g_cache->emplace(key, std::move(conv)).first->second;
 }

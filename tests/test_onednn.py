@@ -130,6 +130,24 @@ def test_implementations_are_listed():
 
 
 @built
+@pytest.mark.parametrize("channels", [6, 16])
+def test_a_narrow_dx_matches_the_oracle(channels):
+    """An ungrouped dX whose channel count is not a multiple of 16 leaves its layout to oneDNN
+    (which then takes its direct kernel, native/onednn_conv.cc); 16 channels are asked for NHWC.
+    The values are the oracle's either way, the map ran in oneDNN (its primitive is listed), and
+    no configuration run so far fell to oneDNN's reference kernel."""
+    x = normal(3, (5, 14, 13, channels), jnp.float32)
+    w = normal(4, (5, 5, channels, 16), jnp.float32)
+    g = normal(5, R.conv2d(x, w).shape, jnp.float32)
+    dx = jax.jit(lambda g, w: ops.conv2d_grad_input(g, w, x.shape, algorithm="onednn"))(g, w)
+    assert_close(dx, jax.vjp(lambda x: R.conv2d(x, w), x)[1](g)[0], "dX")
+    listed = [k for k in onednn.implementations().splitlines()
+              if k.startswith("1,") and f",14,13,{channels},10,9,16,5,5," in k]
+    assert listed, onednn.implementations()
+    assert " -> ref" not in onednn.implementations(), onednn.implementations()
+
+
+@built
 def test_runs_on_xla_threads_without_an_openmp_team():
     """Each call splits the batch over XLA's own pool, oneDNN single-threaded in each piece: no
     thread is started beside XLA's (an OpenMP team would oversubscribe the cores)."""
