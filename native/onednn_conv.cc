@@ -279,8 +279,9 @@ std::shared_ptr<const CachedConv> GetConv(Kind kind, const ConvProblem& p) {
   }
   // Create outside the lock (JIT compilation can take milliseconds); if two
   // threads race, the first insertion wins and the other result is dropped.
-  auto conv = CreateConv(kind, p, FreeDxLayout(kind, p));
-  if (FreeDxLayout(kind, p) && conv->impl.rfind("ref", 0) == 0) {
+  const bool free_dx = FreeDxLayout(kind, p);
+  auto conv = CreateConv(kind, p, free_dx);
+  if (free_dx && conv->impl.rfind("ref", 0) == 0) {
     conv = CreateConv(kind, p, false);  // left free, oneDNN found only its reference kernel
   }
   std::lock_guard<std::mutex> lock(g_cache_mu);

@@ -51,6 +51,16 @@ def test_grad_of_grad_matches_autodiff(case, pool):
     assert_close(second(_bind(pool[0], case))(x), second(_bind(pool[1], case))(x), "d2/dx")
 
 
+def _scatter(pool):
+    """(x, g) -> dx of `pool` at x: the max-pool backward, linear in g."""
+    return lambda x, g: jax.vjp(pool, x)[1](g)[0]
+
+
+def _gather(pool, g):
+    """(x, ct) -> d<scatter(x, g), ct>/dg at `g`: the scatter's own rule, linear in ct."""
+    return lambda x, ct: jax.vjp(lambda g: _scatter(pool)(x, g), g)[1](ct)[0]
+
+
 # stride == window with 32+ channels (the CIFAR net's pools): max pool's backward writes every
 # window's block with one select, `(N, H_out, kh, W_out, kw, C)`, instead of a write per tap.
 TILED = [
@@ -69,11 +79,11 @@ def test_tiled_max_pool_backward_and_its_second_order_rules(shape, window, paddi
     def pool(impl):
         return lambda x: impl(x, window, None, padding)
 
-    def scatter(impl):  # (x, g) -> dx, linear in g
-        return lambda x, g: jax.vjp(pool(impl), x)[1](g)[0]
+    def scatter(impl):
+        return _scatter(pool(impl))
 
-    def gather(impl):  # (x, ct) -> d<scatter(x, g), ct>/dg, linear in ct
-        return lambda x, ct: jax.vjp(lambda g: scatter(impl)(x, g), g)[1](ct)[0]
+    def gather(impl):
+        return _gather(pool(impl), g)
 
     x = distinct(8, shape)  # no ties: the argmax is unambiguous
     g = normal(9, jax.eval_shape(pool(ops.max_pool2d), x).shape)
@@ -107,10 +117,10 @@ def test_narrow_tiled_max_pool_backward_with_ties(shape, window):
         return lambda x: impl(x, window)
 
     def scatter(impl):
-        return lambda x, g: jax.vjp(pool(impl), x)[1](g)[0]
+        return _scatter(pool(impl))
 
     def gather(impl):
-        return lambda x, ct: jax.vjp(lambda g: scatter(impl)(x, g), g)[1](ct)[0]
+        return _gather(pool(impl), g)
 
     for dtype in (jnp.float64, jnp.float32):
         x = jnp.round(jnp.maximum(normal(11, shape, dtype), 0), 1)

@@ -204,11 +204,11 @@ def _max_pool_impl(x, cfg):
     return lax.reduce_window(x, -jnp.inf, lax.max, dims, strides, pads)
 
 
-def _argmax_taps(x, cfg):
-    """Row-major window index of each window's first maximum, `(N, H_out, W_out, C)`."""
+def _first_max(taps):
+    """The index `t` of each window's first maximum over `taps`, `(t, x_t)` pairs in row-major
+    window order."""
     best, index = None, None
-    for a, b, xs in _taps(x, cfg, -jnp.inf):
-        t = a * cfg.window[1] + b
+    for t, xs in taps:
         if best is None:
             best, index = xs, jnp.zeros(xs.shape, jnp.int32)
         else:
@@ -218,6 +218,11 @@ def _argmax_taps(x, cfg):
     return index
 
 
+def _argmax_taps(x, cfg):
+    """Row-major window index of each window's first maximum, `(N, H_out, W_out, C)`."""
+    return _first_max((a * cfg.window[1] + b, xs) for a, b, xs in _taps(x, cfg, -jnp.inf))
+
+
 def _max_scatter_tiles(x, g, cfg):
     """`_max_scatter_impl` for windows that tile an unpadded input with fewer than 16 channels:
     the input viewed as `(N, H_out, kh, W_out, kw * C)`, whose last axis holds a window row's
@@ -225,19 +230,11 @@ def _max_scatter_tiles(x, g, cfg):
     concatenation per window row and one stack of the rows — contiguous writes of `kw * C`
     values where the per-tap writes stride by the window (LeNet-5's first pool, 6 channels:
     2.5x faster on AVX-512, 1.4x on AVX2; docs/performance.md). Rows and columns the floor left
-    out get 0. The same first-maximum rule as `_argmax_taps`."""
+    out get 0. The same first-maximum rule as `_argmax_taps` (`_first_max`)."""
     (kh, kw), (n, h, w, c), (ho, wo) = cfg.window, x.shape, g.shape[1:3]
     rows = x[:, : ho * kh, : wo * kw].reshape(n, ho, kh, wo, kw * c)
-    best, index = None, None
-    for a in range(kh):
-        for b in range(kw):
-            xs = rows[:, :, a, :, b * c:(b + 1) * c]
-            if best is None:
-                best, index = xs, jnp.zeros(xs.shape, jnp.int32)
-            else:
-                wins = xs > best  # strict: an equal value later in the window does not win
-                best = jnp.where(wins, xs, best)
-                index = jnp.where(wins, a * kw + b, index)
+    index = _first_max((a * kw + b, rows[:, :, a, :, b * c:(b + 1) * c])
+                       for a in range(kh) for b in range(kw))
     zero = jnp.zeros((), g.dtype)
     dx = jnp.stack([jnp.concatenate([jnp.where(index == a * kw + b, g, zero) for b in range(kw)],
                                     axis=-1) for a in range(kh)], axis=2)
