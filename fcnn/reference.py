@@ -77,7 +77,26 @@ def _window(x, init, op, window, stride, padding):
 
 
 def max_pool2d(x, window, stride=None, padding=0):
-    return _batched(_window, x, -jnp.inf, lax.max, window, stride, padding)
+    """Each window's first maximum in row-major order, a NaN counting as the largest value
+    (`jnp.argmax`, as numpy's), gathered from the window's taps: autodiff sends the gradient
+    there. (XLA's `reduce_window` max returns the NaN too, but its autodiff sends the gradient
+    to the window's largest number.)"""
+    return _batched(_max_by_argmax, x, window, stride, padding)
+
+
+def _max_by_argmax(x, window, stride, padding):
+    kh, kw = _pair(window)
+    sh, sw = (kh, kw) if stride is None else _pair(stride)
+    pads = _pads(padding)
+    if isinstance(pads, str):
+        pads = lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), pads)
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    ho = (xp.shape[1] - kh) // sh + 1
+    wo = (xp.shape[2] - kw) // sw + 1
+    taps = jnp.stack([xp[:, a: a + (ho - 1) * sh + 1: sh, b: b + (wo - 1) * sw + 1: sw]
+                      for a in range(kh) for b in range(kw)], axis=-1)
+    first = jnp.argmax(taps, axis=-1)
+    return jnp.take_along_axis(taps, first[..., None], axis=-1)[..., 0]
 
 
 def avg_pool2d(x, window, stride=None, padding=0):
@@ -94,23 +113,30 @@ def dropout(key, x, rate):
     if rate == 0.0:
         return x
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+    return x * (keep / (1.0 - rate)).astype(x.dtype)  # a product: a dropped NaN stays NaN
+
+
+# The piecewise activations test `x <= 0` for the negative piece: a NaN takes the identity piece
+# (value NaN, slope 1), fcnn's stated semantics (docs/correctness.md, "NaN and infinities").
 
 
 def relu(x):
-    return jnp.where(x > 0, x, 0.0).astype(x.dtype)
+    return jnp.where(x <= 0, 0.0, x).astype(x.dtype)
 
 
 def leaky_relu(x, negative_slope=0.01):
-    return jnp.where(x > 0, x, negative_slope * x)
+    return jnp.where(x <= 0, negative_slope * x, x)
 
 
 def elu(x, alpha=1.0):
-    return jnp.where(x > 0, x, alpha * jnp.expm1(x))
+    # expm1 only of x <= 0: at x = +inf or NaN the unused piece's derivative would be 0 * inf
+    # or 0 * NaN = NaN
+    return jnp.where(x <= 0, alpha * jnp.expm1(jnp.where(x <= 0, x, 0.0)), x)
 
 
 def sigmoid(x):
-    return 1 / (1 + jnp.exp(-x))
+    # lax's logistic: 1 / (1 + exp(-x)) differentiated by autodiff is inf / inf = NaN at -inf
+    return lax.logistic(x)
 
 
 def tanh(x):
@@ -131,7 +157,7 @@ def mse(pred, target):
 
 def hinge(scores, labels, margin=1.0):
     correct = jnp.take_along_axis(scores, labels[..., None], axis=-1)
-    m = jnp.maximum(scores - correct + margin, 0.0)
+    m = relu(scores - correct + margin)
     m = jnp.where(jax.nn.one_hot(labels, scores.shape[-1], dtype=bool), 0.0, m)
     return jnp.mean(jnp.sum(m, axis=-1))
 

@@ -12,13 +12,15 @@ from fcnn.ops import _binding, _checks
 
 
 def relu(x):
-    """`max(0, x)`; the subgradient at 0 is 0 (the usual convention, as in `jax.nn.relu`)."""
+    """`max(0, x)`; the subgradient at 0 is 0 (the usual convention, as in `jax.nn.relu`).
+
+    A NaN passes through with slope 1 (as in PyTorch); `relu(inf) = inf`, `relu(-inf) = 0`."""
     return _relu(_checks.floating("relu", "x", x))
 
 
 def leaky_relu(x, negative_slope=0.01):
     """`x` for `x > 0`, else `negative_slope * x` (0.01 as in Maas, Hannun & Ng 2013; 0.1 is
-    also common); slope at 0 is the slope.
+    also common); slope at 0 is the slope; a NaN passes through with slope 1, as in `relu`.
 
     `negative_slope` is a finite float (Python or numpy scalar)."""
     x = _checks.floating("leaky_relu", "x", x)
@@ -26,7 +28,8 @@ def leaky_relu(x, negative_slope=0.01):
 
 
 def elu(x, alpha=1.0):
-    """`x` for `x > 0`, else `alpha * (exp(x) - 1)`; derivative at 0 is `alpha` (a finite float)."""
+    """`x` for `x > 0`, else `alpha * (exp(x) - 1)`; derivative at 0 is `alpha` (a finite float);
+    a NaN passes through with slope 1, as in `relu`; `elu(-inf) = -alpha`."""
     x = _checks.floating("elu", "x", x)
     return _elu(x, (_args.as_float(alpha, "elu", "alpha"),))
 
@@ -79,21 +82,33 @@ def _zero(a):
     return jnp.zeros((), a.dtype)
 
 
+# Non-finite inputs (docs/correctness.md, "NaN and infinities"): each piecewise activation tests
+# `x <= 0` for its negative piece, so a NaN takes the identity piece: relu(nan) = nan with slope
+# 1, like the max pool, where a NaN is its window's maximum; `x > 0` would send a NaN to the
+# negative piece (relu(nan) = 0: the NaN hidden). relu(+inf) = +inf, relu(-inf) = 0.
+#
 # ReLU keeps y, not x: the layer after a ReLU (a pool, the next conv) saves y anyway; with x
 # saved, XLA fused the computation of x (LeNet-5: conv1's `taps` forward + bias) into the
-# backward fusion and recomputed it there (docs/performance.md, "Measured and rejected").
-_relu = _elementwise(lambda x: jnp.where(x > 0, x, _zero(x)),
-                     lambda x, y, t: jnp.where(y > 0, t, _zero(t)), saves="y")
+# backward fusion and recomputed it there (docs/performance.md, "Measured and rejected"). y <= 0
+# exactly where x <= 0, and y is NaN where x is.
+_relu = _elementwise(lambda x: jnp.where(x <= 0, _zero(x), x),
+                     lambda x, y, t: jnp.where(y <= 0, _zero(t), t), saves="y")
 # slope * t for x <= 0
-_leaky_relu = _elementwise(lambda x, s: jnp.where(x > 0, x, x * jnp.asarray(s, x.dtype)),
-                           lambda x, y, t, s: jnp.where(x > 0, t, t * jnp.asarray(s, t.dtype)),
+_leaky_relu = _elementwise(lambda x, s: jnp.where(x <= 0, x * jnp.asarray(s, x.dtype), x),
+                           lambda x, y, t, s: jnp.where(x <= 0, t * jnp.asarray(s, t.dtype), t),
                            saves="x")
 # alpha * exp(x) * t for x <= 0; exp of the negative part is recomputed from x (storing y would
-# lose precision where y + alpha cancels)
+# lose precision where y + alpha cancels), and taken of x only where x <= 0 (0 elsewhere): at a
+# large x or a NaN the factor of the unused piece would be inf or NaN, and the transposed
+# select multiplies it by 0 (NaN)
+def _negative(x):
+    return jnp.where(x <= 0, x, _zero(x))
+
+
 _elu = _elementwise(
-    lambda x, a: jnp.where(x > 0, x, jnp.asarray(a, x.dtype) * jnp.expm1(x)),
-    lambda x, y, t, a: jnp.where(x > 0, t, t * (jnp.asarray(a, x.dtype)
-                                                * jnp.exp(jnp.minimum(x, 0)))),
+    lambda x, a: jnp.where(x <= 0, jnp.asarray(a, x.dtype) * jnp.expm1(_negative(x)), x),
+    lambda x, y, t, a: jnp.where(x <= 0, t * (jnp.asarray(a, x.dtype)
+                                              * jnp.exp(_negative(x))), t),
     saves="x")
 _sigmoid = _elementwise(lax.logistic, lambda x, y, t: t * y * (1 - y), saves="y")  # y (1 - y)
 _tanh = _elementwise(jnp.tanh, lambda x, y, t: t * (1 - y * y), saves="y")  # 1 - y^2

@@ -21,7 +21,8 @@ def dropout(key, x, rate):
       rate: float in `[0, 1)` (Python or numpy scalar; static, not traced).
 
     Returns:
-      An array like `x`.
+      An array like `x`. The mask multiplies (as in PyTorch): a NaN or inf in a dropped unit gives
+    NaN, never 0, in the value and the gradient.
     """
     x = _checks.floating("dropout", "x", x)
     rate = check_rate("dropout", rate)
@@ -37,7 +38,11 @@ def check_rate(op, rate) -> float:
 
 
 def _dropout_impl(x, keep, rate):
-    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+    """`x * mask / (1 - rate)` as a product, as PyTorch computes it: a dropped NaN or inf stays
+    NaN (NaN * 0, inf * 0) instead of becoming a silent 0, as `where(keep, x, 0)` would make it
+    (docs/correctness.md, "NaN and infinities")."""
+    scale = jnp.where(keep, jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros((), x.dtype))
+    return x * scale
 
 
 _vjp_dropout = jax.custom_vjp(_dropout_impl, nondiff_argnums=(2,))

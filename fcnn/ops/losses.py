@@ -188,7 +188,9 @@ def _loss(value, gradient, nondiff=()):
 
 def _xent_int_value(z, labels):
     logp = _log_softmax(z)
-    picked = jnp.sum(logp * _onehot(labels, z.shape[-1], z.dtype), axis=-1)
+    # a select, not a product with the one-hot: a -inf logit of another class (a masked class)
+    # times 0 would make the term NaN
+    picked = jnp.sum(jnp.where(_onehot(labels, z.shape[-1], jnp.bool_), logp, 0), axis=-1)
     picked = jnp.where(_out_of_range(labels, z.shape[-1]), jnp.nan, picked)
     return -jnp.sum(picked) / _count(z)
 
@@ -236,16 +238,16 @@ def _margins(s, labels, margin):
 
 def _hinge_value(s, labels, margin):
     m, is_y = _margins(s, labels, margin)
-    rows = jnp.sum(jnp.where(is_y, 0, jnp.maximum(m, 0)), axis=-1)
+    rows = jnp.sum(jnp.where(is_y | (m <= 0), 0, m), axis=-1)  # a NaN margin counts, as NaN
     return jnp.sum(jnp.where(_out_of_range(labels, s.shape[-1]), jnp.nan, rows)) / _count(s)
 
 
 def _hinge_gradient(s, labels, margin):
-    """With a_j = 1[j != y and s_j - s_y + margin > 0]: ds_j = a_j for j != y,
+    """With a_j = 1[j != y and not s_j - s_y + margin <= 0]: ds_j = a_j for j != y,
     ds_y = -sum_j a_j, over N (subgradient 0 at the hinge); NaN on the rows of out-of-range
     labels, whose term is NaN."""
     m, is_y = _margins(s, labels, margin)
-    active = jnp.where(is_y, 0, (m > 0)).astype(s.dtype)
+    active = (~is_y & ~(m <= 0)).astype(s.dtype)  # NaN margins are active, as in relu
     ds = active - is_y.astype(s.dtype) * jnp.sum(active, axis=-1, keepdims=True)
     ds = jnp.where(_out_of_range(labels, s.shape[-1])[..., None], jnp.nan, ds)
     return ds / _count(s), None

@@ -254,7 +254,10 @@ def _affine_jvp(cfg, primals, tangents):
     t, tgamma, tbeta, tmean, tvar = (_lift(a, n).astype(cd) for a in tangents)
     y, xhat, sigma = _affine_value(x, gamma, beta, mean, var, cfg)
     gam = _lift(gamma, n).astype(cd)
-    dy = gam / sigma * (t - tmean) + tgamma * xhat + tbeta - gam * xhat * tvar / (2 * sigma**2)
+    # sigma^2 as var + eps, not sigma**2: at var = inf the derivative of the square of
+    # sqrt(var + eps) is inf * 0 = NaN, where that of var + eps is 1
+    var_eps = _lift(var, n).astype(cd) + cfg[0]
+    dy = gam / sigma * (t - tmean) + tgamma * xhat + tbeta - gam * xhat * tvar / (2 * var_eps)
     return y, dy.astype(y.dtype)
 
 

@@ -39,7 +39,8 @@ class PoolConfig(NamedTuple):
 
 
 def max_pool2d(x, window, stride=None, padding=0):
-    """Max pooling; padded cells are -inf and never win.
+    """Max pooling; padded cells are -inf and never win. A window holding a NaN gives NaN (as in
+    PyTorch), and its gradient goes to its first NaN.
 
     Args:
       x: `(N, H, W, C)` or `(H, W, C)`, floating.
@@ -206,13 +207,18 @@ def _max_pool_impl(x, cfg):
 
 def _first_max(taps):
     """The index `t` of each window's first maximum over `taps`, `(t, x_t)` pairs in row-major
-    window order."""
+    window order. A NaN is larger than every number: a window holding one has the first NaN as
+    its maximum, which the forward returns (NaN, as `jnp.maximum`, `reduce_window` and PyTorch's
+    max pool give) and to which its gradient goes, as in PyTorch (XLA's own select-and-scatter
+    sends it to the largest number instead, away from the NaN the forward returned)."""
     best, index = None, None
     for t, xs in taps:
         if best is None:
             best, index = xs, jnp.zeros(xs.shape, jnp.int32)
         else:
-            wins = xs > best  # strict: an equal value later in the window does not win
+            # strict (an equal value later in the window does not win); a NaN wins over a
+            # number, never over an earlier NaN (best == best is False only for a NaN)
+            wins = ~(xs <= best) & (best == best)
             best = jnp.where(wins, xs, best)
             index = jnp.where(wins, t, index)
     return index
