@@ -45,7 +45,10 @@ def make_step(model: Layer, optimizer: optax.GradientTransformation,
     `step(params, opt_state, x, y, key, state) -> (params, opt_state, metrics, state)`.
 
     `key` drives the model's dropout (pass a fresh one per step, e.g. `fold_in(key, step)`);
-    `metrics` holds the batch's `loss` (without the L2 term) and `accuracy`. The model runs with
+    `metrics` holds the batch's `loss` (without the L2 term), `accuracy` and `grad_norm` (the
+    global L2 norm of the gradient, L2 term included: NaN or inf when any element of it is),
+    and for a stateful model `state_finite` (whether every element of the new state is finite:
+    what `fit`'s divergence guard reads, in one transfer per step). The model runs with
     `train=True`: a stateful model's new state (running statistics) comes back; no gradient
     flows into it.
     `weight_decay` adds `weight_decay * sum ||w||^2 / 2` to the objective; `max_shift > 0`
@@ -85,7 +88,12 @@ def make_step(model: Layer, optimizer: optax.GradientTransformation,
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-        metrics = {"loss": value, "accuracy": accuracy}
+        metrics = {"loss": value, "accuracy": accuracy,
+                   "grad_norm": optax.global_norm(grads).astype(jnp.float32)}
+        if stateful:  # the guard's third input: `fit` stops on a non-finite new state
+            metrics["state_finite"] = jnp.all(jnp.stack(
+                [jnp.all(jnp.isfinite(s)) for s in jax.tree_util.tree_leaves(state)]
+                or [jnp.array(True)]))
         return (params, opt_state, metrics, state) if stateful else (params, opt_state, metrics)
 
     if mesh is None:
@@ -213,17 +221,52 @@ class Progress(NamedTuple):
 
 
 class Diverged(RuntimeError):
-    """A step gave a non-finite loss. `params` (and a stateful model's `state`) are those from
-    before that step (the bad update is not applied, and no checkpoint is written after it)."""
+    """A step gave a non-finite loss, gradient norm or (stateful model) new state. `params`
+    (and a stateful model's `state`) are those from before that step: the bad update is not
+    applied, and no checkpoint is written after it, so the last good one stays on disk.
 
-    def __init__(self, loss: float, step: int, epoch: int, params, checkpoint_path, state=None):
-        self.loss, self.step, self.epoch = loss, step, epoch
+    Attributes: `loss`, `grad_norm` (floats), `step` (0-based, the steps done before it),
+    `epoch` (1-based), `leaf` (the path of the first parameter leaf, in the params tree's
+    order, that the step's update made non-finite, e.g. `"[0]['w']"`; None if none did),
+    `bad_leaves` (how many did), `state_leaf` (the first non-finite leaf of the new state, or
+    None), `params`, `state`, `checkpoint_path`."""
+
+    def __init__(self, loss: float, step: int, epoch: int, params, checkpoint_path, state=None,
+                 *, grad_norm: float = math.nan, leaf: str | None = None, bad_leaves: int = 0,
+                 leaves: int = 0, state_leaf: str | None = None):
+        self.loss, self.step, self.epoch, self.grad_norm = loss, step, epoch, grad_norm
+        self.leaf, self.bad_leaves, self.state_leaf = leaf, bad_leaves, state_leaf
         self.params, self.checkpoint_path, self.state = params, checkpoint_path, state
+        what = [f"loss {loss}", f"gradient norm {grad_norm}"]
+        if leaf is not None:
+            what.append(f"the update made {bad_leaves} of {leaves} parameter leaves non-finite, "
+                        f"the first params{leaf}")
+        if state_leaf is not None:
+            what.append(f"the new state is non-finite at state{state_leaf}")
         where = (f"; the last good checkpoint is {checkpoint_path}"
                  if checkpoint_path is not None and Path(checkpoint_path).exists() else "")
-        super().__init__(f"diverged: loss is {loss} at step {step} (epoch {epoch}); stopped with "
-                         f"the parameters from before this step{where}. Try a lower learning "
-                         "rate.")
+        super().__init__(f"diverged at step {step} (epoch {epoch}): {'; '.join(what)}. Stopped "
+                         f"with the parameters from before this step{where}. A non-finite "
+                         "gradient with a finite loss points at the op or data that made it; "
+                         "otherwise try a lower learning rate.")
+
+
+def _first_bad(tree) -> tuple[str | None, int, int]:
+    """`(path of the first non-finite leaf, how many leaves are, how many leaves there are)`:
+    read on the host, only once a step has been found bad."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    bad = [jax.tree_util.keystr(p) for p, a in leaves
+           if jnp.issubdtype(jnp.result_type(a), jnp.inexact)
+           and not np.isfinite(np.asarray(a)).all()]
+    return (bad[0] if bad else None), len(bad), len(leaves)
+
+
+def _diverged(host, step, epoch, params, path, state, params_next, state_next):
+    leaf, bad, total = _first_bad(params_next)
+    state_leaf = _first_bad(state_next)[0] if state_next is not None else None
+    return Diverged(float(host["loss"]), step, epoch, params, path, state,
+                    grad_norm=float(host["grad_norm"]), leaf=leaf, bad_leaves=bad,
+                    leaves=total, state_leaf=state_leaf)
 
 
 class FitResult(NamedTuple):
@@ -310,10 +353,14 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
       params_sha256, state)`; `state` is None for a stateless model.
 
     Raises:
-      Diverged: a non-finite batch loss; the last good checkpoint stays on disk.
+      Diverged: a non-finite batch loss, gradient norm or new state (a stateful model's),
+        naming the step, the epoch and the first parameter leaf that went bad; the last good
+        checkpoint stays on disk.
       checkpoint.ConfigMismatch, checkpoint.CheckpointError: a checkpoint that cannot be resumed.
       CheckpointExists: (a ValueError) `checkpoint_dir` holds a checkpoint and not `resume`.
-      ValueError: a batch size the mesh's devices do not divide.
+      ValueError: a batch size the mesh's devices do not divide; `data.DataError` (a
+        ValueError): floating-point images holding NaN or inf, naming the array and the first
+        bad index, before any step.
     """
     if resume and checkpoint_dir is None:
         raise ValueError("fit: resume=True needs a checkpoint_dir to resume from.")
@@ -321,6 +368,7 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
     if recipe.batch_size % devices:
         raise ValueError(f"fit: `batch_size` ({recipe.batch_size}) must split evenly over the "
                          f"mesh's {devices} devices.")
+    data.check_dataset(dataset, "fit")  # before any step: a NaN pixel never reaches one
     n_train = len(dataset.train_labels)
     steps_per_epoch = recipe.steps_per_epoch(n_train)
     if state is not None:
@@ -363,9 +411,12 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
                 x, y = parallel.shard_batch(mesh, x, y)
             params_next, opt_state_next, metrics, state_next = run(
                 params, opt_state, x, y, jax.random.fold_in(run_key, step), state)
-            value = float(metrics["loss"])
-            if not math.isfinite(value):
-                raise Diverged(value, step, epoch + 1, params, path, state)
+            host = jax.device_get(metrics)  # the step's one transfer to the host
+            value = float(host["loss"])
+            if not (math.isfinite(value) and math.isfinite(host["grad_norm"])
+                    and host.get("state_finite", True)):
+                raise _diverged(host, step, epoch + 1, params, path, state, params_next,
+                                state_next)
             params, opt_state, state, step = params_next, opt_state_next, state_next, step + 1
             losses.append(value)
             seen += len(y)

@@ -31,7 +31,8 @@ def test_running_statistics_after_a_few_steps_equal_a_hand_computation():
     momentum, eps = 0.8, 1e-3
     layer = L.BatchNorm(momentum=momentum, eps=eps)
     params, _ = layer.init(jax.random.key(0), (3, 3, 2))
-    params = {"gamma": jnp.array([1.5, -0.5]), "beta": jnp.array([0.25, 2.0])}
+    params = {"gamma": jnp.array([1.5, -0.5], jnp.float32),  # a float32 model: float32 state
+              "beta": jnp.array([0.25, 2.0], jnp.float32)}
     state = layer.init_state((3, 3, 2))
     assert {k: v.tolist() for k, v in state.items()} == {"mean": [0, 0], "var": [1, 1]}
     mean, var = np.zeros(2), np.ones(2)  # the convention, by hand

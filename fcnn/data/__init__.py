@@ -19,10 +19,16 @@ from typing import NamedTuple
 import numpy as np
 
 from fcnn.data._download import load_files
-from fcnn.data._formats import DataError, read_cifar10, read_idx, read_idx_pair
+from fcnn.data._formats import (
+    DataError,
+    check_finite,
+    read_cifar10,
+    read_idx,
+    read_idx_pair,
+)
 
-__all__ = ["DataError", "Dataset", "batches", "load", "read_cifar10", "read_idx",
-           "read_idx_pair"]
+__all__ = ["DataError", "Dataset", "batches", "check_dataset", "check_finite", "load",
+           "read_cifar10", "read_idx", "read_idx_pair"]
 
 
 class Dataset(NamedTuple):
@@ -30,6 +36,12 @@ class Dataset(NamedTuple):
     train_labels: np.ndarray  # (N,) int32
     test_images: np.ndarray
     test_labels: np.ndarray
+
+
+def check_dataset(dataset: Dataset, where: str) -> None:
+    """`check_finite` on a dataset's training and test images (`fit` and `load` call it)."""
+    for name in ("train_images", "test_images"):
+        check_finite(getattr(dataset, name), name, where)
 
 
 def _embedded() -> Dataset:
@@ -52,10 +64,16 @@ def load(name: str = "mnist_embedded", data_dir=None, download: bool = False,
 
     Raises:
       DataError: unknown name; missing files without `download`; a file failing its checksum,
-        truncated or corrupt.
+        truncated or corrupt; floating-point images holding NaN or inf (`check_finite`).
     """
     if name == "mnist_embedded":
         return _embedded()
+    dataset = _load_files(name, data_dir, download, mirror)
+    check_dataset(dataset, f"load({name!r})")
+    return dataset
+
+
+def _load_files(name, data_dir, download, mirror) -> Dataset:
     paths = load_files(name, data_dir, download, mirror)
     if name == "cifar10":
         train = [read_cifar10(paths[f"data_batch_{i}.bin"]) for i in range(1, 6)]

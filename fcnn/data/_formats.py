@@ -35,6 +35,27 @@ def _read_bytes(path: Path) -> bytes:
     return raw
 
 
+def check_finite(images, name: str, where: str) -> None:
+    """Refuse floating-point `images` holding NaN or ±inf, naming `where` (the caller), `name`
+    (the array) and the first bad index; integer images pass (they cannot hold either). One
+    pass over the array, before any step runs.
+
+    Raises:
+      DataError (a ValueError): the first non-finite element and how many there are.
+    """
+    a = np.asarray(images)
+    if not np.issubdtype(a.dtype, np.floating):
+        return
+    finite = np.isfinite(a)
+    if finite.all():
+        return
+    bad = np.argwhere(~finite)
+    first = tuple(int(i) for i in bad[0])
+    raise DataError(f"{where}: `{name}` must hold finite values, got {a[first]} at index "
+                    f"{first} ({len(bad)} non-finite of {a.size}). Clean or drop those images "
+                    "first: one NaN pixel makes every gradient NaN.")
+
+
 def read_idx(path, expect_ndim: int | None = None) -> np.ndarray:
     """Read an IDX file (`.gz` or raw) into an array of its declared type and shape.
 
@@ -60,7 +81,9 @@ def read_idx(path, expect_ndim: int | None = None) -> np.ndarray:
         what = "truncated" if len(data) < expected else "has trailing bytes"
         raise DataError(f"{path}: {what}: header declares {dims} -> {expected} bytes, "
                         f"file has {len(data)}.")
-    return np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    out = np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    check_finite(out, "data", f"read_idx({path})")  # IDX may hold float32 or float64 values
+    return out
 
 
 def read_idx_pair(images_path, labels_path, num_classes: int = 10):

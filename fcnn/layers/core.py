@@ -344,7 +344,9 @@ def BatchNorm(momentum=0.9, eps=1e-5, ndim=3) -> Layer:
     """Batch normalisation (Ioffe & Szegedy 2015) with running statistics: a stateful layer.
 
     Params `{"gamma": (C,), "beta": (C,)}` (ones, zeros); state `{"mean": (C,), "var": (C,)}`
-    (zeros, ones; float32), over the channels, the last axis of examples of rank `ndim` (3:
+    (zeros, ones; float32 from `init_state`; a training step keeps them in the promotion of
+    their dtype and the parameters': float64 with float64 parameters, float32 under bfloat16
+    mixed precision), over the channels, the last axis of examples of rank `ndim` (3:
     (H, W, C) images; 1: features).
 
     `train=True` normalises with the batch's statistics over every axis but the channels
@@ -393,9 +395,13 @@ def BatchNorm(momentum=0.9, eps=1e-5, ndim=3) -> Layer:
                                      f"{tuple(jnp.shape(x))}.")
                 y, b_mean, b_var = batch_norm(xb, params["gamma"], params["beta"], eps=eps)
                 b_mean, b_var = jax.lax.stop_gradient((b_mean, b_var))
-                state = {"mean": momentum * mean + (1 - momentum) * b_mean.astype(mean.dtype),
-                         "var": momentum * var + (1 - momentum) * (m / (m - 1))
-                         * b_var.astype(var.dtype)}
+                # the statistics in the parameters' dtype, never below the state's: float64
+                # parameters keep float64 statistics; mixed precision's bfloat16 copies of
+                # float32 parameters leave them float32 (the promotion of the two)
+                dt = jnp.promote_types(mean.dtype, params["gamma"].dtype)
+                state = {"mean": momentum * mean.astype(dt) + (1 - momentum) * b_mean.astype(dt),
+                         "var": momentum * var.astype(dt) + (1 - momentum) * (m / (m - 1))
+                         * b_var.astype(dt)}
             else:
                 y = inference(xb, params["gamma"], params["beta"], mean, var, eps=eps)
             return (y if was_batched else y[0]), state
