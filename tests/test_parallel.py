@@ -45,8 +45,8 @@ CHILD = textwrap.dedent("""
     out = {}
 
     def diff(a, b):
-        return max(float(jnp.max(jnp.abs(u - v))) for u, v in
-                   zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+        return max(float(jnp.max(jnp.abs(jnp.asarray(u, float) - jnp.asarray(v, float))))
+                   for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
     for name, n in (("even", 64), ("remainder", 6)):
         xs, ys = parallel.shard_batch(mesh, x[:n], y[:n])
