@@ -13,8 +13,8 @@ import pytest
 
 from fcnn import data, train
 from fcnn import layers as L
-from models import lenet5
 from fcnn.layers import Layer
+from models import lenet5
 
 
 def _small(float_images=False):

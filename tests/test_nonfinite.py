@@ -19,8 +19,8 @@ import pytest
 
 from fcnn import ops
 from fcnn import reference as R
-from fcnn.testing import assert_close, tolerance
 from fcnn.ops._conv_algorithms import ALGORITHMS
+from fcnn.testing import assert_close, tolerance
 from tests.strategies import dtype_for, normal
 
 SPECIAL = {"nan": np.nan, "+inf": np.inf, "-inf": -np.inf}
