@@ -381,6 +381,7 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
         params, _ = model.init(init_key, input_shape)
     if state is None and model.stateful:
         state = model.init_state(input_shape)
+    state = _state_dtype(state, params)
     opt, step_fn = recipe.make_step(model, steps_per_epoch, loss, mesh)
     evaluate = make_evaluate(model, loss, compute_dtype=recipe.compute_dtype, mesh=mesh)
     opt_state = opt.init(params)
@@ -438,6 +439,21 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
     return FitResult(params, opt_state, history, step,
                      seen_total / train_seconds if train_seconds else None, train_seconds,
                      params_sha256(params), state)
+
+
+def _state_dtype(state, params):
+    """`state` in the dtype a training step returns it in: each floating leaf promoted with the
+    parameters' dtype (batch norm's statistics: float64 for a float64 model, float32 from
+    `init_state` otherwise), so the step's inputs keep one dtype from the first step on, and a
+    checkpoint's state matches the template a resume builds."""
+    floats = [p for p in jax.tree_util.tree_leaves(params)
+              if jnp.issubdtype(jnp.result_type(p), jnp.floating)]
+    if state is None or not floats:
+        return state
+    dtype = jnp.result_type(*floats)
+    return jax.tree_util.tree_map(
+        lambda s: s.astype(jnp.promote_types(s.dtype, dtype))
+        if jnp.issubdtype(jnp.result_type(s), jnp.floating) else s, state)
 
 
 def _saved(params, opt_state, key, state) -> dict:

@@ -142,3 +142,21 @@ def test_batch_norm_statistics_take_the_parameters_dtype():
     _, state = layer.apply(p16, x.astype(jnp.bfloat16), train=True,
                            state=layer.init_state((3, 3, 2)))
     assert all(v.dtype == jnp.float32 for v in state.values())
+
+
+def test_a_float64_batch_norm_model_trains_and_resumes_with_float64_statistics(tmp_path):
+    model = L.serial(L.Conv2D(2, 3, stride=2), L.BatchNorm(), L.ReLU(), L.Flatten(),
+                     L.Dense(10))
+    params, _ = model.init(jax.random.key(0), (28, 28, 1))
+    p64 = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
+    ds, recipe = _small(), train.Recipe(epochs=2)
+
+    def stop(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(model, ds, recipe, params=p64, checkpoint_dir=tmp_path, on_epoch=stop)
+    resumed = train.fit(model, ds, recipe, params=p64, checkpoint_dir=tmp_path, resume=True)
+    straight = train.fit(model, ds, recipe, params=p64)
+    assert {str(a.dtype) for a in jax.tree_util.tree_leaves(resumed.state)} == {"float64"}
+    assert resumed.params_sha256 == straight.params_sha256
