@@ -138,6 +138,21 @@ def test_short_ops_run_writes_its_table(tmp_path):
     assert out.read_text().count('"ratio"') == len(rows)
 
 
+def test_max_pool_rules_run_and_every_formulation_gives_fcnn_s_gradient(tmp_path):
+    import benchmarks.max_pool_rules as bench_mp
+    from fcnn.ops import pool
+
+    rows = bench_mp.main(["--repeats", "1", "--batch", "2", "--json", str(tmp_path / "m.json")])
+    assert len(rows) == len(bench_mp.SHAPES) and all(min(r["ms"].values()) > 0 for r in rows)
+    for (shape, k, s, p) in bench_mp.SHAPES:
+        x = jnp.asarray(np.random.default_rng(1).standard_normal((2, *shape[1:])), jnp.float32)
+        cfg = pool._prepare("max_pool2d", x, k, s, p)[2]
+        g = jnp.ones((2, *pool._out_hw(shape[1:3], cfg), shape[3]), jnp.float32)
+        want = pool._max_scatter_impl(x, g, cfg)
+        for name, index in bench_mp.VARIANTS.items():
+            np.testing.assert_array_equal(bench_mp._backward(index, cfg)(x, g), want, name)
+
+
 def test_resnet_step_run_writes_its_row(tmp_path, capsys):
     """benchmarks/resnet.py: ResNet-20 with batch norm, fcnn's step against autodiff's, on two
     8x8 images (the layers are the same at any size)."""

@@ -52,6 +52,8 @@ CASES = {
                    dict(window=(3, 2), stride=(2, 1), padding=((1, 1), (0, 1)))),
     "max_pool2d_tiled": (ops.max_pool2d, R.max_pool2d, (normal(4, (2, 6, 4, 3)),),
                          dict(window=2)),
+    "max_pool2d_tiled_16": (ops.max_pool2d, R.max_pool2d, (normal(4, (1, 4, 4, 16)),),
+                            dict(window=2)),
     "max_pool2d_tiled_wide": (ops.max_pool2d, R.max_pool2d, (normal(4, (1, 4, 4, 32)),),
                               dict(window=2)),
     "avg_pool2d": (ops.avg_pool2d, R.avg_pool2d, (normal(4, (2, 5, 6, 3)),),
@@ -89,7 +91,7 @@ CASES = {
 
 # Every public op has a case (a new op must join the sweep).
 COVERED = {name.removesuffix(suffix) for name in CASES
-           for suffix in ("_grouped", "_tiled_wide", "_tiled", "_soft", "")
+           for suffix in ("_grouped", "_tiled_wide", "_tiled_16", "_tiled", "_soft", "")
            if name.removesuffix(suffix) in ops.__all__}
 
 
@@ -287,6 +289,26 @@ def test_hidden_nan_regressions():
     z = jnp.array([[0.0, -np.inf, 1.0]])
     assert np.isfinite(ops.softmax_cross_entropy(z, jnp.array([0])))
     assert np.isnan(ops.softmax_cross_entropy(z.at[0, 1].set(np.inf), jnp.array([0])))
+
+
+@pytest.mark.parametrize("channels,window,stride", [(3, 2, 2), (16, 2, 2), (32, 2, 2),
+                                                     (3, 3, 1)])
+def test_a_max_pool_window_sends_its_gradient_to_its_first_nan(channels, window, stride):
+    """Every backward path (narrow tiles, 16 and 32+ channels, overlapping windows): the first
+    NaN of a window holding two is its maximum, whatever the numbers around it, +inf included."""
+    x = np.random.default_rng(0).standard_normal((1, 3, 3, channels))[:, :window, :window]
+    x[0, 0, 1, :] = np.nan
+    x[0, 0, 0, :] = np.inf
+    x[0, 1, 1, :] = np.nan
+    x = jnp.asarray(x)
+    y, vjp = jax.vjp(lambda x: ops.max_pool2d(x, window, stride), x)
+    assert np.isnan(y).all()
+    dx = np.asarray(vjp(jnp.ones_like(y))[0])
+    want = np.zeros(x.shape)
+    want[0, 0, 1, :] = 1
+    np.testing.assert_array_equal(dx, want)
+    np.testing.assert_array_equal(jax.vjp(lambda x: R.max_pool2d(x, window, stride), x)[1](
+        jnp.ones_like(y))[0], want)
 
 
 # ----------------------------------------------------------------------------- PyTorch
