@@ -89,7 +89,7 @@ def make_step(model: Layer, optimizer: optax.GradientTransformation,
         params = optax.apply_updates(params, updates)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
         metrics = {"loss": value, "accuracy": accuracy,
-                   "grad_norm": optax.global_norm(grads).astype(jnp.float32)}
+                   "grad_norm": optax.global_norm(grads)}
         if stateful:  # the guard's third input: `fit` stops on a non-finite new state
             metrics["state_finite"] = jnp.all(jnp.stack(
                 [jnp.all(jnp.isfinite(s)) for s in jax.tree_util.tree_leaves(state)]
@@ -229,7 +229,8 @@ class Diverged(RuntimeError):
     `epoch` (1-based), `leaf` (the path of the first parameter leaf, in the params tree's
     order, that the step's update made non-finite, e.g. `"[0]['w']"`; None if none did),
     `bad_leaves` (how many did), `state_leaf` (the first non-finite leaf of the new state, or
-    None), `params`, `state`, `checkpoint_path`."""
+    None), `overflow` (an infinite loss or gradient norm: a step too large), `params`,
+    `state`, `checkpoint_path`."""
 
     def __init__(self, loss: float, step: int, epoch: int, params, checkpoint_path, state=None,
                  *, grad_norm: float = math.nan, leaf: str | None = None, bad_leaves: int = 0,
@@ -245,10 +246,20 @@ class Diverged(RuntimeError):
             what.append(f"the new state is non-finite at state{state_leaf}")
         where = (f"; the last good checkpoint is {checkpoint_path}"
                  if checkpoint_path is not None and Path(checkpoint_path).exists() else "")
+        # an overflow (an infinite loss or gradient) points at the step size; a NaN loss at the
+        # inputs or the step size; a NaN gradient of a finite loss at a backward rule; a bad
+        # state alone at the state's update
+        self.overflow = math.isinf(loss) or math.isinf(grad_norm)
+        if self.overflow:
+            hint = "Try a lower learning rate."
+        elif math.isnan(loss):
+            hint = "Look for NaN in the inputs, or try a lower learning rate."
+        elif math.isnan(grad_norm):
+            hint = "A NaN gradient of a finite loss comes from a backward pass: an op's rule."
+        else:
+            hint = "The model's state (e.g. batch norm's running statistics) overflowed."
         super().__init__(f"diverged at step {step} (epoch {epoch}): {'; '.join(what)}. Stopped "
-                         f"with the parameters from before this step{where}. A non-finite "
-                         "gradient with a finite loss points at the op or data that made it; "
-                         "otherwise try a lower learning rate.")
+                         f"with the parameters from before this step{where}. {hint}")
 
 
 def _first_bad(tree) -> tuple[str | None, int, int]:
