@@ -209,9 +209,9 @@ def test_special_values_match_the_oracle(name):
 # oneDNN leave the padded cells out of the sum; im2col and taps multiply them, as zeros. The two
 # differ only where a NaN or infinite *weight* meets padding in the forward (or a non-finite
 # upstream gradient does, in dK): a term 0 * NaN that is NaN in the second, absent in the
-# first. Each algorithm's result is the oracle's with padding left out or with it multiplied
-# (lax's convolution of the input padded first), which is which is tested in
-# `tests/test_conv.py`... (see below).
+# first. Each algorithm's result, map by map, must equal the oracle's with padding left out
+# (lax's convolution in float64) or with it multiplied (lax's convolution of the input padded
+# first); which convention each algorithm follows is stated in docs/correctness.md.
 def _explicit(conv_kw):
     """The oracle's maps on the input padded first (VALID convolution of explicit zeros)."""
     pads = conv_kw.get("padding", 0)
