@@ -39,8 +39,8 @@ class PoolConfig(NamedTuple):
 
 
 def max_pool2d(x, window, stride=None, padding=0):
-    """Max pooling; padded cells are -inf and never win. A window holding a NaN gives NaN (as in
-    PyTorch), and its gradient goes to its first NaN.
+    """Max pooling; padded cells are -inf and lose to every real value but a -inf. A window
+    holding a NaN gives NaN (as in PyTorch), and its gradient goes to its first NaN.
 
     Args:
       x: `(N, H, W, C)` or `(H, W, C)`, floating.
@@ -237,9 +237,9 @@ def _argmax_taps(x, cfg):
     Overlapping windows: the scan inside `lax.cond` on whether x holds a NaN (one sum over x:
     NaN then, and for +inf beside -inf, where the NaN-aware scan gives the same index). The
     conditional also makes XLA compute the index once, where fused into the per-tap writes it
-    was recomputed for each tap: 3x3 stride-2 windows' backward 1.5x faster than the strict scan
-    fused, against 1.3x slower for the NaN-aware scan fused. Tiling windows: the NaN-aware scan
-    fused (1.00-1.05x the strict one; the conditional made them up to 2.4x slower)."""
+    was recomputed for each tap: 3x3 stride-2 windows' backward 1.3-1.4x faster than the strict
+    scan fused, against 1.3x slower for the NaN-aware scan fused. Tiling windows: the NaN-aware
+    scan fused (1.0-1.2x the strict one; the conditional made them up to 2.4x slower)."""
 
     def scan(x, nan_aware):
         taps = ((a * cfg.window[1] + b, xs) for a, b, xs in _taps(x, cfg, -jnp.inf))
@@ -259,8 +259,8 @@ def _max_scatter_tiles(x, g, cfg):
     values where the per-tap writes stride by the window (LeNet-5's first pool, 6 channels:
     2.5x faster on AVX-512, 1.4x on AVX2; docs/performance.md). Rows and columns the floor left
     out get 0. The same first-maximum rule as `_argmax_taps`, here `jnp.argmax` (the first
-    maximum, NaN first) over the stacked taps: 1.1x the strict scan, where the NaN-aware scan
-    took 1.5x (its chain is recomputed for every written cell of these narrow loops)."""
+    maximum, NaN first) over the stacked taps: 0.9-1.1x the strict scan, where the NaN-aware
+    scan took 1.5x (its chain is recomputed for every written cell of these narrow loops)."""
     (kh, kw), (n, h, w, c), (ho, wo) = cfg.window, x.shape, g.shape[1:3]
     rows = x[:, : ho * kh, : wo * kw].reshape(n, ho, kh, wo, kw * c)
     index = _tile_argmax(rows, cfg)
