@@ -218,6 +218,7 @@ class Progress(NamedTuple):
     total: int  # images in an epoch
     loss: float  # this step's batch loss
     seconds: float  # since this epoch began
+    grad_norm: float = math.nan  # this step's global gradient norm (the guard's)
 
 
 class Diverged(RuntimeError):
@@ -434,7 +435,7 @@ def fit(model: Layer, dataset: data.Dataset, recipe: Recipe = Recipe(), *, param
             seen += len(y)
             if on_step is not None:
                 on_step(Progress(epoch + 1, step, seen, n_train, value,
-                                 time.perf_counter() - t0))
+                                 time.perf_counter() - t0, float(host["grad_norm"])))
         elapsed = time.perf_counter() - t0
         train_seconds, seen_total = train_seconds + elapsed, seen_total + n_train
         test_loss, test_accuracy = evaluate(params, dataset.test_images, dataset.test_labels,

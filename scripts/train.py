@@ -121,7 +121,8 @@ class Bar:
                             leave=False, dynamic_ncols=True)
             self.epoch = p.epoch
         self.bar.update(p.seen - self.bar.n)
-        self.bar.set_postfix(loss=f"{p.loss:.4f}", img_s=f"{p.seen / p.seconds:,.0f}")
+        self.bar.set_postfix(loss=f"{p.loss:.4f}", grad=f"{p.grad_norm:.3g}",
+                             img_s=f"{p.seen / p.seconds:,.0f}")
 
     def close(self):
         if self.bar is not None:

@@ -127,6 +127,13 @@ def test_the_step_reports_the_global_gradient_norm():
     np.testing.assert_allclose(float(metrics["grad_norm"]), want, rtol=1e-5)
 
 
+def test_fit_passes_each_step_s_gradient_norm_to_on_step():
+    seen = []
+    model = L.serial(L.Conv2D(2, 3, stride=2), L.ReLU(), L.Flatten(), L.Dense(10))
+    train.fit(model, _small(), train.Recipe(epochs=1), on_step=seen.append)
+    assert len(seen) == 4 and all(np.isfinite(p.grad_norm) and p.grad_norm > 0 for p in seen)
+
+
 def test_batch_norm_statistics_take_the_parameters_dtype():
     """float64 parameters keep float64 running statistics (they were cast to float32);
     bfloat16 copies of the parameters (mixed precision) leave float32 statistics float32."""
