@@ -10,11 +10,15 @@ import os
 import jax
 import jax.numpy as jnp
 import pytest
+from jax import lax
 
 from fcnn import ops
+from fcnn import reference as R
 from fcnn.ops import _binding
+from fcnn.ops._conv_algorithms import ALGORITHMS
 from fcnn.testing import assert_close
-from tests.strategies import distinct, normal
+from tests.strategies import distinct, dtype_for, normal
+from tests.test_transforms import POOL_RULES, lax_rules_refused
 
 x4, w4, b4 = distinct(0, (2, 6, 6, 3)) / 10, normal(1, (3, 3, 3, 4)), normal(2, (4,))
 z, wz, bz = normal(3, (4, 5)), normal(4, (5, 3)), normal(5, (3,))
@@ -107,3 +111,36 @@ def test_switching_binding_retraces_jitted_functions():
         with ops.using_binding("custom_vjp"), pytest.raises(TypeError, match="custom_vjp"):
             jax.jvp(f, (x,), (x,))  # the same jitted function, traced again
     assert ops.binding() == before
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("pool", ["max_pool2d", "avg_pool2d"])
+@pytest.mark.parametrize("binding", _binding.BINDINGS)
+def test_second_order_runs_only_fcnn_s_rules_under_either_binding(binding, pool, algorithm):
+    """Reverse over reverse of conv -> pool -> dense with lax's JVP and transpose rules for its
+    convolution, dot and window reductions refused: under the custom_vjp binding too, where JAX
+    differentiates each rule's fwd (each computes its output through the op itself, so that
+    runs fcnn's rule again; through the algorithm it ran lax's convolution JVP, and failed on
+    oneDNN's kernels)."""
+    dtype = dtype_for(algorithm)
+    x, w, wd = x4.astype(dtype), w4.astype(dtype), (normal(7, (36, 3)) / 10).astype(dtype)
+
+    def second(conv, pool_op, dense):
+        def f(x, w, wd):
+            y = pool_op(jnp.sin(conv(x, w)), 3, 2, 1)
+            return jnp.sum(jnp.tanh(dense(y.reshape(2, -1), wd)) ** 2)
+
+        def outer(x, w, wd):
+            return sum(jnp.sum(g ** 2) for g in jax.grad(f, argnums=(0, 1, 2))(x, w, wd))
+
+        return jax.jit(jax.grad(outer, argnums=(0, 1, 2)))(x, w, wd)
+
+    want = second(lambda x, w: R.conv2d(x, w, padding=1), getattr(R, pool), R.dense)
+    refused = [lax.conv_general_dilated_p, lax.dot_general_p, *POOL_RULES]
+    with ops.using_binding(binding), lax_rules_refused(refused):
+        got = second(lambda x, w: ops.conv2d(x, w, padding=1, algorithm=algorithm),
+                     getattr(ops, pool), ops.dense)
+    # float32 (oneDNN's) second order: a few float32 roundings of sums that cancel
+    rtol = None if dtype == jnp.float64 else 1e-4
+    for name, g, r in zip(("x", "w", "wd"), got, want, strict=True):
+        assert_close(g, r, f"{binding} {pool} {algorithm}: d2/d{name}", rtol=rtol)

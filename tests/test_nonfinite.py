@@ -262,10 +262,6 @@ def test_conv_special_values_match_the_oracle(name, algorithm):
     args = tuple(a.astype(dtype_for(algorithm)) for a in CASES[name][2])
     f, lax_oracle, padded_oracle = _conv_maps(name, algorithm)
     got_p, u = _programs(f, args)
-    if algorithm == "onednn" and ops.binding() == "custom_vjp":
-        # second order over the FFI kernels needs the primitive binding (the custom_vjp
-        # binding's backward calls them directly; test_conv's grad of grad fails there too)
-        del got_p["second"]
     args64 = _f64(*args)  # the oracles in float64: float32's XLA convolution multiplies padding
     oracles = [_programs(lax_oracle, args64)[0], _programs(padded_oracle, args64)[0]]
     _compare(f"{name} ({algorithm})", got_p, oracles, args, u)

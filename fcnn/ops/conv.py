@@ -205,8 +205,11 @@ def _vjp_conv(x, w, cfg):
     return algo.forward(x, w, cfg)
 
 
+# Each fwd computes its output through the op itself, not its algorithm: in reverse over
+# reverse, JAX differentiates fwd, and through the op that runs this rule again (through the
+# algorithm it would run lax's own convolution JVP, or fail on the FFI kernels).
 def _vjp_conv_fwd(x, w, cfg):
-    return algo.forward(x, w, cfg), (x, w)
+    return _vjp_conv(x, w, cfg), (x, w)
 
 
 def _vjp_conv_bwd(cfg, res, g):
@@ -232,7 +235,7 @@ def _vjp_conv_dx(g, w, in_hw, cfg):
 
 
 def _vjp_conv_dx_fwd(g, w, in_hw, cfg):
-    return algo.grad_input(g, w, in_hw, cfg), (g, w)
+    return _vjp_conv_dx(g, w, in_hw, cfg), (g, w)
 
 
 def _vjp_conv_dx_bwd(in_hw, cfg, res, ct):
@@ -251,7 +254,7 @@ def _vjp_conv_dk(x, g, k_hw, cfg):
 
 
 def _vjp_conv_dk_fwd(x, g, k_hw, cfg):
-    return algo.grad_kernel(x, g, k_hw, cfg), (x, g)
+    return _vjp_conv_dk(x, g, k_hw, cfg), (x, g)
 
 
 def _vjp_conv_dk_bwd(k_hw, cfg, res, ct):

@@ -157,8 +157,10 @@ def _vjp_avg_pool(x, cfg):
     return _avg_pool_impl(x, cfg)
 
 
+# Each fwd computes its output through the op itself: reverse over reverse differentiates fwd
+# (conv.py says why).
 def _avg_pool_fwd(x, cfg):
-    return _avg_pool_impl(x, cfg), x.shape[1:3]
+    return _vjp_avg_pool(x, cfg), x.shape[1:3]
 
 
 def _avg_pool_bwd(cfg, in_hw, g):
@@ -176,7 +178,7 @@ def _avg_pool_t(g, in_hw, cfg):
 
 
 def _avg_pool_t_fwd(g, in_hw, cfg):
-    return _avg_pool_t_impl(g, in_hw, cfg), None
+    return _avg_pool_t(g, in_hw, cfg), None
 
 
 def _avg_pool_t_bwd(in_hw, cfg, _, ct):
@@ -313,7 +315,7 @@ def _vjp_max_pool(x, cfg):
 
 
 def _max_pool_fwd(x, cfg):
-    return _max_pool_impl(x, cfg), x
+    return _vjp_max_pool(x, cfg), x
 
 
 def _max_pool_bwd(cfg, x, g):
@@ -331,7 +333,7 @@ def _max_scatter(x, g, cfg):
 
 
 def _max_scatter_fwd(x, g, cfg):
-    return _max_scatter_impl(x, g, cfg), x
+    return _max_scatter(x, g, cfg), x
 
 
 def _max_scatter_bwd(cfg, x, ct):
@@ -349,7 +351,7 @@ def _max_gather(x, ct, cfg):
 
 
 def _max_gather_fwd(x, ct, cfg):
-    return _max_gather_impl(x, ct, cfg), x
+    return _max_gather(x, ct, cfg), x
 
 
 def _max_gather_bwd(cfg, x, u):
