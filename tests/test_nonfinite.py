@@ -205,8 +205,9 @@ def test_special_values_match_the_oracle(name):
     _compare(name, got_p, [_programs(_bound(name, ref_fn), args)[0]], args, u)
 
 
-# The convolution's padding: XLA's convolution (lax's, the oracle's), the phase algorithm and
-# oneDNN leave the padded cells out of the sum; im2col and taps multiply them, as zeros. The two
+# The convolution's padding: XLA's float64 convolution (the oracle's), the phase algorithm and
+# oneDNN leave the padded cells out of the sum; im2col and taps multiply them as zeros (as
+# PyTorch does). The two
 # differ only where a NaN or infinite *weight* meets padding in the forward (or a non-finite
 # upstream gradient does, in dK): a term 0 * NaN that is NaN in the second, absent in the
 # first. Each algorithm's result, map by map, must equal the oracle's with padding left out
