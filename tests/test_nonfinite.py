@@ -207,10 +207,9 @@ def test_special_values_match_the_oracle(name):
 
 # The convolution's padding: XLA's float64 convolution (the oracle's), the phase algorithm and
 # oneDNN leave the padded cells out of the sum; im2col and taps multiply them as zeros (as
-# PyTorch does). The two
-# differ only where a NaN or infinite *weight* meets padding in the forward (or a non-finite
-# upstream gradient does, in dK): a term 0 * NaN that is NaN in the second, absent in the
-# first. Each algorithm's result, map by map, must equal the oracle's with padding left out
+# PyTorch does). The two differ only where a NaN or infinite *weight* meets padding in the
+# forward (or a non-finite upstream gradient does, in dK): a term 0 * NaN that is NaN in the
+# second, absent in the first. Each algorithm's result, map by map, must equal the oracle's with padding left out
 # (lax's convolution in float64) or with it multiplied (lax's convolution of the input padded
 # first); which convention each algorithm follows is stated in docs/correctness.md.
 def _explicit(conv_kw):
