@@ -176,7 +176,9 @@ def _f64(*trees):
 
 
 def _compare(name, got_p, oracles, args, u):
-    """Every case and mode of `got_p` against the oracles' programs: equal to one of them."""
+    """Every case and mode of `got_p` against the oracles' programs: equal to one of them.
+    Returns the `(where, mode)` pairs compared."""
+    compared = set()
     for where, special, a, uu in _cases(args, u):
         for mode in got_p:
             if mode in ("value", "jvp") and "cotangent" in where:
@@ -196,22 +198,38 @@ def _compare(name, got_p, oracles, args, u):
                     errors.append(str(e))
             else:
                 raise AssertionError("; or ".join(errors))
+            compared.add((where, mode))
+    return compared
+
+
+def _assert_swept(compared, args, u, modes):
+    """Every special value in every argument was compared in every mode, and, for an output
+    that is not a scalar (a loss's cotangent is the seed), in the cotangent in every reverse
+    mode."""
+    for i in range(len(args)):
+        for label in SPECIAL:
+            assert {m for w, m in compared if w == f"argument {i} = {label}"} == set(modes)
+    reverse = {m for w, m in compared if w.startswith("cotangent")}
+    scalar = all(leaf.ndim == 0 for leaf in jax.tree_util.tree_leaves(u))
+    assert reverse == (set() if scalar else set(modes) - {"value", "jvp"}), reverse
 
 
 @pytest.mark.parametrize("name", sorted(n for n in CASES if not n.startswith("conv2d")))
 def test_special_values_match_the_oracle(name):
     fcnn_fn, ref_fn, args, _ = CASES[name]
     got_p, u = _programs(_bound(name, fcnn_fn), args)
-    _compare(name, got_p, [_programs(_bound(name, ref_fn), args)[0]], args, u)
+    compared = _compare(name, got_p, [_programs(_bound(name, ref_fn), args)[0]], args, u)
+    _assert_swept(compared, args, u, got_p)
 
 
 # The convolution's padding: XLA's float64 convolution (the oracle's), the phase algorithm and
 # oneDNN leave the padded cells out of the sum; im2col and taps multiply them as zeros (as
 # PyTorch does). The two differ only where a NaN or infinite *weight* meets padding in the
 # forward (or a non-finite upstream gradient does, in dK): a term 0 * NaN that is NaN in the
-# second, absent in the first. Each algorithm's result, map by map, must equal the oracle's with padding left out
-# (lax's convolution in float64) or with it multiplied (lax's convolution of the input padded
-# first); which convention each algorithm follows is stated in docs/correctness.md.
+# second, absent in the first. Each algorithm's result, map by map, must equal the oracle's
+# with padding left out (lax's convolution in float64) or with it multiplied (lax's convolution
+# of the input padded first); which convention each algorithm follows is stated in
+# docs/correctness.md.
 def _explicit(conv_kw):
     """The oracle's maps on the input padded first (VALID convolution of explicit zeros)."""
     pads = conv_kw.get("padding", 0)
@@ -264,7 +282,8 @@ def test_conv_special_values_match_the_oracle(name, algorithm):
     got_p, u = _programs(f, args)
     args64 = _f64(*args)  # the oracles in float64: float32's XLA convolution multiplies padding
     oracles = [_programs(lax_oracle, args64)[0], _programs(padded_oracle, args64)[0]]
-    _compare(f"{name} ({algorithm})", got_p, oracles, args, u)
+    compared = _compare(f"{name} ({algorithm})", got_p, oracles, args, u)
+    _assert_swept(compared, args, u, got_p)
 
 
 def test_hidden_nan_regressions():
