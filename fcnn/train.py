@@ -230,8 +230,9 @@ class Diverged(RuntimeError):
     `epoch` (1-based), `leaf` (the path of the first parameter leaf, in the params tree's
     order, that the step's update made non-finite, e.g. `"[0]['w']"`; None if none did),
     `bad_leaves` (how many did), `state_leaf` (the first non-finite leaf of the new state, or
-    None), `overflow` (an infinite loss or gradient norm: a step too large), `params`,
-    `state`, `checkpoint_path`."""
+    None), `overflow` (an infinite loss or gradient norm: a step too large),
+    `suggests_lower_lr` (the advice includes a lower learning rate), `params`, `state`,
+    `checkpoint_path`."""
 
     def __init__(self, loss: float, step: int, epoch: int, params, checkpoint_path, state=None,
                  *, grad_norm: float = math.nan, leaf: str | None = None, bad_leaves: int = 0,
@@ -251,6 +252,7 @@ class Diverged(RuntimeError):
         # inputs or the step size; a NaN gradient of a finite loss at a backward rule; a bad
         # state alone at the state's update
         self.overflow = math.isinf(loss) or math.isinf(grad_norm)
+        self.suggests_lower_lr = self.overflow or math.isnan(loss)
         if self.overflow:
             hint = "Try a lower learning rate."
         elif math.isnan(loss):

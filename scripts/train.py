@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -206,7 +205,7 @@ def main(argv=None):
         return fail(f"--resume: {e}")
     except train.Diverged as e:
         bar.close()
-        return fail(f"{e}" + (" (--lr)" if e.overflow or math.isnan(e.loss) else ""), code=3)
+        return fail(f"{e}" + (" (--lr)" if e.suggests_lower_lr else ""), code=3)
     wall = time.perf_counter() - start
     history = result.history
     metrics = dict(
