@@ -595,9 +595,25 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdWeights, ConvBwdWeightsImpl,
                                   CONV_ATTRS);
 
 // ---------------------------------------------------------------------------
-// A plain C helper for the Python side (ctypes).
+// Plain C helpers for the Python side (ctypes).
 // ---------------------------------------------------------------------------
+#ifndef FCNN_JAXLIB_VERSION
+#error "FCNN_JAXLIB_VERSION: the jaxlib whose XLA FFI headers this is built against (build.py)"
+#endif
+#define FCNN_STR2(x) #x
+#define FCNN_STR(x) FCNN_STR2(x)
+
 extern "C" {
+
+// What this library was built against, as JSON: fcnn refuses to register the handlers in a
+// process whose jaxlib or oneDNN differs (fcnn/ops/onednn.py).
+ONEDNN_FFI_EXPORT const char* OnednnBuildInfo() {
+  return "{\"jaxlib\": \"" FCNN_JAXLIB_VERSION "\", "
+         "\"xla_ffi_api\": [" FCNN_STR(XLA_FFI_API_MAJOR) ", " FCNN_STR(XLA_FFI_API_MINOR) "], "
+         "\"onednn\": [" FCNN_STR(DNNL_VERSION_MAJOR) ", " FCNN_STR(DNNL_VERSION_MINOR) ", "
+         FCNN_STR(DNNL_VERSION_PATCH) "], "
+         "\"compiler\": \"" __VERSION__ "\"}";
+}
 
 // The cached primitives, one per line: the key (kind, N, H, W, C, OH, OW, O, KH, KW, SH, SW, DH,
 // DW, PT, PB, PL, PR, G), oneDNN's implementation, and for (in0, in1, out) whether

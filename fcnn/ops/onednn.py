@@ -8,9 +8,11 @@ fcnn's rules decide what each map is; oneDNN computes it, on the CPU, in float32
     dK       dK = conv_dk(x, g)   convolution_backward_weights: the cross-correlation of x
                                   with g
 
-Each is a `jax.ffi.ffi_call` of a handler in `fcnn/_native/libfcnn_onednn.so`, built by
-`python native/build.py` (optional: without it fcnn runs as before and "onednn" is not among
-the algorithms). The activations stay in fcnn's NHWC layout (no copy of the large tensors);
+Each is a `jax.ffi.ffi_call` of a handler in `fcnn/_native/libfcnn_onednn.so`, which `pip
+install .` builds on Linux x86-64 with a C++ compiler (native/build.py); without it fcnn runs on
+its own algorithms and "onednn" is not among them. The library is registered only in a process
+whose jaxlib and oneDNN are the ones it was built against (`refusal`); otherwise fcnn warns once
+and runs without it. The activations stay in fcnn's NHWC layout (no copy of the large tensors);
 the kernel is reordered into the layout oneDNN prefers, a small copy per call (measured fastest,
 docs/performance.md). A program holding these calls names them as custom calls
 (`fcnn_onednn_conv_fwd`, `_dx`, `_dk`): `jax.export` needs `disabled_checks=export_checks()`
@@ -27,28 +29,85 @@ started right after a multi-threaded XLA op lost 0.5 ms of 1.5). dK's pieces are
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 LIBRARY = Path(__file__).resolve().parents[1] / "_native" / "libfcnn_onednn.so"
+NOT_BUILT = LIBRARY.with_name("not-built.txt")  # the install's reason, when it built none
+LIBDNNL = "libdnnl.so.3"
 TARGETS = {"forward": "fcnn_onednn_conv_fwd", "dx": "fcnn_onednn_conv_dx",
            "dk": "fcnn_onednn_conv_dk"}
 _SYMBOLS = {"forward": "OnednnConvFwd", "dx": "OnednnConvBwdData", "dk": "OnednnConvBwdWeights"}
+_REBUILD = "reinstall fcnn to rebuild it (pip install .)"
+
+
+def _version(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _find_libdnnl():
+    """oneDNN's runtime: the onednn-cpu-gomp wheel's libdnnl.so.3 (installed as a dependency
+    beside fcnn), else whatever the dynamic loader finds by that name. (path or name, why not)"""
+    try:
+        dist = importlib.metadata.distribution("onednn-cpu-gomp")
+        for f in dist.files or ():
+            if f.name == LIBDNNL and Path(dist.locate_file(f)).is_file():
+                return str(Path(dist.locate_file(f)).resolve()), ""
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return LIBDNNL, "the onednn-cpu-gomp wheel is not installed"
+
+
+class _DnnlVersion(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
+                ("hash", ctypes.c_char_p), ("cpu_runtime", ctypes.c_uint),
+                ("gpu_runtime", ctypes.c_uint)]
+
+
+def refusal(built: dict, jaxlib: str | None, onednn) -> str:
+    """Why a library built as `built` (its OnednnBuildInfo) must not run in a process with this
+    jaxlib and oneDNN (major, minor, patch) ("" if it may): the XLA FFI's structures and
+    oneDNN's API are compiled in, so both must be the ones it was built against."""
+    if built.get("jaxlib") != jaxlib:
+        return (f"{LIBRARY.name} was built for jaxlib {built.get('jaxlib')} and this is jaxlib "
+                f"{jaxlib}: {_REBUILD}")
+    if list(built.get("onednn", ()))[:2] != list(onednn)[:2]:
+        want = ".".join(map(str, built.get("onednn", ())))
+        return (f"{LIBRARY.name} was built for oneDNN {want} and this process loaded oneDNN "
+                f"{'.'.join(map(str, onednn))}: pip install onednn-cpu-gomp==2023.2.0")
+    return ""
 
 
 def _load():
-    """(library, "") once loaded and registered, or (None, why not)."""
+    """(library, build info, "") once loaded and registered, or (None, build info, why not)."""
     if os.environ.get("FCNN_ONEDNN", "1") == "0":
-        return None, "FCNN_ONEDNN=0 in the environment"
+        return None, {}, "FCNN_ONEDNN=0 in the environment"
     if not LIBRARY.exists():
-        return None, (f"the native part is not built ({LIBRARY} is missing): pip install "
-                      f"'.[native]' && python native/build.py")
+        if NOT_BUILT.exists():
+            return None, {}, f"this install built none: {NOT_BUILT.read_text().strip()}"
+        return None, {}, f"{LIBRARY} is missing: {_REBUILD} on Linux x86-64 with a C++ compiler"
+    where, missing = _find_libdnnl()
     try:
-        lib = ctypes.CDLL(str(LIBRARY))
+        dnnl = ctypes.CDLL(where)
+        lib = ctypes.CDLL(str(LIBRARY))  # finds libdnnl.so.3 loaded above by its soname
     except OSError as e:
-        return None, f"{LIBRARY} did not load: {e}"
+        return None, {}, f"{LIBRARY.name} did not load ({missing or where}): {e}"
+    lib.OnednnBuildInfo.restype = ctypes.c_char_p
+    built = json.loads(lib.OnednnBuildInfo().decode())
+    dnnl.dnnl_version.restype = ctypes.POINTER(_DnnlVersion)
+    v = dnnl.dnnl_version().contents
+    built["onednn_loaded"] = [v.major, v.minor, v.patch]
+    built["libdnnl"] = where
+    why = refusal(built, _version("jaxlib"), (v.major, v.minor, v.patch))
+    if why:
+        return None, built, why
     import jax
 
     for name, symbol in _SYMBOLS.items():
@@ -56,11 +115,15 @@ def _load():
                                     platform="cpu")
     lib.OnednnConvImplInfo.argtypes = [ctypes.c_char_p, ctypes.c_int]
     lib.OnednnConvImplInfo.restype = ctypes.c_int
-    return lib, ""
+    return lib, built, ""
 
 
-_lib, WHY_NOT = _load()
+_lib, BUILD, WHY_NOT = _load()
 AVAILABLE = _lib is not None
+if not AVAILABLE and BUILD:  # a library is there, built for something else: say so once
+    import warnings
+
+    warnings.warn(f"fcnn: the native kernels are not used: {WHY_NOT}", stacklevel=2)
 
 
 def implementations() -> str:
