@@ -53,10 +53,14 @@ def _say(line):
     print(f"fcnn: {line}", file=sys.stderr, flush=True)
 
 
-def _native_dir(command) -> Path:
-    """fcnn/_native/ in what is being built: the source tree for an editable install."""
+def _native_dirs(command) -> list[Path]:
+    """Where fcnn/_native/ is being built: the wheel's, and the source tree's. A checkout's
+    `python -m pytest` imports fcnn from the checkout, not from site-packages, so a plain `pip
+    install .` leaves the same library (or the same reason for none) there too; an editable
+    install builds there alone."""
+    tree = ROOT / "fcnn" / "_native"
     inplace = getattr(command, "editable_mode", False) or getattr(command, "inplace", False)
-    return (ROOT if inplace else Path(command.build_lib)) / "fcnn" / "_native"
+    return [tree] if inplace else [Path(command.build_lib) / "fcnn" / "_native", tree]
 
 
 class BuildPy(build_py):
@@ -64,11 +68,12 @@ class BuildPy(build_py):
         super().run()
         if WHY_NOT:
             _say(f"building without the native kernels: {WHY_NOT}.")
-            native.record_not_built(_native_dir(self), WHY_NOT)
+            for folder in _native_dirs(self):
+                native.record_not_built(folder, WHY_NOT)
 
 
 class BuildNative(build_ext):
-    """The CMake build of native/, optional: a failure leaves the pure-Python package."""
+    """The CMake build of native/; a failure leaves the pure-Python package."""
 
     def get_ext_filename(self, fullname):
         return str(Path(*fullname.split(".")[:-1], native.LIBRARY))
@@ -76,12 +81,10 @@ class BuildNative(build_ext):
     def run(self):
         for ext in self.extensions:
             target = Path(self.get_ext_fullpath(ext.name))
-            try:
-                _say(native.build(target, Path(self.build_temp) / "native"))
-            except native.BuildFailed as e:
-                why = f"the build failed: {e} (log: {e.log})"
-                _say(f"building without the native kernels: {why}")
-                native.record_not_built(target.parent, why)
+            _say(native.build_or_record(target, Path(self.build_temp) / "native"))
+            for folder in _native_dirs(self):
+                if folder.resolve() != target.parent.resolve():
+                    native.mirror(target.parent, folder)
 
 
 setup(install_requires=DEPENDENCIES, ext_modules=ext_modules,

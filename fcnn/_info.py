@@ -63,10 +63,14 @@ class Info:
         ])
 
     def line(self) -> str:
-        """One line for a script's log: native kernels, algorithms' source, binding."""
-        native = "native kernels" if self.native else "no native kernels"
-        return (f"fcnn {self.fcnn}: {native}, algorithms by {self.tuning_mode}, "
-                f"{self.binding} binding, {self.backend}")
+        """One line for a script's log: the native kernels, the algorithms' source, the
+        binding."""
+        native = "yes" if self.native else "no (fcnn.info() says why)"
+        return (f"fcnn {self.fcnn} on {self.backend}: native kernels {native}, algorithms "
+                f"{_SOURCE[self.tuning_mode]}, {self.binding} binding")
+
+
+_SOURCE = {"measure": "measured", "cached": "cached or tabled", "table": "tabled"}
 
 
 def info() -> Info:

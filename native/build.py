@@ -134,8 +134,19 @@ def build(target: Path = TARGET, work: Path = HERE / "build") -> str:
     shutil.copy2(work / LIBRARY, tmp)
     tmp.replace(target)
     (target.parent / NOT_BUILT).unlink(missing_ok=True)
-    return (f"built {target} against jaxlib {found['jaxlib']} and oneDNN {ONEDNN} in "
+    return (f"built {target} against jaxlib {found['jaxlib']} and oneDNN 3.2 in "
             f"{time.perf_counter() - start:.0f} s")
+
+
+def build_or_record(target: Path, work: Path) -> str:
+    """`pip install`'s step: build, or on failure leave the pure-Python package with the reason
+    recorded. Returns the one line to print."""
+    try:
+        return build(target, work)
+    except BuildFailed as e:
+        why = f"the build failed: {e} (log: {e.log})"
+        record_not_built(target.parent, why)
+        return f"building without the native kernels: {why}"
 
 
 def record_not_built(folder: Path, why: str) -> None:
@@ -144,6 +155,19 @@ def record_not_built(folder: Path, why: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / LIBRARY).unlink(missing_ok=True)
     (folder / NOT_BUILT).write_text(why + "\n")
+
+
+def mirror(source: Path, folder: Path) -> None:
+    """Make `folder` hold what `source` (an fcnn/_native/) holds: the library, or the reason
+    there is none."""
+    if (source / LIBRARY).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / (LIBRARY + ".tmp")
+        shutil.copy2(source / LIBRARY, tmp)
+        tmp.replace(folder / LIBRARY)
+        (folder / NOT_BUILT).unlink(missing_ok=True)
+    else:
+        record_not_built(folder, (source / NOT_BUILT).read_text().strip())
 
 
 def main(argv=None) -> int:

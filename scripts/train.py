@@ -22,7 +22,7 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
-from fcnn import checkpoint, data, layers, parallel, train  # noqa: E402
+from fcnn import checkpoint, data, info, layers, parallel, train  # noqa: E402
 
 DEFAULT = train.Recipe()
 
@@ -175,6 +175,7 @@ def main(argv=None):
     if mesh is not None:
         say(f"data-parallel over {n_devices} devices in {jax.process_count()} process(es): "
             f"{args.batch_size // n_devices} images per device per step")
+    say(info().line())
     say(f"{args.model} on {args.dataset}: {len(ds.train_labels):,} train / "
         f"{len(ds.test_labels):,} test images, {recipe.epochs} epochs of "
         f"{recipe.steps_per_epoch(len(ds.train_labels))} steps")

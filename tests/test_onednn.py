@@ -1,4 +1,4 @@
-"""The optional native part: oneDNN's convolutions through the XLA FFI (fcnn.ops.onednn).
+"""The native part: oneDNN's convolutions through the XLA FFI (fcnn.ops.onednn).
 
 Where it is built, "onednn" is in ALGORITHMS and the sweeps of test_conv.py and the transforms
 of test_transforms.py prove it like every other algorithm; these tests check what is particular
@@ -177,14 +177,3 @@ def test_unbuilt_or_disabled_says_why():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ("conv2d: `algorithm` 'onednn' is unavailable: FCNN_ONEDNN=0 "
                                   "in the environment.")
-
-
-def test_build_script_skips_when_optional(tmp_path):
-    """A machine without the tools skips only the native part, saying why (.ci/run)."""
-    env = {**os.environ, "PATH": str(tmp_path)}  # no cmake, no compiler
-    run = [sys.executable, str(ROOT / "native" / "build.py")]
-    skipped = subprocess.run([*run, "--optional"], env=env, capture_output=True, text=True)
-    assert skipped.returncode == 0
-    assert "native/build.py: skipped: no cmake on PATH" in skipped.stderr
-    failed = subprocess.run(run, env=env, capture_output=True, text=True)
-    assert failed.returncode == 1 and "cannot build: no cmake" in failed.stderr

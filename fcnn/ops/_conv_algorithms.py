@@ -29,7 +29,7 @@ other platform XLA's own convolution (the formulations below were measured on a 
   on a CPU; beyond that the GEMM formulations win (docs/performance.md). With more than
   ``TAPS_BROADCAST_MAX`` input channels each tap is one small GEMM instead (the program stays
   ``kh*kw`` terms long whatever ``C_in``).
-- ``onednn`` (only when the optional native part is built, fcnn.ops.onednn): each map one call
+- ``onednn`` (only where the install built the native part, fcnn.ops.onednn): each map one call
   of oneDNN's convolution kernel through the XLA FFI, on the CPU, in float32 (another dtype runs
   ``xla``): the forward, its backward-data primitive for dX, its backward-weights primitive for
   dK. Other platforms run ``xla``.
