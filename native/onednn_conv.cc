@@ -45,6 +45,8 @@ using dt = dnnl::memory::data_type;
 namespace {
 
 enum class Kind : int64_t { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
+// The forward's epilogue fused into oneDNN's kernel: the bias.
+constexpr int64_t kBias = 1;
 
 // ---------------------------------------------------------------------------
 // Problem description and cache key.
@@ -57,11 +59,12 @@ struct ConvProblem {
   int64_t dh, dw;          // XLA dilation (>= 1)
   int64_t pt, pb, pl, pr;  // explicit padding
   int64_t g;               // feature_group_count
+  int64_t epilogue = 0;    // forward only: kBias (added inside the convolution's kernel)
 
-  using Key = std::array<int64_t, 19>;
+  using Key = std::array<int64_t, 20>;
   Key key(Kind kind) const {
     return {static_cast<int64_t>(kind), n, h, w, c, oh, ow, o, kh, kw,
-            sh, sw, dh, dw, pt, pb, pl, pr, g};
+            sh, sw, dh, dw, pt, pb, pl, pr, g, epilogue};
   }
 };
 
@@ -123,6 +126,7 @@ struct CachedConv {
   dnnl::primitive prim;
   Operand in[2];
   Operand out;
+  dnnl::memory::desc bias_md;  // zero-sized when there is no bias
   size_t scratch_bytes = 0;
   std::string impl;
 };
@@ -216,9 +220,20 @@ std::shared_ptr<const CachedConv> CreateConv(Kind kind, const ConvProblem& p,
   const auto prop =
       kind == Kind::kFwd ? dnnl::prop_kind::forward_inference
                          : dnnl::prop_kind::forward_training;
-  dnnl::convolution_forward::primitive_desc fwd_pd(
-      eng, prop, alg, req.src, req.wei, req.dst, strides, dilates, pad_l,
-      pad_r, attr);
+  // No ReLU post-op: oneDNN 3.2's (eltwise_relu, alpha 0) turns a NaN into 0, which fcnn's relu
+  // never does (docs/correctness.md, "NaN and infinities"); ConvActFwdImpl applies it to each
+  // chunk of the output while the chunk is in cache.
+  const dnnl::primitive_attr& fwd_attr = attr;
+  const dnnl::memory::desc bias_md =
+      (p.epilogue & kBias) ? dnnl::memory::desc({p.o}, dt::f32, tag::a) : dnnl::memory::desc();
+  dnnl::convolution_forward::primitive_desc fwd_pd =
+      (p.epilogue & kBias)
+          ? dnnl::convolution_forward::primitive_desc(eng, prop, alg, req.src, req.wei, bias_md,
+                                                      req.dst, strides, dilates, pad_l, pad_r,
+                                                      fwd_attr)
+          : dnnl::convolution_forward::primitive_desc(eng, prop, alg, req.src, req.wei, req.dst,
+                                                      strides, dilates, pad_l, pad_r, fwd_attr);
+  out->bias_md = bias_md;
 
   switch (kind) {
     case Kind::kFwd: {
@@ -288,8 +303,9 @@ std::shared_ptr<const CachedConv> GetConv(Kind kind, const ConvProblem& p) {
   return g_cache->emplace(key, std::move(conv)).first->second;
 }
 
-// Executes `conv` on user buffers in0, in1 -> out (all in plain layouts).
-void Execute(const CachedConv& conv, void* in0, void* in1, void* out) {
+// Executes `conv` on user buffers in0, in1 (and the bias, for a forward with one) -> out, all
+// in plain layouts.
+void Execute(const CachedConv& conv, void* in0, void* in1, void* out, void* bias = nullptr) {
   auto& eng = Engine();
 
   // Workspace layout: [scratchpad | in0' | in1' | out'] for reordered operands.
@@ -338,9 +354,10 @@ void Execute(const CachedConv& conv, void* in0, void* in1, void* out) {
                            ? dnnl::memory(conv.out.prim_md, eng, base + off_out)
                            : user_out;
 
-  conv.prim.execute(strm, with_scratch({{conv.in[0].arg, m0},
-                                        {conv.in[1].arg, m1},
-                                        {conv.out.arg, m_out}}));
+  std::unordered_map<int, dnnl::memory> args = {
+      {conv.in[0].arg, m0}, {conv.in[1].arg, m1}, {conv.out.arg, m_out}};
+  if (bias != nullptr) args.emplace(DNNL_ARG_BIAS, dnnl::memory(conv.bias_md, eng, bias));
+  conv.prim.execute(strm, with_scratch(std::move(args)));
   if (conv.out.reorder) {
     conv.out.reorder_prim.execute(
         strm, with_scratch({{DNNL_ARG_FROM, m_out}, {DNNL_ARG_TO, user_out}}));
@@ -400,6 +417,8 @@ ffi::Error MakeProblem(ffi::Span<const int64_t> x_dims,
 
 using F32R4 = ffi::Buffer<ffi::F32, 4>;
 using F32R4Out = ffi::ResultBuffer<ffi::F32, 4>;
+using F32R1 = ffi::Buffer<ffi::F32, 1>;  // (aliases: a comma would split the macros' arguments)
+using F32R1Out = ffi::ResultBuffer<ffi::F32, 1>;
 using I64Span = ffi::Span<const int64_t>;
 using F32R4OutRef = const ffi::Buffer<ffi::F32, 4>&;
 
@@ -553,6 +572,147 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, F32R4 x, F32R4 g, F32R4Out d
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------
+// Convolution with its epilogue: y = act(conv(x, w) + b), and the backward of it.
+// ---------------------------------------------------------------------------
+
+// The images of a piece are taken in chunks whose output (forward) or masked gradient (backward)
+// stays in the core's L2 cache between the passes that read it.
+constexpr int64_t kChunkBytes = 512 << 10;
+
+int64_t ChunkImages(int64_t floats_per_image) {
+  return std::max<int64_t>(1, kChunkBytes / (floats_per_image * 4));
+}
+
+// y = act(conv(x, w) + b): per chunk of images one oneDNN call with the bias inside its kernel
+// (a zero-sized b: no bias), then ReLU over the chunk while it is in cache: y <= 0 -> 0, a NaN
+// stays NaN.
+ffi::Error ConvActFwdImpl(ffi::ThreadPool pool, F32R4 x, F32R4 w, F32R1 b,
+                          F32R4Out y, I64Span strides, I64Span padding, I64Span dilation,
+                          int64_t groups, int64_t relu) {
+  ConvProblem p;
+  if (auto err = MakeProblem(x.dimensions(), w.dimensions(), y->dimensions(), strides,
+                             padding, dilation, groups, &p);
+      !err.success()) {
+    return err;
+  }
+  const bool bias = b.element_count() > 0;
+  if (bias && static_cast<int64_t>(b.element_count()) != p.o) {
+    return ffi::Error::InvalidArgument("fcnn onednn conv_act: the bias needs one per output");
+  }
+  p.epilogue = bias ? kBias : 0;
+  if (y->element_count() == 0) return ffi::Error::Success();
+  if (x.element_count() == 0 || w.element_count() == 0) {  // conv = 0: act(b) per channel
+    float* out = static_cast<float*>(y->untyped_data());
+    const float* bv = static_cast<const float*>(b.untyped_data());
+    for (size_t i = 0; i < y->element_count(); ++i) {
+      const float v = bias ? bv[i % p.o] : 0.f;
+      out[i] = (relu && v <= 0.f) ? 0.f : v;
+    }
+    return ffi::Error::Success();
+  }
+  const int64_t in = p.h * p.w * p.c, out = p.oh * p.ow * p.o;
+  const int64_t chunk = ChunkImages(out);
+  return ForEachPiece(pool, p.n, PieceCount(pool, p.n), [&](int64_t, int64_t lo, int64_t hi) {
+    for (int64_t b0 = lo; b0 < hi; b0 += chunk) {
+      const int64_t images = std::min(chunk, hi - b0);
+      float* yc = At(y->untyped_data(), b0, out);
+      Execute(*GetConv(Kind::kFwd, Slice(p, images)), At(x.untyped_data(), b0, in),
+              w.untyped_data(), yc, bias ? b.untyped_data() : nullptr);
+      if (relu) {
+        for (int64_t i = 0; i < images * out; ++i) yc[i] = yc[i] <= 0.f ? 0.f : yc[i];
+      }
+    }
+  });
+}
+
+// The backward of y = act(conv(x, w) + b), from the upstream gradient g and the saved output y:
+//   g' = g where y > 0 or y is NaN, else 0   (ReLU's mask, from y: y <= 0 exactly where
+//                                              conv + b <= 0; identity: g' = g)
+//   db = sum of g' over N, H, W     dX = conv_dx(g', w)     dK = conv_dk(x, g')
+// per piece of the batch on XLA's threads, each piece in chunks of images. dK's and db's
+// pieces are summed at the end (db's in double). A zero-sized result is not wanted and not
+// computed.
+ffi::Error ConvActBwdImpl(ffi::ThreadPool pool, F32R4 g, F32R4 y, F32R4 x, F32R4 w,
+                          F32R4Out dx, F32R4Out dw, F32R1Out db,
+                          I64Span strides, I64Span padding, I64Span dilation, int64_t groups,
+                          int64_t relu) {
+  ConvProblem p;
+  if (auto err = MakeProblem(x.dimensions(), w.dimensions(), g.dimensions(), strides,
+                             padding, dilation, groups, &p);
+      !err.success()) {
+    return err;
+  }
+  const bool want_dx = dx->element_count() > 0, want_dw = dw->element_count() > 0,
+             want_db = db->element_count() > 0;
+  if ((relu && y.element_count() != g.element_count()) ||
+      (want_dx && dx->element_count() != x.element_count()) ||
+      (want_dw && dw->element_count() != w.element_count()) ||
+      (want_db && static_cast<int64_t>(db->element_count()) != p.o)) {
+    return ffi::Error::InvalidArgument("fcnn onednn conv_act backward: result shapes");
+  }
+  if (want_dw) std::memset(dw->untyped_data(), 0, dw->size_bytes());
+  if (want_db) std::memset(db->untyped_data(), 0, db->size_bytes());
+  if (g.element_count() == 0) {
+    if (want_dx) std::memset(dx->untyped_data(), 0, dx->size_bytes());
+    return ffi::Error::Success();
+  }
+  const int64_t in = p.h * p.w * p.c, out = p.oh * p.ow * p.o;
+  const int64_t count = PieceCount(pool, p.n);
+  const int64_t chunk = ChunkImages(out);
+  const size_t wsize = want_dw ? dw->element_count() : 0;
+  std::vector<std::vector<float>> dw_part(count, std::vector<float>(wsize));
+  std::vector<std::vector<double>> db_part(count, std::vector<double>(want_db ? p.o : 0));
+  auto err = ForEachPiece(pool, p.n, count, [&](int64_t c, int64_t lo, int64_t hi) {
+    thread_local std::vector<float> masked, dk_chunk;
+    std::vector<double>& dbs = db_part[c];
+    for (int64_t b0 = lo; b0 < hi; b0 += chunk) {
+      const int64_t images = std::min(chunk, hi - b0);
+      float* gc = At(g.untyped_data(), b0, out);
+      if (relu) {  // g' = 0 where y <= 0 (a NaN y keeps g)
+        masked.resize(images * out);
+        const float* yc = At(y.untyped_data(), b0, out);
+        for (int64_t i = 0; i < images * out; ++i) masked[i] = yc[i] <= 0.f ? 0.f : gc[i];
+        gc = masked.data();
+      }
+      if (want_db) {
+        for (int64_t r = 0; r < images * p.oh * p.ow; ++r) {
+          const float* row = gc + r * p.o;
+          for (int64_t o = 0; o < p.o; ++o) dbs[o] += row[o];
+        }
+      }
+      const ConvProblem part = Slice(p, images);
+      if (want_dx) {
+        Execute(*GetConv(Kind::kBwdData, part), gc, w.untyped_data(),
+                At(dx->untyped_data(), b0, in));
+      }
+      if (want_dw) {
+        dk_chunk.resize(wsize);
+        Execute(*GetConv(Kind::kBwdWeights, part), At(x.untyped_data(), b0, in), gc,
+                dk_chunk.data());
+        float* acc = dw_part[c].data();
+        for (size_t i = 0; i < wsize; ++i) acc[i] += dk_chunk[i];
+      }
+    }
+  });
+  if (!err.success()) return err;
+  if (want_dw) {
+    float* sum = static_cast<float*>(dw->untyped_data());
+    for (const auto& piece : dw_part) {
+      for (size_t i = 0; i < wsize; ++i) sum[i] += piece[i];
+    }
+  }
+  if (want_db) {
+    float* sum = static_cast<float*>(db->untyped_data());
+    for (int64_t o = 0; o < p.o; ++o) {
+      double total = 0;
+      for (const auto& piece : db_part) total += piece[o];
+      sum[o] = static_cast<float>(total);
+    }
+  }
+  return ffi::Error::Success();
+}
+
 #define CONV_ATTRS                                   \
   .Attr<I64Span>("window_strides")                   \
       .Attr<I64Span>("padding")                      \
@@ -568,6 +728,8 @@ extern "C" {
 ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvFwd(XLA_FFI_CallFrame*);
 ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvBwdData(XLA_FFI_CallFrame*);
 ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvBwdWeights(XLA_FFI_CallFrame*);
+ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvActFwd(XLA_FFI_CallFrame*);
+ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvActBwd(XLA_FFI_CallFrame*);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvFwd, ConvFwdImpl,
@@ -593,6 +755,29 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdWeights, ConvBwdWeightsImpl,
                                   .Arg<F32R4>()  // g (shape of y)
                                   .Ret<F32R4>()  // dw (shape of w)
                                   CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvActFwd, ConvActFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32R4>()                     // x
+                                  .Arg<F32R4>()                     // w
+                                  .Arg<F32R1>()                     // b, or zero-sized
+                                  .Ret<F32R4>()                     // y
+                                  CONV_ATTRS
+                                  .Attr<int64_t>("relu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvActBwd, ConvActBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32R4>()                        // g
+                                  .Arg<F32R4>()                        // y (the saved output)
+                                  .Arg<F32R4>()                        // x
+                                  .Arg<F32R4>()                        // w
+                                  .Ret<F32R4>()                        // dx, or zero-sized
+                                  .Ret<F32R4>()                        // dw, or zero-sized
+                                  .Ret<F32R1>()                        // db, or zero-sized
+                                  CONV_ATTRS
+                                  .Attr<int64_t>("relu"));
 
 // ---------------------------------------------------------------------------
 // Plain C helpers for the Python side (ctypes).

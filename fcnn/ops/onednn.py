@@ -40,8 +40,10 @@ LIBRARY = Path(__file__).resolve().parents[1] / "_native" / "libfcnn_onednn.so"
 NOT_BUILT = LIBRARY.with_name("not-built.txt")  # the install's reason, when it built none
 LIBDNNL = "libdnnl.so.3"
 TARGETS = {"forward": "fcnn_onednn_conv_fwd", "dx": "fcnn_onednn_conv_dx",
-           "dk": "fcnn_onednn_conv_dk"}
-_SYMBOLS = {"forward": "OnednnConvFwd", "dx": "OnednnConvBwdData", "dk": "OnednnConvBwdWeights"}
+           "dk": "fcnn_onednn_conv_dk", "act_forward": "fcnn_onednn_conv_act_fwd",
+           "act_backward": "fcnn_onednn_conv_act_bwd"}
+_SYMBOLS = {"forward": "OnednnConvFwd", "dx": "OnednnConvBwdData", "dk": "OnednnConvBwdWeights",
+            "act_forward": "OnednnConvActFwd", "act_backward": "OnednnConvActBwd"}
 _REBUILD = "reinstall fcnn to rebuild it (pip install .)"
 
 
@@ -146,18 +148,22 @@ def export_checks():
     return [jax.export.DisabledSafetyCheck.custom_call(t) for t in TARGETS.values()]
 
 
+def _attrs(cfg):
+    (top, bottom), (left, right) = cfg.padding
+    return dict(window_strides=np.asarray(cfg.stride, np.int64),
+                padding=np.asarray([top, bottom, left, right], np.int64),
+                rhs_dilation=np.asarray(cfg.dilation, np.int64),
+                feature_group_count=np.int64(cfg.groups))
+
+
 def _call(which, out_shape, a, b, cfg):
     import jax
 
-    (top, bottom), (left, right) = cfg.padding
     return jax.ffi.ffi_call(
         TARGETS[which], jax.ShapeDtypeStruct(tuple(out_shape), a.dtype),
         # under vmap (a batch of problems) one call per problem
         vmap_method="sequential",
-    )(a, b, window_strides=np.asarray(cfg.stride, np.int64),
-      padding=np.asarray([top, bottom, left, right], np.int64),
-      rhs_dilation=np.asarray(cfg.dilation, np.int64),
-      feature_group_count=np.int64(cfg.groups))
+    )(a, b, **_attrs(cfg))
 
 
 def forward(x, w, out_hw, cfg):
@@ -170,3 +176,32 @@ def grad_input(g, w, in_hw, cfg):
 
 def grad_kernel(x, g, k_hw, cfg):
     return _call("dk", (*k_hw, x.shape[3] // cfg.groups, g.shape[3]), x, g, cfg)
+
+
+def conv_act(x, w, b, out_hw, cfg, relu):
+    """y = act(conv(x, w) + b) in one oneDNN call (bias and ReLU inside its kernel); `b` None:
+    no bias."""
+    import jax
+    import jax.numpy as jnp
+
+    b = jnp.zeros((0,), x.dtype) if b is None else b
+    return jax.ffi.ffi_call(
+        TARGETS["act_forward"], jax.ShapeDtypeStruct((x.shape[0], *out_hw, w.shape[3]), x.dtype),
+        vmap_method="sequential",
+    )(x, w, b, **_attrs(cfg), relu=np.int64(relu))
+
+
+def conv_act_backward(g, y, x, w, cfg, relu, wants):
+    """(dx, dw, db) of y = act(conv(x, w) + b) from g and the saved y in one call: ReLU's mask
+    applied to g and db summed per chunk of images, then oneDNN's dX and dK of each chunk. Only
+    the results named in `wants` (a tuple of three bools) are computed; the others are None."""
+    import jax
+
+    shapes = (x.shape, w.shape, (w.shape[3],))
+    zeros = ((0, 0, 0, 0), (0, 0, 0, 0), (0,))
+    outs = [jax.ShapeDtypeStruct(s if want else z, g.dtype)
+            for s, z, want in zip(shapes, zeros, wants)]
+    y = y if relu else g[:0]  # the identity reads no y
+    got = jax.ffi.ffi_call(TARGETS["act_backward"], outs, vmap_method="sequential")(
+        g, y, x, w, **_attrs(cfg), relu=np.int64(relu))
+    return tuple(r if want else None for r, want in zip(got, wants))
