@@ -60,7 +60,12 @@ def _probe_jax() -> str:
 _WHY = _probe_jax()
 PRIMITIVES_AVAILABLE = not _WHY
 if PRIMITIVES_AVAILABLE:
-    from fcnn.ops import _conv_primitives, _dense_primitives, _pool_primitives  # noqa: F401
+    from fcnn.ops import (  # noqa: F401
+        _conv_act,
+        _conv_primitives,
+        _dense_primitives,
+        _pool_primitives,
+    )
 
 _current = _check(os.environ.get("FCNN_BINDING", "primitive"), "FCNN_BINDING")
 if _current == "primitive" and not PRIMITIVES_AVAILABLE:  # pragma: no cover

@@ -138,8 +138,8 @@ def _same(which, cfg, dtype, algorithm) -> str:
     return "im2col" if which == 1 and algorithm == "taps" else "xla"
 
 
-def _per_platform(cfg, which, run, a, b, size):
-    """`run(algorithm, a, b)` for map `which` (0 forward, 1 dX, 2 dK) of `cfg`; `size` is the
+def _per_platform(cfg, which, run, operands, size, epilogue=None):
+    """`run(algorithm, *operands)` for map `which` (0 forward, 1 dX, 2 dK) of `cfg`; `size` is the
     input's H, W (dX) or the kernel's (dK), () for the forward.
 
     Under "auto" the CPU's algorithm is measured once per shape and machine and kept on disk
@@ -152,19 +152,29 @@ def _per_platform(cfg, which, run, a, b, size):
     explicitly runs as named on every platform, except "onednn": a CPU kernel, XLA's
     convolution elsewhere.
     """
+    algorithm = choice(cfg, which, run, operands, size, epilogue)
+    dtype = operands[0].dtype
+    if algorithm == "xla" or (not cfg.auto and (algorithm != "onednn" or not _onednn_runs(dtype))):
+        return run(algorithm, *operands)  # named explicitly: as named on every platform
+    return lax.platform_dependent(*operands, cpu=partial(run, algorithm),
+                                  default=partial(run, "xla"))
+
+
+def choice(cfg, which, run, operands, size, epilogue=None) -> str:
+    """The CPU's algorithm for map `which` on `operands` (see `_per_platform`): as named, or
+    under "auto" measured with `run(algorithm, *operands)` and kept (fcnn.tuning). A map with an
+    `epilogue` (the fused convolution's "bias", "relu" or "bias+relu") is measured and kept as
+    its own key."""
     if not cfg.auto:
-        algorithm = cfg.algorithm[which]
-        if algorithm != "onednn" or not _onednn_runs(a.dtype):  # a CPU kernel: CPU only
-            return run(algorithm, a, b)
-    else:
-        config = {"stride": list(cfg.stride), "padding": [list(p) for p in cfg.padding],
-                  "dilation": list(cfg.dilation), "groups": cfg.groups, "size": list(size)}
-        algorithm = tuning.resolve(
-            which, (a.shape, b.shape), a.dtype, config, candidates(which, cfg, a.dtype),
-            _same(which, cfg, a.dtype, cfg.algorithm[which]), run)
-    if algorithm == "xla":
-        return run(algorithm, a, b)
-    return lax.platform_dependent(a, b, cpu=partial(run, algorithm), default=partial(run, "xla"))
+        return cfg.algorithm[which]
+    dtype = operands[0].dtype
+    config = {"stride": list(cfg.stride), "padding": [list(p) for p in cfg.padding],
+              "dilation": list(cfg.dilation), "groups": cfg.groups, "size": list(size)}
+    if epilogue:
+        config["epilogue"] = epilogue
+    return tuning.resolve(
+        which, tuple(a.shape for a in operands), dtype, config, candidates(which, cfg, dtype),
+        _same(which, cfg, dtype, cfg.algorithm[which]), run)
 
 
 def _windows(k_hw, cfg):
@@ -196,7 +206,8 @@ def _transposed_kernel(w, groups):
 
 
 def forward(x, w, cfg):
-    return _per_platform(cfg, 0, lambda algorithm, x, w: _forward(algorithm, x, w, cfg), x, w, ())
+    return _per_platform(cfg, 0, lambda algorithm, x, w: _forward(algorithm, x, w, cfg), (x, w),
+                         ())
 
 
 def _forward(algorithm, x, w, cfg):
@@ -261,8 +272,16 @@ def _forward_taps(x, w, cfg):
 
 
 def grad_input(g, w, in_hw, cfg):
-    return _per_platform(
-        cfg, 1, lambda algorithm, g, w: _grad_input(algorithm, g, w, in_hw, cfg), g, w, in_hw)
+    return _per_platform(cfg, 1, _dx_run(in_hw, cfg), (g, w), in_hw)
+
+
+def _dx_run(in_hw, cfg):
+    return lambda algorithm, g, w: _grad_input(algorithm, g, w, in_hw, cfg)
+
+
+def choice_dx(g, w, in_hw, cfg) -> str:
+    """The algorithm `grad_input` runs for these operands on a CPU."""
+    return choice(cfg, 1, _dx_run(in_hw, cfg), (g, w), in_hw)
 
 
 def _grad_input(algorithm, g, w, in_hw, cfg):
@@ -346,8 +365,16 @@ def _grad_input_phases(g, w, in_hw, cfg):
 
 
 def grad_kernel(x, g, k_hw, cfg):
-    return _per_platform(
-        cfg, 2, lambda algorithm, x, g: _grad_kernel(algorithm, x, g, k_hw, cfg), x, g, k_hw)
+    return _per_platform(cfg, 2, _dk_run(k_hw, cfg), (x, g), k_hw)
+
+
+def _dk_run(k_hw, cfg):
+    return lambda algorithm, x, g: _grad_kernel(algorithm, x, g, k_hw, cfg)
+
+
+def choice_dk(x, g, k_hw, cfg) -> str:
+    """The algorithm `grad_kernel` runs for these operands on a CPU."""
+    return choice(cfg, 2, _dk_run(k_hw, cfg), (x, g), k_hw)
 
 
 def _grad_kernel(algorithm, x, g, k_hw, cfg):

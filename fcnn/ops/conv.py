@@ -17,15 +17,13 @@ _conv_algorithms (docs/design.md, "Convolution algorithms and how auto chooses")
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
-
-import jax
 
 from fcnn import _args
 from fcnn.ops import _binding, _checks, onednn
 from fcnn.ops import _conv_algorithms as algo
-from fcnn.ops._bias import bias_add, check_bias
+from fcnn.ops import _conv_vjp as V
+from fcnn.ops._bias import check_bias
 
 
 class ConvConfig(NamedTuple):
@@ -43,9 +41,14 @@ class ConvConfig(NamedTuple):
 # ----------------------------------------------------------------------------- public wrappers
 
 
+ACTIVATIONS = (None, "relu")
+
+
 def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
-           algorithm="auto"):
-    """2-D cross-correlation, NHWC x HWIO, with a hand-written backward rule.
+           algorithm="auto", activation=None):
+    """2-D cross-correlation, NHWC x HWIO, with a hand-written backward rule; with a bias or an
+    activation, `act(conv(x, w) + b)` as one op (`_conv_act`: its own rules, and on a CPU with
+    the native kernels one call forward and one backward).
 
     Args:
       x: `(N, H, W, C_in)` or `(H, W, C_in)`.
@@ -61,6 +64,9 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
         "taps" (on every platform), or "onednn" where the native part is built (oneDNN's
         kernels on a CPU, float32): how the forward, dX and dK are computed (see
         fcnn.ops._conv_algorithms). Same maths, same rule.
+      activation: None (the identity) or "relu": `relu(conv(x, w) + b)`, equal to
+        `relu(conv2d(x, w, b))` value for value and in every derivative (ReLU's slope is 0 at 0
+        and 1 at a NaN, as `fcnn.ops.relu`'s).
 
     Returns:
       `(N, H_out, W_out, C_out)` (or unbatched), `H_out = floor((H + p_t + p_b - F_eff) / s) + 1`.
@@ -74,11 +80,15 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
     x, batched = _checks.image(op, "x", x)
     w = _kernel(op, w)
     cfg = _config(op, x.shape, w.shape, stride, padding, dilation, groups, algorithm)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: `activation` must be one of {ACTIVATIONS}, got {activation!r}.")
     x, w = _checks.same_dtype(x, w)
-    y = _conv(x, w, cfg)
-    if b is not None:
-        b = check_bias(op, _checks.floating(op, "b", b), w.shape[3])
-        y = bias_add(y, b.astype(y.dtype))
+    if b is None and activation is None:
+        y = _conv(x, w, cfg)
+    else:
+        if b is not None:
+            b = check_bias(op, _checks.floating(op, "b", b), w.shape[3]).astype(x.dtype)
+        y = _conv_act(x, w, b, cfg, activation == "relu")
     return y if batched else y[0]
 
 
@@ -197,80 +207,11 @@ def _check_g(op, g_shape, expected):
         )
 
 
-# ----------------------------------------------------------------------------- custom_vjp binding
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _vjp_conv(x, w, cfg):
-    return algo.forward(x, w, cfg)
-
-
-# Each fwd computes its output through the op itself, not its algorithm: in reverse over
-# reverse, JAX differentiates fwd, and through the op that runs this rule again (through the
-# algorithm it would run lax's own convolution JVP, or fail on the FFI kernels).
-def _vjp_conv_fwd(x, w, cfg):
-    return _vjp_conv(x, w, cfg), (x, w)
-
-
-def _vjp_conv_bwd(cfg, res, g):
-    """dX = conv_dx(g, w), dK = conv_dk(x, g).
-
-    dX: g with s-1 zeros between rows/cols (lhs dilation s), padded by (F_eff-1-p_lo,
-    F_eff-1-p_hi+r), correlated with the 180-degree rotated kernel (in/out channels swapped per
-    group) dilated by d; r = (H + p_lo + p_hi - F_eff) mod s is what the forward floor dropped.
-    dK: dw[a,b,c,o] = sum_{n,i,j} g[n,i,j,o] x[n, i*s+a*d, j*s+b*d, c], one convolution with the
-    batch contracted, g as a kernel dilated by s, window step d, high padding p_hi - r.
-    Residuals: x and w.
-    """
-    x, w = res
-    return _vjp_conv_dx(g, w, x.shape[1:3], cfg), _vjp_conv_dk(x, g, w.shape[:2], cfg)
-
-
-_vjp_conv.defvjp(_vjp_conv_fwd, _vjp_conv_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _vjp_conv_dx(g, w, in_hw, cfg):
-    return algo.grad_input(g, w, in_hw, cfg)
-
-
-def _vjp_conv_dx_fwd(g, w, in_hw, cfg):
-    return _vjp_conv_dx(g, w, in_hw, cfg), (g, w)
-
-
-def _vjp_conv_dx_bwd(in_hw, cfg, res, ct):
-    """dX is bilinear in (g, w): <conv_dx(g, w), ct> = <g, conv(ct, w)>, so
-    d/dg = conv(ct, w) and d/dw = conv_dk(ct, g). Residuals: g and w."""
-    g, w = res
-    return _vjp_conv(ct, w, cfg), _vjp_conv_dk(ct, g, w.shape[:2], cfg)
-
-
-_vjp_conv_dx.defvjp(_vjp_conv_dx_fwd, _vjp_conv_dx_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _vjp_conv_dk(x, g, k_hw, cfg):
-    return algo.grad_kernel(x, g, k_hw, cfg)
-
-
-def _vjp_conv_dk_fwd(x, g, k_hw, cfg):
-    return _vjp_conv_dk(x, g, k_hw, cfg), (x, g)
-
-
-def _vjp_conv_dk_bwd(k_hw, cfg, res, ct):
-    """dK is bilinear in (x, g): <conv_dk(x, g), ct> = <g, conv(x, ct)>, so
-    d/dx = conv_dx(g, ct) and d/dg = conv(x, ct). Residuals: x and g."""
-    x, g = res
-    return _vjp_conv_dx(g, ct, x.shape[1:3], cfg), _vjp_conv(x, ct, cfg)
-
-
-_vjp_conv_dk.defvjp(_vjp_conv_dk_fwd, _vjp_conv_dk_bwd)
-
-
 # ----------------------------------------------------------------------------- the three maps
 # Each map is bound by the current binding (`_binding`): JAX primitives with hand-written JVP,
-# transpose and batching rules (`_conv_primitives`), or the custom_vjp functions above. The
+# transpose and batching rules (`_conv_primitives`), or the custom_vjp functions (`_conv_vjp`). The
 # rules are the same maths; the algorithms computing each map are `_conv_algorithms`'.
-_conv = _binding.bound(lambda *a: _binding._conv_primitives.conv(*a), _vjp_conv)
-_conv_dx = _binding.bound(lambda *a: _binding._conv_primitives.conv_dx(*a), _vjp_conv_dx)
-_conv_dk = _binding.bound(lambda *a: _binding._conv_primitives.conv_dk(*a), _vjp_conv_dk)
+_conv = _binding.bound(lambda *a: _binding._conv_primitives.conv(*a), V.conv)
+_conv_dx = _binding.bound(lambda *a: _binding._conv_primitives.conv_dx(*a), V.conv_dx)
+_conv_dk = _binding.bound(lambda *a: _binding._conv_primitives.conv_dk(*a), V.conv_dk)
+_conv_act = _binding.bound(lambda *a: _binding._conv_act.conv_act(*a), V.conv_act)

@@ -1,0 +1,79 @@
+"""How the fused convolution's three maps (`_conv_act`) are computed.
+
+- forward y = act(conv(x, w) + b): under "auto" measured as a whole (its own tuning key, the
+  convolution's key plus the epilogue) among the convolution's algorithms, each followed by the
+  bias and ReLU (which XLA fuses into the convolution's output or its last pass), and "onednn":
+  one native call, the bias inside oneDNN's kernel and ReLU over each cached chunk of output.
+- cotangent (dx, dw, db) from g and the saved y: where the wanted convolution maps (dX, dK) both
+  run "onednn" (their own measured choices, the keys of plain dX and dK), one native call that
+  masks g, sums db and runs dX and dK per chunk of images on XLA's threads; otherwise the mask
+  and the sum by XLA and each map by its own algorithm.
+- tangent m ⊙ (conv(ẋ, w) + conv(x, ẇ) + ḃ): the convolution's forward algorithms (forward
+  mode is not where the time goes).
+
+Lowered for another platform than the CPU, every branch is XLA's convolution with the same
+epilogue (`lax.platform_dependent`, as for the convolution maps).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from fcnn.ops import _conv_algorithms as algo
+from fcnn.ops import onednn
+
+
+def _act(z, relu):
+    return jnp.where(z <= 0, jnp.zeros((), z.dtype), z) if relu else z
+
+
+def _mask(y, t, relu):
+    return jnp.where(y <= 0, jnp.zeros((), t.dtype), t) if relu else t
+
+
+def epilogue(bias, relu) -> str:
+    return "+".join(name for name, on in (("bias", bias), ("relu", relu)) if on)
+
+
+def forward(x, w, b, cfg, relu):
+    out_hw = algo._out_hw(x.shape[1:3], w.shape[:2], cfg)
+
+    def run(algorithm, x, w, *b):
+        b = b[0] if b else None
+        if algorithm == "onednn" and algo._onednn_runs(x.dtype):
+            return onednn.conv_act(x, w, b, out_hw, cfg, relu)
+        z = algo._forward(algorithm, x, w, cfg)
+        return _act(z if b is None else z + b, relu)
+
+    operands = (x, w) if b is None else (x, w, b)
+    return algo._per_platform(cfg, 0, run, operands, (), epilogue(b is not None, relu))
+
+
+def tangent(dx, dw, db, x, w, y, cfg, relu):
+    terms = [t for t in (None if dx is None else algo.forward(dx, w, cfg),
+                         None if dw is None else algo.forward(x, dw, cfg), db) if t is not None]
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return _mask(y, jnp.broadcast_to(total, y.shape), relu)
+
+
+def cotangent(g, x, w, y, cfg, relu, wants):
+    in_hw, k_hw = x.shape[1:3], w.shape[:2]
+
+    def composed(g, y, x, w):
+        gm = _mask(y, g, relu)
+        return (algo.grad_input(gm, w, in_hw, cfg) if wants[0] else None,
+                algo.grad_kernel(x, gm, k_hw, cfg) if wants[1] else None,
+                jnp.sum(gm, axis=(0, 1, 2)) if wants[2] else None)
+
+    maps = ([algo.choice_dx(g, w, in_hw, cfg)] if wants[0] else []) + (
+        [algo.choice_dk(x, g, k_hw, cfg)] if wants[1] else [])
+    if not maps or any(m != "onednn" for m in maps) or not algo._onednn_runs(g.dtype):
+        return composed(g, y, x, w)
+
+    def native(g, y, x, w):
+        return onednn.conv_act_backward(g, y, x, w, cfg, relu, wants)
+
+    return lax.platform_dependent(g, y, x, w, cpu=native, default=composed)

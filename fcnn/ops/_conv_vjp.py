@@ -1,0 +1,136 @@
+"""The convolution maps under the custom_vjp binding (`_binding`): each a `jax.custom_vjp` whose
+backward is written with the other two, as the primitives' transposes are (`_conv_primitives`;
+conv.py's docstring has the table). Reverse mode only; every order of it runs these rules."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from fcnn.ops import _conv_act_algorithms as compute
+from fcnn.ops import _conv_algorithms as algo
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv(x, w, cfg):
+    return algo.forward(x, w, cfg)
+
+
+# Each fwd computes its output through the op itself, not its algorithm: in reverse over
+# reverse, JAX differentiates fwd, and through the op that runs this rule again (through the
+# algorithm it would run lax's own convolution JVP, or fail on the FFI kernels).
+def _conv_fwd(x, w, cfg):
+    return conv(x, w, cfg), (x, w)
+
+
+def _conv_bwd(cfg, res, g):
+    """dX = conv_dx(g, w), dK = conv_dk(x, g).
+
+    dX: g with s-1 zeros between rows/cols (lhs dilation s), padded by (F_eff-1-p_lo,
+    F_eff-1-p_hi+r), correlated with the 180-degree rotated kernel (in/out channels swapped per
+    group) dilated by d; r = (H + p_lo + p_hi - F_eff) mod s is what the forward floor dropped.
+    dK: dw[a,b,c,o] = sum_{n,i,j} g[n,i,j,o] x[n, i*s+a*d, j*s+b*d, c], one convolution with the
+    batch contracted, g as a kernel dilated by s, window step d, high padding p_hi - r.
+    Residuals: x and w.
+    """
+    x, w = res
+    return conv_dx(g, w, x.shape[1:3], cfg), conv_dk(x, g, w.shape[:2], cfg)
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_dx(g, w, in_hw, cfg):
+    return algo.grad_input(g, w, in_hw, cfg)
+
+
+def _conv_dx_fwd(g, w, in_hw, cfg):
+    return conv_dx(g, w, in_hw, cfg), (g, w)
+
+
+def _conv_dx_bwd(in_hw, cfg, res, ct):
+    """dX is bilinear in (g, w): <conv_dx(g, w), ct> = <g, conv(ct, w)>, so
+    d/dg = conv(ct, w) and d/dw = conv_dk(ct, g). Residuals: g and w."""
+    g, w = res
+    return conv(ct, w, cfg), conv_dk(ct, g, w.shape[:2], cfg)
+
+
+conv_dx.defvjp(_conv_dx_fwd, _conv_dx_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_dk(x, g, k_hw, cfg):
+    return algo.grad_kernel(x, g, k_hw, cfg)
+
+
+def _conv_dk_fwd(x, g, k_hw, cfg):
+    return conv_dk(x, g, k_hw, cfg), (x, g)
+
+
+def _conv_dk_bwd(k_hw, cfg, res, ct):
+    """dK is bilinear in (x, g): <conv_dk(x, g), ct> = <g, conv(x, ct)>, so
+    d/dx = conv_dx(g, ct) and d/dg = conv(x, ct). Residuals: x and g."""
+    x, g = res
+    return conv_dx(g, ct, x.shape[1:3], cfg), conv(x, ct, cfg)
+
+
+conv_dk.defvjp(_conv_dk_fwd, _conv_dk_bwd)
+
+
+# ----------------------------------------------------------------------------- conv + bias + act
+# The fused convolution (`_conv_act`'s maths): y = act(conv(x, w) + b), its backward c(g) one
+# custom_vjp computed as one map (native on the CPU), whose own backward is written with the
+# maps above, so every order runs fcnn's rules.
+
+
+def _mask(y, t, relu):
+    return jnp.where(y <= 0, jnp.zeros((), t.dtype), t) if relu else t
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def conv_act(x, w, b, cfg, relu):
+    return compute.forward(x, w, b, cfg, relu)
+
+
+def _conv_act_fwd(x, w, b, cfg, relu):
+    y = conv_act(x, w, b, cfg, relu)
+    return y, (x, w, y, b)
+
+
+def _conv_act_bwd(cfg, relu, res, g):
+    """c(g) = (conv_dx(g', w), conv_dk(x, g'), Σ g') with g' = m ⊙ g. Residuals: x, w, y (and b,
+    for its presence)."""
+    x, w, y, b = res
+    dx, dw, db = conv_act_cotangent(g, x, w, y, cfg, relu, b is not None)
+    return dx, dw, db
+
+
+conv_act.defvjp(_conv_act_fwd, _conv_act_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def conv_act_cotangent(g, x, w, y, cfg, relu, bias):
+    return compute.cotangent(g, x, w, y, cfg, relu, (True, True, bias))
+
+
+def _cotangent_fwd(g, x, w, y, cfg, relu, bias):
+    return conv_act_cotangent(g, x, w, y, cfg, relu, bias), (g, x, w, y)
+
+
+def _cotangent_bwd(cfg, relu, bias, res, cts):
+    """c is linear in g with transpose t(a, b, c) = m ⊙ (conv(a, w) + conv(x, b) + c); its dw is
+    linear in x (transpose conv_dx(g', ·)) and its dx in w (transpose conv_dk(·, g')); m does
+    not move with y."""
+    g, x, w, y = res
+    cdx, cdw, cdb = cts
+    total = conv(cdx, w, cfg) + conv(x, cdw, cfg)
+    gm = _mask(y, g, relu)
+    return (_mask(y, total if cdb is None else total + cdb, relu),
+            conv_dx(gm, cdw, x.shape[1:3], cfg), conv_dk(cdx, gm, w.shape[:2], cfg),
+            jnp.zeros_like(y))
+
+
+conv_act_cotangent.defvjp(_cotangent_fwd, _cotangent_bwd)
