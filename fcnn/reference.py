@@ -35,13 +35,17 @@ def _batched(fn, x, *args, **kwargs):
     return fn(x, *args, **kwargs)
 
 
-def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None):
+    if activation not in (None, "relu"):
+        raise ValueError(f"conv2d: `activation` must be None or 'relu', got {activation!r}.")
+
     def f(x):
         y = lax.conv_general_dilated(
             x, w, _pair(stride), _pads(padding), rhs_dilation=_pair(dilation),
             dimension_numbers=_DN, feature_group_count=groups,
         )
-        return y if b is None else y + b.reshape(1, 1, 1, -1)
+        y = y if b is None else y + b.reshape(1, 1, 1, -1)
+        return relu(y) if activation == "relu" else y
 
     return _batched(f, x)
 

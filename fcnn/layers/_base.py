@@ -86,6 +86,9 @@ class LayerInfo(NamedTuple):
     rebind: Callable[[Any], Layer] | None = None  # ops module -> the same layer on it
     apply: Callable | None = None  # the apply this info describes (with the init holding it)
     init_state: Callable | None = None  # input shape -> initial state; None: stateless
+    # the apply of this layer followed by a layer of the kind named, as one op (a Conv2D's
+    # {"ReLU": conv2d(..., activation="relu")}): `serial` runs such pairs fused
+    fused: dict[str, Callable] | None = None
 
 
 class Layer(NamedTuple):
@@ -212,15 +215,17 @@ def op(module, name: str, layer: str, keywords: dict[str, Any] | None = None) ->
 
 def make(kind: str, config: dict, shape: Callable, init: Callable, apply: Callable, *,
          window: Window | None = None, children: tuple = (),
-         rebind: Callable | None = None, init_state: Callable | None = None) -> Layer:
+         rebind: Callable | None = None, init_state: Callable | None = None,
+         fused: dict | None = None) -> Layer:
     """The Layer of `init` and `apply`, its info attached to a fresh init function (so layers
-    that share an init still each carry their own info). `init_state` makes it stateful."""
+    that share an init still each carry their own info). `init_state` makes it stateful;
+    `fused` maps a following layer's kind to the apply running both as one op."""
 
     def layer_init(key, input_shape):
         return init(key, input_shape)
 
     layer_init.info = LayerInfo(kind, config, window, tuple(children), shape, rebind, apply,
-                                init_state)
+                                init_state, fused)
     layer_init.__qualname__ = f"{kind}.init"
     apply.__qualname__ = f"{kind}.apply"
     return Layer(layer_init, apply)
@@ -230,10 +235,13 @@ def leaf(kind: str, config: dict, shape: Callable, init: Callable,
          bind: Callable[[Any], Callable], *, window: Window | None = None,
          init_state: Callable | None = None, module=default_ops) -> Layer:
     """A leaf layer whose `apply = bind(module)`; `bind` looks up the ops it calls with `op`
-    (so a missing function is an error here, not at apply). `with_ops` calls `bind` again."""
-    return make(kind, config, shape, init, bind(module), window=window, init_state=init_state,
-                rebind=lambda m: leaf(kind, config, shape, init, bind, window=window,
-                                      init_state=init_state, module=m))
+    (so a missing function is an error here, not at apply). `with_ops` calls `bind` again.
+    `bind` may return `(apply, fused)` instead (see `make`)."""
+    bound = bind(module)
+    apply, fused = bound if isinstance(bound, tuple) else (bound, None)
+    return make(kind, config, shape, init, apply, window=window, init_state=init_state,
+                fused=fused, rebind=lambda m: leaf(kind, config, shape, init, bind, window=window,
+                                                   init_state=init_state, module=m))
 
 
 def check_state(op: str, model: Layer, state) -> None:

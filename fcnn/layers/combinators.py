@@ -52,11 +52,36 @@ def _stateful(layers, init_state):
     return init_state if any(c.stateful for c in layers) else None
 
 
+def fusions(layers) -> dict[int, object]:
+    """The pairs `serial` runs as one op: position i -> the apply of layers i and i + 1 together
+    (a Conv2D followed by a ReLU: `conv2d(..., activation="relu")`). Each child keeps its own
+    params (the ReLU's `{}`), so params, checkpoints and their hashes do not change."""
+    plan, i = {}, 0
+    while i < len(layers) - 1:
+        fused = (layers[i].info.fused or {}).get(layers[i + 1].info.kind)
+        if fused is not None and not layers[i].stateful and not layers[i + 1].stateful:
+            plan[i] = fused
+            i += 2
+        else:
+            i += 1
+    return plan
+
+
 def serial(*layers: Layer) -> Layer:
     """Compose layers in order; params are the tuple of the children's. The key (init and
-    apply) is split among the children."""
+    apply) is split among the children. A Conv2D followed by a ReLU runs as one op (`fusions`):
+    the same params and maths."""
     layers = _children("serial", layers)
     segments = [f"serial[{i}]" for i in range(len(layers))]
+    plan = fusions(layers)
+
+    def steps(params, keys):
+        """(position, apply, params, key) of each op, the fused pairs as one."""
+        i = 0
+        while i < len(layers):
+            fused = plan.get(i)
+            yield i, fused or layers[i].apply, params[i], keys[i]
+            i += 2 if fused else 1
 
     def shape(input_shape):
         for child, segment in zip(layers, segments):
@@ -71,8 +96,8 @@ def serial(*layers: Layer) -> Layer:
         return tuple(params), input_shape
 
     def apply(params, x, *, key=None, train=False):
-        for child, p, k in zip(layers, params, _keys(key, len(layers))):
-            x = child.apply(p, x, key=k, train=train)
+        for _, fn, p, k in steps(params, _keys(key, len(layers))):
+            x = fn(p, x, key=k, train=train)
         return x
 
     def init_state(input_shape):
@@ -84,10 +109,12 @@ def serial(*layers: Layer) -> Layer:
 
     def apply_stateful(params, x, *, key=None, train=False, state=None):
         state = _states("serial", state, len(layers))
-        new = []
-        for child, p, s, k in zip(layers, params, state, _keys(key, len(layers))):
-            x, s = child.apply_with_state(p, s, x, key=k, train=train)
-            new.append(s)
+        new = list(state)  # a fused pair is stateless: its states come back as they came
+        for i, fn, p, k in steps(params, _keys(key, len(layers))):
+            if i in plan:
+                x = fn(p, x, key=k, train=train)
+            else:
+                x, new[i] = layers[i].apply_with_state(p, state[i], x, key=k, train=train)
         return x, tuple(new)
 
     stateful = _stateful(layers, init_state)

@@ -45,6 +45,10 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
            w_init=None, b_init=None, algorithm="auto") -> Layer:
     """2-D convolution; params `{"w": (kh, kw, C_in // groups, out_channels), "b": (out,)}`.
 
+    Followed by a `ReLU` inside `serial`, the two run as one op, `conv2d(..., activation="relu")`
+    (the same params, maths and derivatives; one native call each way on a CPU with the native
+    kernels); `summary` marks such a pair.
+
     `w_init` defaults to he_normal, `b_init` to zeros. `algorithm` is one of `CONV_ALGORITHMS`
     ("auto" or as `fcnn.ops.conv2d`); it is passed to the op only when not "auto", so any
     module's `conv2d` serves an "auto" layer (`with_ops`)."""
@@ -87,7 +91,15 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
         def apply(params, x, *, key=None, train=False):
             return conv2d(x, params["w"], params.get("b"), **kwargs)
 
-        return apply
+        try:  # a module whose conv2d takes `activation` runs Conv2D -> ReLU as one op
+            op(module, "conv2d", name, {**kwargs, "activation": "relu"})
+        except LayerError:
+            return apply
+
+        def apply_relu(params, x, *, key=None, train=False):
+            return conv2d(x, params["w"], params.get("b"), activation="relu", **kwargs)
+
+        return apply, {"ReLU": apply_relu}
 
     config = dict(out_channels=out_channels, kernel_size=window.kernel, stride=window.stride,
                   padding=window.padding, dilation=window.dilation,

@@ -78,13 +78,14 @@ def _mask(y, t, relu):
 
 def _composed_forward(x, w, b, *, cfg, relu):
     z = cp.conv(x, w, cfg)
-    z = z if b is None else z + b
+    z = z if b is None else z + b.reshape(1, 1, 1, -1)
     return jnp.where(z <= 0, jnp.zeros((), z.dtype), z) if relu else z
 
 
 def _composed_tangent(dx, dw, db, x, w, y, *, cfg, relu):
     terms = [t for t in (None if dx is None else cp.conv(dx, w, cfg),
-                         None if dw is None else cp.conv(x, dw, cfg), db) if t is not None]
+                         None if dw is None else cp.conv(x, dw, cfg),
+                         None if db is None else db.reshape(1, 1, 1, -1)) if t is not None]
     total = terms[0]
     for t in terms[1:]:
         total = total + t

@@ -44,7 +44,7 @@ def forward(x, w, b, cfg, relu):
         if algorithm == "onednn" and algo._onednn_runs(x.dtype):
             return onednn.conv_act(x, w, b, out_hw, cfg, relu)
         z = algo._forward(algorithm, x, w, cfg)
-        return _act(z if b is None else z + b, relu)
+        return _act(z if b is None else z + b.reshape(1, 1, 1, -1), relu)
 
     operands = (x, w) if b is None else (x, w, b)
     return algo._per_platform(cfg, 0, run, operands, (), epilogue(b is not None, relu))
@@ -52,7 +52,8 @@ def forward(x, w, b, cfg, relu):
 
 def tangent(dx, dw, db, x, w, y, cfg, relu):
     terms = [t for t in (None if dx is None else algo.forward(dx, w, cfg),
-                         None if dw is None else algo.forward(x, dw, cfg), db) if t is not None]
+                         None if dw is None else algo.forward(x, dw, cfg),
+                         None if db is None else db.reshape(1, 1, 1, -1)) if t is not None]
     total = terms[0]
     for t in terms[1:]:
         total = total + t

@@ -128,7 +128,7 @@ def _cotangent_bwd(cfg, relu, bias, res, cts):
     cdx, cdw, cdb = cts
     total = conv(cdx, w, cfg) + conv(x, cdw, cfg)
     gm = _mask(y, g, relu)
-    return (_mask(y, total if cdb is None else total + cdb, relu),
+    return (_mask(y, total if cdb is None else total + cdb.reshape(1, 1, 1, -1), relu),
             conv_dx(gm, cdw, x.shape[1:3], cfg), conv_dk(cdx, gm, w.shape[:2], cfg),
             jnp.zeros_like(y))
 
