@@ -8,7 +8,8 @@ pool layers (elementwise layers are fused into the layer before them and count 0
 example, forward, a multiply-add counted as 2. A user's bare `Layer(init, apply)` is one row with
 its output shape and parameters (from `jax.eval_shape` of its init); what it computes is unknown,
 so it counts no activations or FLOPs and is assumed not to grow the receptive field (its row's
-note says so).
+note says so). A ReLU that `serial` runs inside the Conv2D before it (one op) is named so:
+"1 ReLU (fused into 0)"; its row counts as before.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import NamedTuple
 import jax
 
 from fcnn import _args
+from fcnn.layers.combinators import fusions
 
 _COUNTED = ("Conv2D", "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D")
 
@@ -130,9 +132,11 @@ def _widest(fields):
 def _walk(layer, shape, prefix, field, input_hw):
     info = layer.info
     if info.kind == "serial":
-        rows = []
+        rows, fused = [], fusions(info.children)
         for i, child in enumerate(info.children):
             shape, field, more = _walk(child, shape, f"{prefix}{i}.", field, input_hw)
+            if i - 1 in fused:  # runs inside the layer before it (serial's fusion)
+                more = [more[0]._replace(name=f"{more[0].name} (fused into {prefix}{i - 1})")]
             rows += more
         return shape, field, rows
     if info.kind == "parallel":

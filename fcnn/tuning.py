@@ -482,6 +482,8 @@ def _describe(config) -> str:
     pads = config.get("padding")
     if pads and any(p for pair in pads for p in pair):
         parts.append(f"pad {pads}")
+    if config.get("epilogue"):  # the fused convolution's forward, measured as a whole
+        parts.append(f"then {config['epilogue']}")
     return ", ".join(parts) or "-"
 
 

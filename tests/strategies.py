@@ -81,7 +81,8 @@ MAX_CHANNELS_PER_GROUP, MAX_TAP_TERMS = TAPS_BROADCAST_MAX + 1, 24
 
 @st.composite
 def conv_cases(draw, max_kernel=4, max_stride=3, max_dilation=3, max_extra=4):
-    """A dict describing one convolution: shapes, configuration, batched or not, bias or not."""
+    """A dict describing one convolution: shapes, configuration, batched or not, bias or not,
+    activation (None or "relu": with a bias or an activation conv2d is the fused op)."""
     groups = draw(st.sampled_from([1, 2, 1, 3]))
     cig = draw(st.integers(1, MAX_CHANNELS_PER_GROUP))
     terms = 1 if cig > TAPS_BROADCAST_MAX else cig  # per tap, in the taps forward
@@ -100,6 +101,7 @@ def conv_cases(draw, max_kernel=4, max_stride=3, max_dilation=3, max_extra=4):
         x_shape=_batch(draw, (*hw, cin)),
         w_shape=(*k, cig, cout),
         bias=draw(st.booleans()),
+        activation=draw(st.sampled_from([None, "relu"])),
         kwargs=dict(
             stride=_int_or_pair(draw, s),
             padding=padding,

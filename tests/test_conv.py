@@ -29,7 +29,7 @@ def _operands(case, dtype, seed=0):
 
 
 def _pair(f, case, **extra):
-    kw = {**case["kwargs"], **extra}
+    kw = {**case["kwargs"], "activation": case["activation"], **extra}
     return (lambda x, w, b=None: f(x, w, b, **kw))
 
 
@@ -85,7 +85,8 @@ def test_grad_of_grad_matches_autodiff(case, algorithm):
 
     def second(conv):
         def inner(x, w, b):
-            return jnp.sum(jnp.sin(conv(x, w, b, **case["kwargs"])) ** 2)
+            return jnp.sum(jnp.sin(conv(x, w, b, **case["kwargs"],
+                                        activation=case["activation"])) ** 2)
 
         def outer(x, w, b):
             gx, gw, gb = jax.grad(inner, argnums=(0, 1, 2))(x, w, b)

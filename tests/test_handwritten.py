@@ -54,9 +54,12 @@ CALLS = {
     "batch_norm_inference": lambda: ops.batch_norm_inference(x, *[jnp.ones(2)] * 4),
     "group_norm": lambda: ops.group_norm(x, jnp.ones(2), jnp.zeros(2), 2),
 }
-WITH_BIAS = {
-    "conv2d": lambda: ops.conv2d(x, w, jnp.ones(4)),
-    "dense": lambda: ops.dense(z, jnp.ones((5, 3)), jnp.ones(3)),
+WITH_BIAS = {"dense": lambda: ops.dense(z, jnp.ones((5, 3)), jnp.ones(3))}
+# conv2d with a bias or an activation is one op with its own rules (fcnn.ops._conv_act)
+FUSED = {
+    "bias": lambda: ops.conv2d(x, w, jnp.ones(4)),
+    "relu": lambda: ops.conv2d(x, w, activation="relu"),
+    "bias+relu": lambda: ops.conv2d(x, w, jnp.ones(4), activation="relu"),
 }
 
 
@@ -79,14 +82,25 @@ def test_with_a_bias_the_op_rule_and_the_bias_rule_both_run(name):
     assert _rules(WITH_BIAS[name]) >= 2, jax.make_jaxpr(WITH_BIAS[name])()
 
 
+@pytest.mark.parametrize("name", sorted(FUSED))
+def test_a_conv_with_a_bias_or_an_activation_binds_the_fused_op(name):
+    assert _rules(FUSED[name]) == 1, jax.make_jaxpr(FUSED[name])()
+    if ops.binding() == "primitive":
+        names = [e.primitive.name for e in jax.make_jaxpr(FUSED[name])().eqns]
+        assert "fcnn_conv_act" in names and "fcnn_conv" not in names, names
+
+
 def test_the_jaxpr_check_sees_a_conv_or_matmul_without_its_rule(monkeypatch):
-    """With conv's and the matmul's custom_vjp replaced by their plain forwards, the bias-free
-    calls bind no rule (the check above fails), while the biased calls still show the bias's:
-    a check on the biased calls alone could not tell."""
+    """With conv's, the fused conv's and the matmul's rules replaced by their plain forwards,
+    the calls bind no rule (the checks above fail), while the biased dense still shows the
+    bias's: a check on the biased calls alone could not tell."""
     conv = importlib.import_module("fcnn.ops.conv")
     dense = importlib.import_module("fcnn.ops.dense")
     monkeypatch.setattr(conv, "_conv", lambda x, w, cfg: conv.algo.forward(x, w, cfg))
+    monkeypatch.setattr(conv, "_conv_act", lambda x, w, b, cfg, relu: conv.algo.forward(x, w, cfg))
     monkeypatch.setattr(dense, "_matmul", jnp.matmul)
+    assert _rules(CALLS["conv2d"]) == 0
+    assert all(_rules(f) == 0 for f in FUSED.values())
     for name in WITH_BIAS:
         assert _rules(CALLS[name]) == 0, name
         assert _rules(WITH_BIAS[name]) == 1, name

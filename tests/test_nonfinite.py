@@ -37,6 +37,13 @@ def _conv_kw():
 CASES = {
     "conv2d": (ops.conv2d, R.conv2d,
                (normal(0, (2, 6, 5, 3)), normal(1, (3, 2, 3, 4)), normal(2, (4,))), _conv_kw()),
+    # the fused op: conv + bias + ReLU, and a grouped conv + ReLU without a bias
+    "conv2d_relu": (ops.conv2d, R.conv2d,
+                    (normal(0, (2, 6, 5, 3)), normal(1, (3, 2, 3, 4)), normal(2, (4,))),
+                    dict(_conv_kw(), activation="relu")),
+    "conv2d_relu_grouped": (ops.conv2d, R.conv2d,
+                            (normal(0, (1, 5, 5, 4)), normal(1, (2, 2, 2, 4))),
+                            dict(padding=1, dilation=(1, 2), groups=2, activation="relu")),
     "conv2d_grouped": (ops.conv2d, R.conv2d,
                        (normal(0, (1, 5, 5, 4)), normal(1, (2, 2, 2, 4))),
                        dict(padding=1, dilation=(1, 2), groups=2)),
@@ -365,6 +372,7 @@ def _torch_cases(t):
     labels = t.tensor(np.asarray(_LABELS))
     return {
         "conv2d": (lambda x, w, b: conv(x, w, b), (0, 1, 2)),
+        "conv2d_relu": (lambda x, w, b: t.relu(conv(x, w, b)), (0, 1, 2)),
         "max_pool2d": (pool("max"), (0,)),
         "avg_pool2d": (pool("avg"), (0,)),
         "dense": (lambda x, w, b: x @ w + b, (0, 1, 2)),
@@ -382,7 +390,7 @@ def _torch_cases(t):
     }
 
 
-TORCH_NAMES = ["conv2d", "max_pool2d", "avg_pool2d", "dense", "relu", "leaky_relu", "elu",
+TORCH_NAMES = ["conv2d", "conv2d_relu", "max_pool2d", "avg_pool2d", "dense", "relu", "leaky_relu", "elu",
                "sigmoid", "tanh", "softmax_cross_entropy", "mse", "hinge",
                "local_response_norm", "batch_norm", "group_norm"]
 

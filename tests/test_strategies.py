@@ -69,6 +69,8 @@ def _conv_features(case):
         "dilation 3": 3 in dilation,
         "remainder r != 0": remainder,
         "bias": case["bias"],
+        "relu": case["activation"] == "relu",
+        "relu without a bias": case["activation"] == "relu" and not case["bias"],
     }
 
 

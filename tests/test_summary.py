@@ -19,7 +19,9 @@ def test_lenet_rows_by_hand():
     assert conv1.flops == 2 * 28 * 28 * 6 * 25 and conv1.activations == 28 * 28 * 6
     assert conv1.receptive_field == (5, 5) and pool1.receptive_field == (6, 6)
     assert conv2.params == 5 * 5 * 6 * 16 + 16 and conv2.receptive_field == (6 + 4 * 2,) * 2
-    assert rows["1 ReLU"].activations == 0  # fused into the conv, as in the CS231n VGG table
+    # counted into the conv, as in the CS231n VGG table; and run inside it (serial's fusion)
+    assert rows["1 ReLU (fused into 0)"].activations == 0
+    assert "4 ReLU (fused into 3)" in rows and "8 ReLU" in rows  # Dense -> ReLU is not fused
     assert s.rows[0].name == "Input" and s.rows[0].activations == 784
     assert s.total_params == 61_706
     assert s.total_activations == 784 + 4704 + 1176 + 1600 + 400 + 120 + 84 + 10
@@ -36,6 +38,18 @@ def test_flags_windows_that_do_not_tile():
     assert "drops 1 row(s), 1 col(s)" in conv.note
     assert "! window 3x3 stride 3x3 does not tile 7x7" in str(s)
     assert not fcnn.summary(L.Conv2D(2, 3, stride=2), (7, 7, 1)).rows[1].note
+
+
+def test_fused_pairs_are_named_at_every_depth():
+    """serial's Conv2D -> ReLU pairs, inside combinators too; a ReLU after a ReLU, or after a
+    Conv2D in another serial, is not fused."""
+    net = L.serial(L.Conv2D(2, 3), L.ReLU(), L.ReLU(),
+                   L.residual(L.serial(L.Conv2D(2, 3, padding=1), L.ReLU())), L.Conv2D(2, 1),
+                   L.serial(L.ReLU()))
+    names = [r.name for r in fcnn.summary(net, (8, 8, 1)).rows]
+    assert names == ["Input", "0 Conv2D", "1 ReLU (fused into 0)", "2 ReLU",
+                     "3.block.0 Conv2D", "3.block.1 ReLU (fused into 3.block.0)", "4 Conv2D",
+                     "5.0 ReLU"]
 
 
 def test_combinators_are_walked():

@@ -101,8 +101,9 @@ def _cfg():
 
 
 def test_a_train_step_is_planned_map_by_map(cache, monkeypatch):
-    """LeNet-5's step: both convs' forward and dK, the second's dX (the first has no dX: the
-    image needs no gradient), each at its own shape; plan measures only what is new."""
+    """LeNet-5's step: both convs' forward (with its bias and ReLU: the fused op's, its own key)
+    and dK, the second's dX (the first has no dX: the image needs no gradient), each at its own
+    shape; plan measures only what is new."""
     monkeypatch.setenv("FCNN_CONV_TUNING", "table")
     from models import lenet5
 
@@ -116,8 +117,10 @@ def test_a_train_step_is_planned_map_by_map(cache, monkeypatch):
     assert seen == [
         ("dk", ((4, 14, 14, 6), (4, 10, 10, 16))), ("dk", ((4, 28, 28, 1), (4, 28, 28, 6))),
         ("dx", ((4, 10, 10, 16), (5, 5, 6, 16))),
-        ("forward", ((4, 14, 14, 6), (5, 5, 6, 16))), ("forward", ((4, 28, 28, 1), (5, 5, 1, 6))),
+        ("forward", ((4, 14, 14, 6), (5, 5, 6, 16), (16,))),
+        ("forward", ((4, 28, 28, 1), (5, 5, 1, 6), (6,))),
     ]
+    assert [c.config.get("epilogue") for c in choices if c.map == "forward"] == ["bias+relu"] * 2
     for c in choices:  # table mode: the built-in table's choice, nothing on disk
         assert c.source == "table" and c.algorithm == c.table
         which = tuning.MAPS.index(c.map)
@@ -127,7 +130,8 @@ def test_a_train_step_is_planned_map_by_map(cache, monkeypatch):
         assert c.algorithm == algo.choose(w_shape, 1, in_hw)[which]
     assert not cache.exists()
     text = tuning.format_plan(choices)
-    assert text.count("\n") == 6 and "(4, 28, 28, 1) x (5, 5, 1, 6)" in text
+    assert text.count("\n") == 6 and "(4, 28, 28, 1) x (5, 5, 1, 6) x (6,)" in text
+    assert "then bias+relu" in text
 
 
 def test_the_fastest_wins_unless_the_table_is_within_the_margin(cache, monkeypatch):
