@@ -154,7 +154,7 @@ def test_concat_joins_branches_and_refuses_mismatched_shapes():
 
 def test_cs231n_pattern():
     net = models.cs231n_convnet(n=3, m=1, k=2, channels=(8,), hidden=16)
-    names = [r.name.split()[-1] for r in fcnn.summary(net, (32, 32, 3)).rows[1:]]
+    names = [r.name.split()[1] for r in fcnn.summary(net, (32, 32, 3)).rows[1:]]
     assert names == ["Conv2D", "ReLU"] * 3 + ["MaxPool2D", "Flatten"] + ["Dense", "ReLU"] * 2 \
         + ["Dense"]
 
