@@ -626,17 +626,16 @@ ffi::Error ConvActFwdImpl(ffi::ThreadPool pool, F32R4 x, F32R4 w, F32R1 b,
   });
 }
 
-// The backward of y = act(conv(x, w) + b), from the upstream gradient g and the saved output y:
-//   g' = g where y > 0 or y is NaN, else 0   (ReLU's mask, from y: y <= 0 exactly where
-//                                              conv + b <= 0; identity: g' = g)
+// The backward of y = act(conv(x, w) + b) from g' = m ⊙ g, the upstream gradient with the
+// activation's mask already applied (by XLA, which fuses it into whatever computes g: a max
+// pool's backward reads y anyway; applied here, re-reading y cost a CIFAR-net step 15 ms):
 //   db = sum of g' over N, H, W     dX = conv_dx(g', w)     dK = conv_dk(x, g')
-// per piece of the batch on XLA's threads, each piece in chunks of images. dK's and db's
-// pieces are summed at the end (db's in double). A zero-sized result is not wanted and not
-// computed.
-ffi::Error ConvActBwdImpl(ffi::ThreadPool pool, F32R4 g, F32R4 y, F32R4 x, F32R4 w,
-                          F32R4Out dx, F32R4Out dw, F32R1Out db,
-                          I64Span strides, I64Span padding, I64Span dilation, int64_t groups,
-                          int64_t relu) {
+// per piece of the batch on XLA's threads, each piece in chunks of images whose g' stays in L2
+// for the three. dK's and db's pieces are summed at the end (db's in double). A zero-sized
+// result is not wanted and not computed.
+ffi::Error ConvActBwdImpl(ffi::ThreadPool pool, F32R4 g, F32R4 x, F32R4 w, F32R4Out dx,
+                          F32R4Out dw, F32R1Out db, I64Span strides, I64Span padding,
+                          I64Span dilation, int64_t groups) {
   ConvProblem p;
   if (auto err = MakeProblem(x.dimensions(), w.dimensions(), g.dimensions(), strides,
                              padding, dilation, groups, &p);
@@ -645,8 +644,7 @@ ffi::Error ConvActBwdImpl(ffi::ThreadPool pool, F32R4 g, F32R4 y, F32R4 x, F32R4
   }
   const bool want_dx = dx->element_count() > 0, want_dw = dw->element_count() > 0,
              want_db = db->element_count() > 0;
-  if ((relu && y.element_count() != g.element_count()) ||
-      (want_dx && dx->element_count() != x.element_count()) ||
+  if ((want_dx && dx->element_count() != x.element_count()) ||
       (want_dw && dw->element_count() != w.element_count()) ||
       (want_db && static_cast<int64_t>(db->element_count()) != p.o)) {
     return ffi::Error::InvalidArgument("fcnn onednn conv_act backward: result shapes");
@@ -664,25 +662,11 @@ ffi::Error ConvActBwdImpl(ffi::ThreadPool pool, F32R4 g, F32R4 y, F32R4 x, F32R4
   std::vector<std::vector<float>> dw_part(count, std::vector<float>(wsize));
   std::vector<std::vector<double>> db_part(count, std::vector<double>(want_db ? p.o : 0));
   auto err = ForEachPiece(pool, p.n, count, [&](int64_t c, int64_t lo, int64_t hi) {
-    thread_local std::vector<float> masked, dk_chunk;
+    thread_local std::vector<float> dk_chunk;
     std::vector<double>& dbs = db_part[c];
     for (int64_t b0 = lo; b0 < hi; b0 += chunk) {
       const int64_t images = std::min(chunk, hi - b0);
       float* gc = At(g.untyped_data(), b0, out);
-      if (relu) {  // g' = 0 where y <= 0 (a NaN y keeps g)
-        masked.resize(images * out);
-        // plain pointers: an access to a thread_local in the loop is a TLS lookup per element
-        float* __restrict m = masked.data();
-        const float* __restrict yc = At(y.untyped_data(), b0, out);
-        const float* __restrict gs = gc;
-        for (int64_t i = 0; i < images * out; ++i) {
-          // both loaded unconditionally: a select the compiler vectorises (a conditional load
-          // of g compiled to a branch, mispredicted on half the elements: 9 ms of 24)
-          const float yv = yc[i], gv = gs[i];
-          m[i] = yv <= 0.f ? 0.f : gv;
-        }
-        gc = m;
-      }
       if (want_db) {
         double* __restrict acc = dbs.data();
         for (int64_t r = 0; r < images * p.oh * p.ow; ++r) {
@@ -778,15 +762,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvActFwd, ConvActFwdImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvActBwd, ConvActBwdImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32R4>()                        // g
-                                  .Arg<F32R4>()                        // y (the saved output)
+                                  .Arg<F32R4>()                        // g' (masked)
                                   .Arg<F32R4>()                        // x
                                   .Arg<F32R4>()                        // w
                                   .Ret<F32R4>()                        // dx, or zero-sized
                                   .Ret<F32R4>()                        // dw, or zero-sized
                                   .Ret<F32R1>()                        // db, or zero-sized
-                                  CONV_ATTRS
-                                  .Attr<int64_t>("relu"));
+                                  CONV_ATTRS);
 
 // ---------------------------------------------------------------------------
 // Plain C helpers for the Python side (ctypes).

@@ -113,7 +113,8 @@ def _custom_calls(fn, *args):
 @built
 def test_on_onednn_each_direction_is_one_native_call():
     """The forward is one call (bias in oneDNN's kernel, ReLU per cached chunk); the backward
-    is one call computing only what is wanted: no dX for an input that needs no gradient."""
+    is one call (after XLA's mask) computing only what is wanted: no dX for an input that needs
+    no gradient."""
     x, w, b = operands(jnp.float32)
     f = lambda x, w, b: jnp.sum(ops.conv2d(x, w, b, **KW, activation="relu", algorithm="onednn"))
     assert _custom_calls(f, x, w, b) == ["fcnn_onednn_conv_act_fwd"]

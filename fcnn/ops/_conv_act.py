@@ -13,8 +13,9 @@ the identity:
 For fixed x, w, y the tangent map t and the cotangent map c are linear and each other's
 transpose (m ⊙ is its own; conv's transposes are conv_dx and conv_dk; the bias broadcast's is
 the sum). Each is a primitive of its own, so reverse mode runs c as one computation: on the CPU
-with the native kernels one call that masks g, sums db and runs oneDNN's dX and dK per chunk of
-images on XLA's threads; elsewhere the same maths from fcnn's convolution maps.
+with the native kernels the mask by XLA (fused into whatever computes g) and one call that sums
+db and runs oneDNN's dX and dK per chunk of images on XLA's threads; elsewhere the same maths
+from fcnn's convolution maps.
 
 Derivatives of the two maps (second order, forward over reverse), m being piecewise constant:
 

@@ -4,10 +4,12 @@
   convolution's key plus the epilogue) among the convolution's algorithms, each followed by the
   bias and ReLU (which XLA fuses into the convolution's output or its last pass), and "onednn":
   one native call, the bias inside oneDNN's kernel and ReLU over each cached chunk of output.
-- cotangent (dx, dw, db) from g and the saved y: where the wanted convolution maps (dX, dK) both
-  run "onednn" (their own measured choices, the keys of plain dX and dK), one native call that
-  masks g, sums db and runs dX and dK per chunk of images on XLA's threads; otherwise the mask
-  and the sum by XLA and each map by its own algorithm.
+- cotangent (dx, dw, db) from g and the saved y: the mask g' = m ⊙ g by XLA, which fuses it into
+  whatever computes g (a max pool's backward, which reads y anyway: applied in the native call,
+  re-reading y cost the CIFAR net's step 15 ms of 70, docs/performance.md); then, where the
+  wanted convolution maps (dX, dK) both run "onednn" (their own measured choices, the keys of
+  plain dX and dK), one native call that sums db and runs dX and dK per chunk of images on XLA's
+  threads; otherwise the sum by XLA and each map by its own algorithm.
 - tangent m ⊙ (conv(ẋ, w) + conv(x, ẇ) + ḃ): the convolution's forward algorithms (forward
   mode is not where the time goes).
 
@@ -62,9 +64,9 @@ def tangent(dx, dw, db, x, w, y, cfg, relu):
 
 def cotangent(g, x, w, y, cfg, relu, wants):
     in_hw, k_hw = x.shape[1:3], w.shape[:2]
+    gm = _mask(y, g, relu)  # by XLA, fused into what computes g (a max pool's backward reads y)
 
-    def composed(g, y, x, w):
-        gm = _mask(y, g, relu)
+    def composed(gm, x, w):
         return (algo.grad_input(gm, w, in_hw, cfg) if wants[0] else None,
                 algo.grad_kernel(x, gm, k_hw, cfg) if wants[1] else None,
                 jnp.sum(gm, axis=(0, 1, 2)) if wants[2] else None)
@@ -72,9 +74,9 @@ def cotangent(g, x, w, y, cfg, relu, wants):
     maps = ([algo.choice_dx(g, w, in_hw, cfg)] if wants[0] else []) + (
         [algo.choice_dk(x, g, k_hw, cfg)] if wants[1] else [])
     if not maps or any(m != "onednn" for m in maps) or not algo._onednn_runs(g.dtype):
-        return composed(g, y, x, w)
+        return composed(gm, x, w)
 
-    def native(g, y, x, w):
-        return onednn.conv_act_backward(g, y, x, w, cfg, relu, wants)
+    def native(gm, x, w):
+        return onednn.conv_act_backward(gm, x, w, cfg, wants)
 
-    return lax.platform_dependent(g, y, x, w, cpu=native, default=composed)
+    return lax.platform_dependent(gm, x, w, cpu=native, default=composed)

@@ -191,17 +191,16 @@ def conv_act(x, w, b, out_hw, cfg, relu):
     )(x, w, b, **_attrs(cfg), relu=np.int64(relu))
 
 
-def conv_act_backward(g, y, x, w, cfg, relu, wants):
-    """(dx, dw, db) of y = act(conv(x, w) + b) from g and the saved y in one call: ReLU's mask
-    applied to g and db summed per chunk of images, then oneDNN's dX and dK of each chunk. Only
-    the results named in `wants` (a tuple of three bools) are computed; the others are None."""
+def conv_act_backward(gm, x, w, cfg, wants):
+    """(dx, dw, db) of y = act(conv(x, w) + b) in one call from gm = m ⊙ g (the mask applied by
+    the caller): db summed per chunk of images, then oneDNN's dX and dK of each chunk. Only the
+    results named in `wants` (a tuple of three bools) are computed; the others are None."""
     import jax
 
     shapes = (x.shape, w.shape, (w.shape[3],))
     zeros = ((0, 0, 0, 0), (0, 0, 0, 0), (0,))
-    outs = [jax.ShapeDtypeStruct(s if want else z, g.dtype)
+    outs = [jax.ShapeDtypeStruct(s if want else z, gm.dtype)
             for s, z, want in zip(shapes, zeros, wants)]
-    y = y if relu else g[:0]  # the identity reads no y
     got = jax.ffi.ffi_call(TARGETS["act_backward"], outs, vmap_method="sequential")(
-        g, y, x, w, **_attrs(cfg), relu=np.int64(relu))
+        gm, x, w, **_attrs(cfg))
     return tuple(r if want else None for r, want in zip(got, wants))
