@@ -390,8 +390,8 @@ def _torch_cases(t):
     }
 
 
-TORCH_NAMES = ["conv2d", "conv2d_relu", "max_pool2d", "avg_pool2d", "dense", "relu", "leaky_relu", "elu",
-               "sigmoid", "tanh", "softmax_cross_entropy", "mse", "hinge",
+TORCH_NAMES = ["conv2d", "conv2d_relu", "max_pool2d", "avg_pool2d", "dense", "relu",
+               "leaky_relu", "elu", "sigmoid", "tanh", "softmax_cross_entropy", "mse", "hinge",
                "local_response_norm", "batch_norm", "group_norm"]
 
 # Where PyTorch's own choice differs from fcnn's (and its oracle's), and why; each is checked to
