@@ -67,11 +67,6 @@ def _cotangent(g, x, w, y, cfg, relu, wants):
     return tuple(next(got) if want else None for want in wants)
 
 
-def _mask(y, t, relu):
-    """m ⊙ t."""
-    return jnp.where(y <= 0, jnp.zeros((), t.dtype), t) if relu else t
-
-
 # ----------------------------------------------------------------------------- the same maths
 # from fcnn's convolution primitives: the batching rules' vmap runs these (the primitives'
 # batching rules then handle members), and so does the custom_vjp binding's reference below.
@@ -79,22 +74,15 @@ def _mask(y, t, relu):
 
 def _composed_forward(x, w, b, *, cfg, relu):
     z = cp.conv(x, w, cfg)
-    z = z if b is None else z + b.reshape(1, 1, 1, -1)
-    return jnp.where(z <= 0, jnp.zeros((), z.dtype), z) if relu else z
+    return compute.act(z if b is None else z + b.reshape(1, 1, 1, -1), relu)
 
 
 def _composed_tangent(dx, dw, db, x, w, y, *, cfg, relu):
-    terms = [t for t in (None if dx is None else cp.conv(dx, w, cfg),
-                         None if dw is None else cp.conv(x, dw, cfg),
-                         None if db is None else db.reshape(1, 1, 1, -1)) if t is not None]
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    return _mask(y, jnp.broadcast_to(total, y.shape), relu)
+    return compute.tangent(dx, dw, db, x, w, y, cfg, relu, conv=cp.conv)
 
 
 def _composed_cotangent(g, x, w, y, *, cfg, relu, wants):
-    gm = _mask(y, g, relu)
+    gm = compute.mask(y, g, relu)
     return (cp.conv_dx(gm, w, x.shape[1:3], cfg) if wants[0] else None,
             cp.conv_dk(x, gm, w.shape[:2], cfg) if wants[1] else None,
             jnp.sum(gm, axis=(0, 1, 2)) if wants[2] else None)
@@ -178,7 +166,7 @@ def _cotangent_jvp(primals, tangents, *, cfg, relu, wants):
     dg, dx, dw, _ = tangents
     outs = cotangent_p.bind(g, x, w, y, cfg=cfg, relu=relu, wants=wants)
     terms = [list(_cotangent(dg, x, w, y, cfg, relu, wants))] if type(dg) is not ad.Zero else []
-    gm = _mask(y, g, relu)
+    gm = compute.mask(y, g, relu)
     extra = [cp.conv_dx(gm, dw, x.shape[1:3], cfg) if wants[0] and type(dw) is not ad.Zero
              else None,
              cp.conv_dk(dx, gm, w.shape[:2], cfg) if wants[1] and type(dx) is not ad.Zero

@@ -26,11 +26,13 @@ from fcnn.ops import _conv_algorithms as algo
 from fcnn.ops import onednn
 
 
-def _act(z, relu):
+def act(z, relu):
+    """ReLU (fcnn's: `z <= 0` -> 0, a NaN stays) or the identity."""
     return jnp.where(z <= 0, jnp.zeros((), z.dtype), z) if relu else z
 
 
-def _mask(y, t, relu):
+def mask(y, t, relu):
+    """m ⊙ t: 0 where y <= 0, t elsewhere (a NaN y included); t itself for the identity."""
     return jnp.where(y <= 0, jnp.zeros((), t.dtype), t) if relu else t
 
 
@@ -46,25 +48,27 @@ def forward(x, w, b, cfg, relu):
         if algorithm == "onednn" and algo._onednn_runs(x.dtype):
             return onednn.conv_act(x, w, b, out_hw, cfg, relu)
         z = algo._forward(algorithm, x, w, cfg)
-        return _act(z if b is None else z + b.reshape(1, 1, 1, -1), relu)
+        return act(z if b is None else z + b.reshape(1, 1, 1, -1), relu)
 
     operands = (x, w) if b is None else (x, w, b)
     return algo._per_platform(cfg, 0, run, operands, (), epilogue(b is not None, relu))
 
 
-def tangent(dx, dw, db, x, w, y, cfg, relu):
-    terms = [t for t in (None if dx is None else algo.forward(dx, w, cfg),
-                         None if dw is None else algo.forward(x, dw, cfg),
+def tangent(dx, dw, db, x, w, y, cfg, relu, conv=algo.forward):
+    """m ⊙ (conv(ẋ, w) + conv(x, ẇ) + ḃ), the absent (None) terms left out; `conv(a, b, cfg)`
+    computes the convolution (the algorithms here, the primitives under vmap)."""
+    terms = [t for t in (None if dx is None else conv(dx, w, cfg),
+                         None if dw is None else conv(x, dw, cfg),
                          None if db is None else db.reshape(1, 1, 1, -1)) if t is not None]
     total = terms[0]
     for t in terms[1:]:
         total = total + t
-    return _mask(y, jnp.broadcast_to(total, y.shape), relu)
+    return mask(y, jnp.broadcast_to(total, y.shape), relu)
 
 
 def cotangent(g, x, w, y, cfg, relu, wants):
     in_hw, k_hw = x.shape[1:3], w.shape[:2]
-    gm = _mask(y, g, relu)  # by XLA, fused into what computes g (a max pool's backward reads y)
+    gm = mask(y, g, relu)  # by XLA, fused into what computes g (a max pool's backward reads y)
 
     def composed(gm, x, w):
         return (algo.grad_input(gm, w, in_hw, cfg) if wants[0] else None,

@@ -86,10 +86,6 @@ conv_dk.defvjp(_conv_dk_fwd, _conv_dk_bwd)
 # maps above, so every order runs fcnn's rules.
 
 
-def _mask(y, t, relu):
-    return jnp.where(y <= 0, jnp.zeros((), t.dtype), t) if relu else t
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def conv_act(x, w, b, cfg, relu):
     return compute.forward(x, w, b, cfg, relu)
@@ -127,8 +123,8 @@ def _cotangent_bwd(cfg, relu, bias, res, cts):
     g, x, w, y = res
     cdx, cdw, cdb = cts
     total = conv(cdx, w, cfg) + conv(x, cdw, cfg)
-    gm = _mask(y, g, relu)
-    return (_mask(y, total if cdb is None else total + cdb.reshape(1, 1, 1, -1), relu),
+    gm = compute.mask(y, g, relu)
+    return (compute.mask(y, total if cdb is None else total + cdb.reshape(1, 1, 1, -1), relu),
             conv_dx(gm, cdw, x.shape[1:3], cfg), conv_dk(cdx, gm, w.shape[:2], cfg),
             jnp.zeros_like(y))
 
