@@ -8,6 +8,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from fcnn.ops import _conv_act_algorithms as compute
 from fcnn.ops import _conv_algorithms as algo
@@ -83,7 +84,18 @@ conv_dk.defvjp(_conv_dk_fwd, _conv_dk_bwd)
 # ----------------------------------------------------------------------------- conv + bias + act
 # The fused convolution (`_conv_act`'s maths): y = act(conv(x, w) + b), its backward c(g) one
 # custom_vjp computed as one map (native on the CPU), whose own backward is written with the
-# maps above, so every order runs fcnn's rules.
+# maps above, so every order runs fcnn's rules. Both take symbolic zeros: c's inputs include the
+# saved y, whose cotangent is zero (m does not move with y); instantiated as an array of zeros
+# it would run the forward's rule on it, and conv_dk(x, 0) is NaN where x is (0 * NaN), a NaN
+# the oracle's autodiff never makes.
+
+
+def _values(*primals):
+    return [p if p is None else p.value for p in primals]
+
+
+def _zero(ct):
+    return ct is None or isinstance(ct, SymbolicZero)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -92,6 +104,7 @@ def conv_act(x, w, b, cfg, relu):
 
 
 def _conv_act_fwd(x, w, b, cfg, relu):
+    x, w, b = _values(x, w, b)
     y = conv_act(x, w, b, cfg, relu)
     return y, (x, w, y, b)
 
@@ -100,11 +113,12 @@ def _conv_act_bwd(cfg, relu, res, g):
     """c(g) = (conv_dx(g', w), conv_dk(x, g'), Σ g') with g' = m ⊙ g. Residuals: x, w, y (and b,
     for its presence)."""
     x, w, y, b = res
-    dx, dw, db = conv_act_cotangent(g, x, w, y, cfg, relu, b is not None)
-    return dx, dw, db
+    if _zero(g):
+        return None, None, None
+    return conv_act_cotangent(g, x, w, y, cfg, relu, b is not None)
 
 
-conv_act.defvjp(_conv_act_fwd, _conv_act_bwd)
+conv_act.defvjp(_conv_act_fwd, _conv_act_bwd, symbolic_zeros=True)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
@@ -113,20 +127,28 @@ def conv_act_cotangent(g, x, w, y, cfg, relu, bias):
 
 
 def _cotangent_fwd(g, x, w, y, cfg, relu, bias):
+    g, x, w, y = _values(g, x, w, y)
     return conv_act_cotangent(g, x, w, y, cfg, relu, bias), (g, x, w, y)
 
 
 def _cotangent_bwd(cfg, relu, bias, res, cts):
     """c is linear in g with transpose t(a, b, c) = m ⊙ (conv(a, w) + conv(x, b) + c); its dw is
     linear in x (transpose conv_dx(g', ·)) and its dx in w (transpose conv_dk(·, g')); m does
-    not move with y."""
+    not move with y (its cotangent: a symbolic zero)."""
     g, x, w, y = res
-    cdx, cdw, cdb = cts
-    total = conv(cdx, w, cfg) + conv(x, cdw, cfg)
+    cdx, cdw, cdb = (None if _zero(c) else c for c in cts)
+    terms = [t for t in (None if cdx is None else conv(cdx, w, cfg),
+                         None if cdw is None else conv(x, cdw, cfg),
+                         None if cdb is None else cdb.reshape(1, 1, 1, -1)) if t is not None]
     gm = compute.mask(y, g, relu)
-    return (compute.mask(y, total if cdb is None else total + cdb.reshape(1, 1, 1, -1), relu),
-            conv_dx(gm, cdw, x.shape[1:3], cfg), conv_dk(cdx, gm, w.shape[:2], cfg),
-            jnp.zeros_like(y))
+    dg = None
+    if terms:
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        dg = compute.mask(y, jnp.broadcast_to(total, y.shape), relu)
+    return (dg, None if cdw is None else conv_dx(gm, cdw, x.shape[1:3], cfg),
+            None if cdx is None else conv_dk(cdx, gm, w.shape[:2], cfg), None)
 
 
-conv_act_cotangent.defvjp(_cotangent_fwd, _cotangent_bwd)
+conv_act_cotangent.defvjp(_cotangent_fwd, _cotangent_bwd, symbolic_zeros=True)
