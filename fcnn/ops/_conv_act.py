@@ -69,7 +69,7 @@ def _cotangent(g, x, w, y, cfg, relu, wants):
 
 # ----------------------------------------------------------------------------- the same maths
 # from fcnn's convolution primitives: the batching rules' vmap runs these (the primitives'
-# batching rules then handle members), and so does the custom_vjp binding's reference below.
+# batching rules then handle members).
 
 
 def _composed_forward(x, w, b, *, cfg, relu):
