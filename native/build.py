@@ -129,11 +129,7 @@ def build(target: Path = TARGET, work: Path = HERE / "build") -> str:
         path = work / "fcnn-native-build.log"
         path.write_text("\n".join(log))
         raise BuildFailed(_summary(log[-1]), path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".so.tmp")
-    shutil.copy2(work / LIBRARY, tmp)
-    tmp.replace(target)
-    (target.parent / NOT_BUILT).unlink(missing_ok=True)
+    _place(work / LIBRARY, target)
     return (f"built {target} against jaxlib {found['jaxlib']} and oneDNN 3.2 in "
             f"{time.perf_counter() - start:.0f} s")
 
@@ -157,15 +153,21 @@ def record_not_built(folder: Path, why: str) -> None:
     (folder / NOT_BUILT).write_text(why + "\n")
 
 
+def _place(library: Path, target: Path) -> None:
+    """Copy `library` to `target` atomically (a process that loaded the old one keeps its
+    mapping), and drop any stale reason for there being none beside it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copy2(library, tmp)
+    tmp.replace(target)
+    (target.parent / NOT_BUILT).unlink(missing_ok=True)
+
+
 def mirror(source: Path, folder: Path) -> None:
     """Make `folder` hold what `source` (an fcnn/_native/) holds: the library, or the reason
     there is none."""
     if (source / LIBRARY).exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (LIBRARY + ".tmp")
-        shutil.copy2(source / LIBRARY, tmp)
-        tmp.replace(folder / LIBRARY)
-        (folder / NOT_BUILT).unlink(missing_ok=True)
+        _place(source / LIBRARY, folder / LIBRARY)
     else:
         record_not_built(folder, (source / NOT_BUILT).read_text().strip())
 

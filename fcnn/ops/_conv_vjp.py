@@ -7,7 +7,6 @@ from __future__ import annotations
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from fcnn.ops import _conv_act_algorithms as compute
@@ -137,16 +136,9 @@ def _cotangent_bwd(cfg, relu, bias, res, cts):
     not move with y (its cotangent: a symbolic zero)."""
     g, x, w, y = res
     cdx, cdw, cdb = (None if _zero(c) else c for c in cts)
-    terms = [t for t in (None if cdx is None else conv(cdx, w, cfg),
-                         None if cdw is None else conv(x, cdw, cfg),
-                         None if cdb is None else cdb.reshape(1, 1, 1, -1)) if t is not None]
     gm = compute.mask(y, g, relu)
-    dg = None
-    if terms:
-        total = terms[0]
-        for t in terms[1:]:
-            total = total + t
-        dg = compute.mask(y, jnp.broadcast_to(total, y.shape), relu)
+    dg = None if cdx is None and cdw is None and cdb is None else compute.tangent(
+        cdx, cdw, cdb, x, w, y, cfg, relu, conv=conv)
     return (dg, None if cdw is None else conv_dx(gm, cdw, x.shape[1:3], cfg),
             None if cdx is None else conv_dk(cdx, gm, w.shape[:2], cfg), None)
 

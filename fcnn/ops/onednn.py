@@ -179,8 +179,8 @@ def grad_kernel(x, g, k_hw, cfg):
 
 
 def conv_act(x, w, b, out_hw, cfg, relu):
-    """y = act(conv(x, w) + b) in one oneDNN call (bias and ReLU inside its kernel); `b` None:
-    no bias."""
+    """y = act(conv(x, w) + b) in one call: the bias inside oneDNN's kernel, ReLU applied by the
+    handler per cached chunk (oneDNN's ReLU post-op turns a NaN into 0); `b` None: no bias."""
     import jax
     import jax.numpy as jnp
 
