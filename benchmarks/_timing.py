@@ -12,7 +12,10 @@ dispatch). `interleaved` then, for each runner in turn:
 
 and then takes `repeats` rounds, each one sample of every runner, round-robin, every other round
 in reverse order: drift of the machine (frequency scaling, heat, other processes) hits every
-runner alike, and no runner always follows the same neighbour. A sample is seconds per call:
+runner alike, and no runner always follows the same neighbour. Between two runners' samples the
+harness sleeps `pause` seconds: PyTorch's OpenMP threads spin for a while after each op
+(libgomp's spin count, Intel OpenMP's 200 ms block time) and would slow whatever ran next.
+A sample is seconds per call:
 the wall time of `inner` back-to-back calls, the last result waited for, over `inner`.
 
 `medians` summarises each runner; `pair_ratio` is the median over rounds of one runner's sample
@@ -61,7 +64,7 @@ def jax_timed(label: str, fn: Callable, args: Sequence) -> Timed:
 
 
 def interleaved(runners: Sequence[Timed], repeats: int, target: float = 0.25, *,
-                warmup: int = 2, probe: int = 2,
+                warmup: int = 2, probe: int = 2, pause: float = 0.25,
                 clock: Callable[[], float] = time.perf_counter) -> Samples:
     """`repeats` round-robin samples of every runner, each of about `target` seconds (see the
     module docstring); returns every sample, by label."""
@@ -77,6 +80,8 @@ def interleaved(runners: Sequence[Timed], repeats: int, target: float = 0.25, *,
     samples: Samples = {label: [] for label in labels}
     for i in range(repeats):
         for r in runners if i % 2 == 0 else runners[::-1]:
+            if len(runners) > 1:
+                time.sleep(pause)
             samples[r.label].append(r.sample(inner[r.label], clock))
     return samples
 

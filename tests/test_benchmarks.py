@@ -39,7 +39,7 @@ def test_harness_interleaves_calibrates_and_takes_medians():
         return Timed(label, call, sync=syncs.append)
 
     a, b = runner("a", unit), runner("b", 3 * unit)
-    samples = interleaved([a, b], repeats=4, target=10 * unit, warmup=1, probe=2,
+    samples = interleaved([a, b], repeats=4, target=10 * unit, warmup=1, probe=2, pause=0,
                           clock=lambda: now[0])
     runs = [(label, len(list(group))) for label, group in itertools.groupby(calls)]
     # warm-up 1 call each, probe 2 each; then inner = 10 for a, int(10 / 3) = 3 for b, in
@@ -159,11 +159,26 @@ def test_resnet_step_run_writes_its_row(tmp_path, capsys):
     import benchmarks.resnet as bench_resnet
 
     out = tmp_path / "resnet.json"
-    (row,) = bench_resnet.main(["--batch", "2", "--size", "8", "--repeats", "1", "--json",
-                                str(out)])
+    (row,) = bench_resnet.main(["--batch", "2", "--size", "8", "--variants", "fcnn,autodiff",
+                                "--repeats", "1", "--json", str(out)])
     assert row["model"] == "resnet20" and row["fcnn_ms"] > 0 and row["autodiff_ms"] > 0
     assert row["images_per_s"] == pytest.approx(2 / (row["fcnn_ms"] / 1e3))
-    assert json.loads(out.read_text())["rows"][0]["ratio"] == row["ratio"]
+    assert json.loads(out.read_text())["rows"][0]["autodiff_ratio"] == row["autodiff_ratio"]
     assert "autodiff / fcnn" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        bench_resnet.main(["--models", "lenet5"])
+    for bad in (["--models", "lenet5"], ["--variants", "autodiff"], ["--variants", "fcnn,mx"]):
+        with pytest.raises(SystemExit):
+            bench_resnet.main(bad)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet32"])
+def test_resnet_torch_twin_is_the_same_network(name):
+    """The PyTorch twin has fcnn's parameter count (269,722 for ResNet-20) and its layers' shapes."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    import benchmarks.resnet as bench_resnet
+    import models
+
+    net = bench_resnet.torch_resnet(name, 3)
+    params, _ = getattr(models, name)().init(jax.random.key(0), (32, 32, 3))
+    assert sum(p.numel() for p in net.parameters()) == _count(params)
+    out = net(torch.zeros(2, 3, 32, 32))
+    assert tuple(out.shape) == (2, 10)

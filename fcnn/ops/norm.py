@@ -45,27 +45,52 @@ from fcnn import _args
 from fcnn.ops import _binding, _checks
 
 
-def batch_norm(x, gamma, beta, *, eps=1e-5):
-    """Training-mode batch normalisation: normalise each channel by the batch's statistics.
+def batch_norm(x, gamma, beta, *, eps=1e-5, activation=None):
+    """Training-mode batch normalisation: normalise each channel by the batch's statistics;
+    with `activation="relu"`, `relu(batch_norm(...))` as one op.
 
     Args:
       x: `(N, ..., C)` — NHWC images or `(N, C)` features; floating.
       gamma, beta: `(C,)` scale and shift.
       eps: a float > 0 added to the variance (1e-5, as PyTorch and Flax).
+      activation: None (the identity) or "relu": y = relu(gamma xhat + beta), equal to
+        `relu(batch_norm(...)[0])` value for value and in every derivative (ReLU's slope is 0
+        at 0 and 1 at a NaN, as `fcnn.ops.relu`'s).
 
     Returns:
       `(y, mean, var)`: y like x; the batch's per-channel mean and *biased* variance, `(C,)`,
       over every axis but the last (a layer's running statistics are updated from them; the
       unbiased variance is `var * M / (M - 1)` with M = x.size // C). Gradients flow through
       all three.
+
+    Under the primitive binding the op and its tangent and cotangent maps are primitives of
+    their own (`fcnn.ops._batch_norm`): on a CPU with the native kernels the forward is one
+    call (statistics in double, then one pass that normalises, scales, shifts and applies the
+    ReLU) and so is the backward (its sums, then dx, the ReLU's mask read from y); elsewhere
+    the same maths by XLA.
     """
     op = "batch_norm"
     x, gamma, beta = _operands(op, x, gamma, beta)
     eps = _args.as_float(eps, op, "eps", above=0)
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"{op}: `activation` must be one of {_ACTIVATIONS}, got "
+                         f"{activation!r}.")
+    relu = activation == "relu"
+    if _binding.binding() == "primitive":
+        from fcnn.ops import _batch_norm
+
+        return _batch_norm.batch_norm(x, gamma, beta, eps, relu)
     axes = tuple(range(x.ndim - 1))
     y, mean, var = _norm(x, gamma, beta, (axes, eps))
+    if relu:
+        from fcnn.ops.activations import relu as _relu
+
+        y = _relu(y)
     c = x.shape[-1]
     return y, mean.reshape(c), var.reshape(c)
+
+
+_ACTIVATIONS = (None, "relu")
 
 
 def batch_norm_inference(x, gamma, beta, mean, var, *, eps=1e-5):

@@ -41,9 +41,11 @@ NOT_BUILT = LIBRARY.with_name("not-built.txt")  # the install's reason, when it 
 LIBDNNL = "libdnnl.so.3"
 TARGETS = {"forward": "fcnn_onednn_conv_fwd", "dx": "fcnn_onednn_conv_dx",
            "dk": "fcnn_onednn_conv_dk", "act_forward": "fcnn_onednn_conv_act_fwd",
-           "act_backward": "fcnn_onednn_conv_act_bwd"}
+           "act_backward": "fcnn_onednn_conv_act_bwd", "bn_forward": "fcnn_batch_norm_fwd",
+           "bn_backward": "fcnn_batch_norm_bwd"}
 _SYMBOLS = {"forward": "OnednnConvFwd", "dx": "OnednnConvBwdData", "dk": "OnednnConvBwdWeights",
-            "act_forward": "OnednnConvActFwd", "act_backward": "OnednnConvActBwd"}
+            "act_forward": "OnednnConvActFwd", "act_backward": "OnednnConvActBwd",
+            "bn_forward": "OnednnBatchNormFwd", "bn_backward": "OnednnBatchNormBwd"}
 _REBUILD = "reinstall fcnn to rebuild it (pip install .)"
 
 
@@ -204,3 +206,32 @@ def conv_act_backward(gm, x, w, cfg, wants):
     got = jax.ffi.ffi_call(TARGETS["act_backward"], outs, vmap_method="sequential")(
         gm, x, w, **_attrs(cfg))
     return tuple(r if want else None for r, want in zip(got, wants))
+
+
+def batch_norm(x, gamma, beta, eps, relu):
+    """(y, mean, var) of training-mode batch norm over every axis of x but the last, ReLU after
+    it when `relu`, in one call (native/batch_norm.cc): statistics in double, then one pass
+    that normalises, scales, shifts and applies ReLU. float32, x with at least one row."""
+    import jax
+
+    c = (x.shape[-1],)
+    outs = [jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(c, x.dtype),
+            jax.ShapeDtypeStruct(c, x.dtype)]
+    return tuple(jax.ffi.ffi_call(TARGETS["bn_forward"], outs, vmap_method="sequential")(
+        x, gamma, beta, eps=np.float64(eps), relu=np.int64(relu)))
+
+
+def batch_norm_backward(g, x, y, gamma, mean, var, gmean, gvar, eps, want_dx):
+    """(dx or None, dgamma, dbeta): batch norm's cotangent map (fcnn/ops/_batch_norm.py) in two
+    passes; `y` None: no ReLU's mask."""
+    import jax
+    import jax.numpy as jnp
+
+    y = jnp.zeros((0,), x.dtype) if y is None else y
+    c = (x.shape[-1],)
+    outs = [jax.ShapeDtypeStruct(x.shape if want_dx else (0,), x.dtype),
+            jax.ShapeDtypeStruct(c, x.dtype), jax.ShapeDtypeStruct(c, x.dtype)]
+    dx, dgamma, dbeta = jax.ffi.ffi_call(TARGETS["bn_backward"], outs,
+                                         vmap_method="sequential")(
+        g, x, y, gamma, mean, var, gmean, gvar, eps=np.float64(eps))
+    return (dx if want_dx else None), dgamma, dbeta
