@@ -173,7 +173,9 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
     return x / (k + alpha * s) ** beta
 
 
-def batch_norm(x, gamma, beta, *, eps=1e-5):
+def batch_norm(x, gamma, beta, *, eps=1e-5, activation=None):
+    if activation not in (None, "relu"):
+        raise ValueError(f"batch_norm: `activation` must be None or 'relu', got {activation!r}.")
     axes = tuple(range(x.ndim - 1))
     xc = x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
     mean = jnp.mean(xc, axis=axes, keepdims=True)
@@ -181,6 +183,7 @@ def batch_norm(x, gamma, beta, *, eps=1e-5):
     lift = (1,) * (x.ndim - 1) + (-1,)
     y = ((xc - mean) * lax.rsqrt(var + eps) * gamma.astype(xc.dtype).reshape(lift)
          + beta.astype(xc.dtype).reshape(lift))
+    y = relu(y) if activation == "relu" else y
     return y.astype(x.dtype), mean.reshape(-1), var.reshape(-1)
 
 

@@ -129,6 +129,14 @@ def _widest(fields):
                   tuple(max(f.jump[i] for f in fields) for i in range(2)))
 
 
+def _fused_into(layer, name):
+    """The leaf a following layer is fused into: `layer`, or a serial's last leaf."""
+    while layer.info.kind == "serial":
+        name = f"{name}.{len(layer.info.children) - 1}"
+        layer = layer.info.children[-1]
+    return name
+
+
 def _walk(layer, shape, prefix, field, input_hw):
     info = layer.info
     if info.kind == "serial":
@@ -136,7 +144,8 @@ def _walk(layer, shape, prefix, field, input_hw):
         for i, child in enumerate(info.children):
             shape, field, more = _walk(child, shape, f"{prefix}{i}.", field, input_hw)
             if i - 1 in fused:  # runs inside the layer before it (serial's fusion)
-                more = [more[0]._replace(name=f"{more[0].name} (fused into {prefix}{i - 1})")]
+                into = _fused_into(info.children[i - 1], f"{prefix}{i - 1}")
+                more = [more[0]._replace(name=f"{more[0].name} (fused into {into})")]
             rows += more
         return shape, field, rows
     if info.kind == "parallel":

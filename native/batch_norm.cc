@@ -78,36 +78,69 @@ FCNN_CLONES void Normalize(const float* __restrict x, float* __restrict y, int64
   }
 }
 
-// sb[c] += sum g', sxg[c] += sum g' (x - mean), g' = g masked where y <= 0 (y null: no mask).
-FCNN_CLONES void BackwardSums(const float* __restrict g, const float* __restrict x,
-                              const float* __restrict y, int64_t rows, int64_t C,
-                              const float* __restrict mean, double* __restrict sb,
-                              double* __restrict sxg) {
+// g' = m ⊙ g: 0 where y <= 0 (kMasked), g itself otherwise. Inlined into each loop below as a
+// select, which the compiler vectorises (a test of y's pointer per element would not be).
+template <bool kMasked>
+inline float Masked(const float* __restrict g, const float* __restrict y, int64_t i) {
+  if constexpr (kMasked) {  // g's bits and-ed with all ones, or with zeros where y <= 0
+    uint32_t bits;
+    std::memcpy(&bits, g + i, 4);
+    bits &= -static_cast<uint32_t>(!(y[i] <= 0.f));
+    float v;
+    std::memcpy(&v, &bits, 4);
+    return v;
+  } else {
+    return g[i];
+  }
+}
+
+// sb[c] += sum g', sxg[c] += sum g' (x - mean).
+template <bool kMasked>
+inline void BackwardSumsOf(const float* __restrict g, const float* __restrict x,
+                           const float* __restrict y, int64_t rows, int64_t C,
+                           const float* __restrict mean, double* __restrict sb,
+                           double* __restrict sxg) {
   for (int64_t r = 0; r < rows; ++r) {
-    const float* __restrict gr = g + r * C;
-    const float* __restrict xr = x + r * C;
-    const float* __restrict yr = y ? y + r * C : nullptr;
+    const int64_t o = r * C;
     for (int64_t c = 0; c < C; ++c) {
-      const float gm = (yr && yr[c] <= 0.f) ? 0.f : gr[c];
+      const float gm = Masked<kMasked>(g, y, o + c);
       sb[c] += gm;
-      sxg[c] += static_cast<double>(gm) * (xr[c] - mean[c]);
+      sxg[c] += static_cast<double>(gm) * (x[o + c] - mean[c]);
     }
   }
 }
 
-FCNN_CLONES void BackwardDx(const float* __restrict g, const float* __restrict x,
-                            const float* __restrict y, float* __restrict dx, int64_t rows,
-                            int64_t C, const float* __restrict mean, const float* __restrict k1,
-                            const float* __restrict k2, const float* __restrict k3) {
+// dx = k1 g' + k2 (x - mean) + k3.
+template <bool kMasked>
+inline void BackwardDxOf(const float* __restrict g, const float* __restrict x,
+                         const float* __restrict y, float* __restrict dx, int64_t rows,
+                         int64_t C, const float* __restrict mean, const float* __restrict k1,
+                         const float* __restrict k2, const float* __restrict k3) {
   for (int64_t r = 0; r < rows; ++r) {
-    const float* __restrict gr = g + r * C;
-    const float* __restrict xr = x + r * C;
-    const float* __restrict yr = y ? y + r * C : nullptr;
-    float* __restrict out = dx + r * C;
+    const int64_t o = r * C;
     for (int64_t c = 0; c < C; ++c) {
-      const float gm = (yr && yr[c] <= 0.f) ? 0.f : gr[c];
-      out[c] = k1[c] * gm + k2[c] * (xr[c] - mean[c]) + k3[c];
+      dx[o + c] = k1[c] * Masked<kMasked>(g, y, o + c) + k2[c] * (x[o + c] - mean[c]) + k3[c];
     }
+  }
+}
+
+// y null: no mask.
+FCNN_CLONES void BackwardSums(const float* g, const float* x, const float* y, int64_t rows,
+                              int64_t C, const float* mean, double* sb, double* sxg) {
+  if (y) {
+    BackwardSumsOf<true>(g, x, y, rows, C, mean, sb, sxg);
+  } else {
+    BackwardSumsOf<false>(g, x, y, rows, C, mean, sb, sxg);
+  }
+}
+
+FCNN_CLONES void BackwardDx(const float* g, const float* x, const float* y, float* dx,
+                            int64_t rows, int64_t C, const float* mean, const float* k1,
+                            const float* k2, const float* k3) {
+  if (y) {
+    BackwardDxOf<true>(g, x, y, dx, rows, C, mean, k1, k2, k3);
+  } else {
+    BackwardDxOf<false>(g, x, y, dx, rows, C, mean, k1, k2, k3);
   }
 }
 

@@ -54,12 +54,14 @@ def _stateful(layers, init_state):
 
 def fusions(layers) -> dict[int, object]:
     """The pairs `serial` runs as one op: position i -> the apply of layers i and i + 1 together
-    (a Conv2D followed by a ReLU: `conv2d(..., activation="relu")`). Each child keeps its own
-    params (the ReLU's `{}`), so params, checkpoints and their hashes do not change."""
+    (a Conv2D followed by a ReLU: `conv2d(..., activation="relu")`; a BatchNorm followed by a
+    ReLU: `batch_norm(..., activation="relu")`, whose apply takes and returns the BatchNorm's
+    state). Each child keeps its own params (the ReLU's `{}`) and state, so params, states,
+    checkpoints and their hashes do not change."""
     plan, i = {}, 0
     while i < len(layers) - 1:
         fused = (layers[i].info.fused or {}).get(layers[i + 1].info.kind)
-        if fused is not None and not layers[i].stateful and not layers[i + 1].stateful:
+        if fused is not None and not layers[i + 1].stateful:
             plan[i] = fused
             i += 2
         else:
@@ -69,19 +71,28 @@ def fusions(layers) -> dict[int, object]:
 
 def serial(*layers: Layer) -> Layer:
     """Compose layers in order; params are the tuple of the children's. The key (init and
-    apply) is split among the children. A Conv2D followed by a ReLU runs as one op (`fusions`):
-    the same params and maths."""
+    apply) is split among the children. A Conv2D or a BatchNorm followed by a ReLU runs as one
+    op (`fusions`), and so does a serial ending in one followed by a ReLU: the same params,
+    state and maths."""
     layers = _children("serial", layers)
     segments = [f"serial[{i}]" for i in range(len(layers))]
     plan = fusions(layers)
+    last = len(layers) - 1
 
-    def steps(params, keys):
-        """(position, apply, params, key) of each op, the fused pairs as one."""
-        i = 0
+    def run(params, x, key, train, state, then=None):
+        """The children in order, the fused pairs as one op; `then`, when given, runs the last
+        child fused with the layer after this serial. `state` is None when no child is
+        stateful; a fused pair's second layer is stateless, its state comes back as it came."""
+        new = None if state is None else list(state)
+        keys, i = _keys(key, len(layers)), 0
         while i < len(layers):
-            fused = plan.get(i)
-            yield i, fused or layers[i].apply, params[i], keys[i]
-            i += 2 if fused else 1
+            fn = plan.get(i) or (then if i == last else None) or layers[i].apply
+            if new is not None and layers[i].stateful:
+                x, new[i] = fn(params[i], x, key=keys[i], train=train, state=state[i])
+            else:
+                x = fn(params[i], x, key=keys[i], train=train)
+            i += 2 if i in plan else 1
+        return x if new is None else (x, tuple(new))
 
     def shape(input_shape):
         for child, segment in zip(layers, segments):
@@ -95,10 +106,8 @@ def serial(*layers: Layer) -> Layer:
             params.append(p)
         return tuple(params), input_shape
 
-    def apply(params, x, *, key=None, train=False):
-        for _, fn, p, k in steps(params, _keys(key, len(layers))):
-            x = fn(p, x, key=k, train=train)
-        return x
+    def apply(params, x, *, key=None, train=False):  # no child is stateful
+        return run(params, x, key, train, None)
 
     def init_state(input_shape):
         states = []
@@ -108,18 +117,25 @@ def serial(*layers: Layer) -> Layer:
         return tuple(states)
 
     def apply_stateful(params, x, *, key=None, train=False, state=None):
-        state = _states("serial", state, len(layers))
-        new = list(state)  # a fused pair is stateless: its states come back as they came
-        for i, fn, p, k in steps(params, _keys(key, len(layers))):
-            if i in plan:
-                x = fn(p, x, key=k, train=train)
-            else:
-                x, new[i] = layers[i].apply_with_state(p, state[i], x, key=k, train=train)
-        return x, tuple(new)
+        return run(params, x, key, train, _states("serial", state, len(layers)))
+
+    def fused_last(then):
+        """This serial with its last child fused with the layer after it (the child's own
+        fusion, e.g. a serial(Conv2D, BatchNorm) followed by a ReLU)."""
+        if any(c.stateful for c in layers):
+            def apply(params, x, *, key=None, train=False, state=None):
+                return run(params, x, key, train, _states("serial", state, len(layers)), then)
+        else:
+            def apply(params, x, *, key=None, train=False):
+                return run(params, x, key, train, None, then)
+        return apply
+
+    own = layers[last].info.fused if last - 1 not in plan else None
+    fused = {kind: fused_last(then) for kind, then in own.items()} if own else None
 
     stateful = _stateful(layers, init_state)
     return make("serial", {}, shape, init, apply if stateful is None else apply_stateful,
-                children=layers, init_state=stateful,
+                children=layers, init_state=stateful, fused=fused,
                 rebind=lambda m: serial(*_rebound(layers, segments, m)))
 
 

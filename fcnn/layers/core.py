@@ -396,7 +396,7 @@ def BatchNorm(momentum=0.9, eps=1e-5, ndim=3) -> Layer:
         batch_norm = op(module, "batch_norm", name, {"eps": eps})
         inference = op(module, "batch_norm_inference", name, {"eps": eps})
 
-        def apply(params, x, *, key=None, train=False, state=None):
+        def run(params, x, train, state, activation):
             mean, var = _running(state, params["gamma"].shape)
             xb, was_batched = batched(jnp.asarray(x), ndim, name)
             if train:
@@ -405,7 +405,9 @@ def BatchNorm(momentum=0.9, eps=1e-5, ndim=3) -> Layer:
                     raise ValueError(f"{name}: train=True needs more than one value per channel "
                                      f"to take batch statistics, got x of shape "
                                      f"{tuple(jnp.shape(x))}.")
-                y, b_mean, b_var = batch_norm(xb, params["gamma"], params["beta"], eps=eps)
+                extra = {} if activation is None else {"activation": activation}
+                y, b_mean, b_var = batch_norm(xb, params["gamma"], params["beta"], eps=eps,
+                                              **extra)
                 b_mean, b_var = jax.lax.stop_gradient((b_mean, b_var))
                 # the statistics in the parameters' dtype, never below the state's: float64
                 # parameters keep float64 statistics; mixed precision's bfloat16 copies of
@@ -416,6 +418,7 @@ def BatchNorm(momentum=0.9, eps=1e-5, ndim=3) -> Layer:
                          * b_var.astype(dt)}
             else:
                 y = inference(xb, params["gamma"], params["beta"], mean, var, eps=eps)
+                y = y if activation is None else relu(y)
             return (y if was_batched else y[0]), state
 
         def _running(state, channels):
@@ -429,7 +432,21 @@ def BatchNorm(momentum=0.9, eps=1e-5, ndim=3) -> Layer:
                                  f"{channels}}} (from init_state), got {what}.")
             return state["mean"], state["var"]
 
-        return apply
+        def apply(params, x, *, key=None, train=False, state=None):
+            return run(params, x, train, state, None)
+
+        # a module whose batch_norm takes `activation` (and has a relu, for inference) runs
+        # BatchNorm -> ReLU as one op in training
+        try:
+            op(module, "batch_norm", name, {"eps": eps, "activation": "relu"})
+            relu = op(module, "relu", name)
+        except LayerError:
+            return apply
+
+        def apply_relu(params, x, *, key=None, train=False, state=None):
+            return run(params, x, train, state, "relu")
+
+        return apply, {"ReLU": apply_relu}
 
     return leaf(name, dict(momentum=momentum, eps=eps, ndim=ndim), shape, init, bind,
                 init_state=init_state)
