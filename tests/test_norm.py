@@ -28,8 +28,13 @@ def _stats(dtype=jnp.float64, c=6):
 
 _GN = functools.partial(ops.group_norm, groups=3)
 _GN_REF = functools.partial(R.group_norm, groups=3)
+_BN_RELU = functools.partial(ops.batch_norm, activation="relu")
+_BN_RELU_REF = functools.partial(R.batch_norm, activation="relu")
 CASES = {  # name: (op, oracle, extra operands)
     "batch_norm": (ops.batch_norm, R.batch_norm, False),
+    # batch norm with the ReLU after it as one op (fcnn.ops._batch_norm)
+    "batch_norm_relu": (lambda x, g, b: _BN_RELU(x, g, b), lambda x, g, b: _BN_RELU_REF(x, g, b),
+                        False),
     "group_norm": (lambda x, g, b: _GN(x, g, b), lambda x, g, b: _GN_REF(x, g, b), False),
     "batch_norm_inference": (ops.batch_norm_inference, R.batch_norm_inference, True),
 }
@@ -115,6 +120,67 @@ def test_hessian_of_a_loss_through_batch_norm():
                  "Hessian")
 
 
+# ----------------------------------------------------------------------------- the native kernels
+
+
+def _native_programs(relu):
+    """The float32 op's (y, mean, var) and its VJP for random cotangents of all three, jitted;
+    and the float64 oracle's (autodiff of plain lax)."""
+    act = "relu" if relu else None
+
+    def run(op):
+        def f(x, g, b, u):
+            out, vjp = jax.vjp(lambda *a: op(*a, activation=act), x, g, b)
+            return out, vjp(u)
+        return jax.jit(f)
+
+    return run(ops.batch_norm), run(R.batch_norm)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [
+    (2, 3, 3, 1),  # one channel
+    (3, 5, 4, 16),  # one chunk
+    (64, 17, 19, 5),  # 103,360 rows of 5 channels: many chunks, split over the threads
+    (300, 7),  # features
+])
+def test_native_kernels_run_and_match_the_oracle(shape, relu):
+    """float32 on the CPU with the native kernels: the program holds the forward and backward
+    handlers (and no XLA reduction of the normalisation), and y, the statistics and every
+    gradient (cotangents on all three outputs) equal the float64 oracle's within float32's
+    bounds."""
+    if ops.binding() != "primitive":
+        pytest.skip("the native kernels run under the primitive binding")
+    x, gamma, beta = (a.astype(jnp.float32) for a in _operands(shape))
+    u = tuple(normal(10 + i, s, jnp.float32) for i, s in enumerate((shape, shape[-1:],
+                                                                  shape[-1:])))
+    mine, oracle = _native_programs(relu)
+    hlo = mine.lower(x, gamma, beta, u).as_text()
+    from fcnn.ops import onednn
+
+    if onednn.AVAILABLE:
+        assert "fcnn_batch_norm_fwd" in hlo and "fcnn_batch_norm_bwd" in hlo, hlo[:2000]
+    got = jax.tree_util.tree_leaves(mine(x, gamma, beta, u))
+    want = jax.tree_util.tree_leaves(oracle(*(a.astype(jnp.float64) for a in (x, gamma, beta)),
+                                            tuple(a.astype(jnp.float64) for a in u)))
+    names = ("y", "mean", "var", "dx", "dgamma", "dbeta")
+    for name, g, w in zip(names, got, want, strict=True):
+        assert g.dtype == jnp.float32, name
+        assert_close(g.astype(jnp.float64), w, f"{name} of {shape}, relu={relu}", rtol=2e-5,
+                     atol=2e-5 * max(1.0, float(jnp.max(jnp.abs(w)))))
+
+
+def test_native_statistics_are_exact_far_from_zero():
+    """Values around 1e4 with unit spread: the native kernels sum in double (each chunk about
+    its own mean), so the variance is float32's rounding of the exact one, where a float32
+    E[x^2] - E[x]^2 would lose every digit."""
+    x = (1e4 + normal(0, (64, 9, 9, 3))).astype(jnp.float32)
+    _, mean, var = jax.jit(ops.batch_norm)(x, jnp.ones(3, jnp.float32), jnp.zeros(3, jnp.float32))
+    exact = np.asarray(x, np.float64).reshape(-1, 3)
+    assert_close(mean.astype(jnp.float64), exact.mean(0), "mean", rtol=1e-7, atol=0)
+    assert_close(var.astype(jnp.float64), exact.var(0), "var", rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize(("call", "error", "message"), [
     (lambda x, g, b: ops.batch_norm(x[0, 0, 0], g, b), ValueError,
      r"batch_norm: `x` must have a batch axis and a channel axis, \(N, ..., C\); got shape "
@@ -122,6 +188,8 @@ def test_hessian_of_a_loss_through_batch_norm():
     (lambda x, g, b: ops.batch_norm(x, g[:5], b), ValueError,
      r"batch_norm: `gamma` must have shape \(6,\) \(one per channel of x\), got \(5,\)."),
     (lambda x, g, b: ops.batch_norm(x, g, b, eps=0.0), ValueError, r"batch_norm: `eps`"),
+    (lambda x, g, b: ops.batch_norm(x, g, b, activation="tanh"), ValueError,
+     r"batch_norm: `activation` must be one of \(None, 'relu'\), got 'tanh'."),
     (lambda x, g, b: ops.batch_norm(x.astype(jnp.int32), g, b), TypeError,
      r"batch_norm: `x` must be a floating-point array, got dtype int32"),
     (lambda x, g, b: ops.group_norm(x, g, b, 4), ValueError,
