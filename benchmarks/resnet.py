@@ -36,8 +36,6 @@ from fcnn import ops, train  # noqa: E402
 from fcnn import reference as R  # noqa: E402
 from fcnn.layers import with_ops  # noqa: E402
 
-
-
 VARIANTS = ("fcnn", "autodiff", "torch", "torch_cl")
 DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
 RESNETS = tuple(DEPTHS)

@@ -172,7 +172,7 @@ def test_resnet_step_run_writes_its_row(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet32"])
 def test_resnet_torch_twin_is_the_same_network(name):
-    """The PyTorch twin has fcnn's parameter count (269,722 for ResNet-20) and its layers' shapes."""
+    """The PyTorch twin has fcnn's parameter count (269,722 for ResNet-20) and its output."""
     torch = pytest.importorskip("torch", reason="torch is not installed")
     import benchmarks.resnet as bench_resnet
     import models
