@@ -173,7 +173,7 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
     return x / (k + alpha * s) ** beta
 
 
-def batch_norm(x, gamma, beta, *, eps=1e-5, activation=None):
+def batch_norm(x, gamma, beta, *, eps=1e-5, activation=None, residual=None):
     if activation not in (None, "relu"):
         raise ValueError(f"batch_norm: `activation` must be None or 'relu', got {activation!r}.")
     axes = tuple(range(x.ndim - 1))
@@ -183,6 +183,7 @@ def batch_norm(x, gamma, beta, *, eps=1e-5, activation=None):
     lift = (1,) * (x.ndim - 1) + (-1,)
     y = ((xc - mean) * lax.rsqrt(var + eps) * gamma.astype(xc.dtype).reshape(lift)
          + beta.astype(xc.dtype).reshape(lift))
+    y = y if residual is None else y + residual.astype(y.dtype)
     y = relu(y) if activation == "relu" else y
     return y.astype(x.dtype), mean.reshape(-1), var.reshape(-1)
 

@@ -130,11 +130,16 @@ def _widest(fields):
 
 
 def _fused_into(layer, name):
-    """The leaf a following layer is fused into: `layer`, or a serial's last leaf."""
-    while layer.info.kind == "serial":
-        name = f"{name}.{len(layer.info.children) - 1}"
-        layer = layer.info.children[-1]
-    return name
+    """The leaf a following layer is fused into: `layer`, a serial's last leaf, or a
+    residual's block's (with the residual's add)."""
+    add = ""
+    while layer.info.kind in ("serial", "residual"):
+        if layer.info.kind == "residual":
+            name, layer, add = f"{name}.block", layer.info.children[0], " with the add"
+        else:
+            name = f"{name}.{len(layer.info.children) - 1}"
+            layer = layer.info.children[-1]
+    return name + add
 
 
 def _walk(layer, shape, prefix, field, input_hw):

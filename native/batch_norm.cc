@@ -2,17 +2,18 @@
 // the cotangent map of fcnn/ops/_batch_norm.py, whose docstring has the maths. x is read as rows
 // of C channels (the last axis; every other axis is a row), float32.
 //
-//   fcnn_batch_norm_fwd   (x, gamma, beta) -> (y, mean, var)
+//   fcnn_batch_norm_fwd   (x, gamma, beta, r) -> (y, mean, var)
 //       mean = sum_R x / M (in double), var = sum_R (x - mean)^2 / M (biased; per chunk about
 //       the chunk's own mean, chunks merged by Chan et al.'s formula, in double),
-//       y = act((x - mean) * gamma / sqrt(var + eps) + beta), act = ReLU (v <= 0 -> 0, a NaN
-//       stays NaN) or the identity.
-//   fcnn_batch_norm_bwd   (g, x, y, gamma, mean, var, gmean, gvar) -> (dx, dgamma, dbeta)
+//       y = act((x - mean) * gamma / sqrt(var + eps) + beta + r), act = ReLU (v <= 0 -> 0, a
+//       NaN stays NaN) or the identity; r, the residual, zero-sized when there is none.
+//   fcnn_batch_norm_bwd   (g, x, y, gamma, mean, var, gmean, gvar) -> (dx, dgamma, dbeta, dr)
 //       g' = m ⊙ g (m = 0 where y <= 0, for ReLU; y is zero-sized for the identity),
 //       dbeta = sum_R g', dgamma = r sum_R g' (x - mean), r = 1 / sqrt(var + eps),
 //       dx = k1 g' + k2 (x - mean) + k3 with, per channel,
 //         k1 = gamma r,  k2 = (2 gvar - gamma r^2 dgamma) / M,  k3 = (gmean - gamma r dbeta) / M.
-//       A zero-sized dx is not wanted and not computed.
+//       dr = g' (the residual's cotangent). A zero-sized dx or dr is not wanted and not
+//       computed.
 //
 // Each handler makes two passes over its rows (statistics, then the elementwise map), each
 // split over XLA's threads (pieces.h) in chunks that stay in L2 between a chunk's own two reads;
@@ -64,17 +65,34 @@ FCNN_CLONES void ChunkStats(const float* __restrict x, int64_t rows, int64_t C,
   }
 }
 
-FCNN_CLONES void Normalize(const float* __restrict x, float* __restrict y, int64_t rows,
-                           int64_t C, const float* __restrict mean,
-                           const float* __restrict scale, const float* __restrict beta,
-                           bool relu) {
+template <bool kRelu, bool kResidual>
+inline void NormalizeOf(const float* __restrict x, const float* __restrict res,
+                        float* __restrict y, int64_t rows, int64_t C,
+                        const float* __restrict mean, const float* __restrict scale,
+                        const float* __restrict beta) {
   for (int64_t r = 0; r < rows; ++r) {
-    const float* __restrict in = x + r * C;
-    float* __restrict out = y + r * C;
+    const int64_t o = r * C;
     for (int64_t c = 0; c < C; ++c) {
-      const float v = (in[c] - mean[c]) * scale[c] + beta[c];
-      out[c] = (relu && v <= 0.f) ? 0.f : v;
+      float v = (x[o + c] - mean[c]) * scale[c] + beta[c];
+      if constexpr (kResidual) v += res[o + c];
+      if constexpr (kRelu) v = v <= 0.f ? 0.f : v;
+      y[o + c] = v;
     }
+  }
+}
+
+// y = act((x - mean) * scale + beta + res); res null: no residual.
+FCNN_CLONES void Normalize(const float* x, const float* res, float* y, int64_t rows,
+                           int64_t C, const float* mean, const float* scale, const float* beta,
+                           bool relu) {
+  if (relu && res) {
+    NormalizeOf<true, true>(x, res, y, rows, C, mean, scale, beta);
+  } else if (relu) {
+    NormalizeOf<true, false>(x, res, y, rows, C, mean, scale, beta);
+  } else if (res) {
+    NormalizeOf<false, true>(x, res, y, rows, C, mean, scale, beta);
+  } else {
+    NormalizeOf<false, false>(x, res, y, rows, C, mean, scale, beta);
   }
 }
 
@@ -110,16 +128,19 @@ inline void BackwardSumsOf(const float* __restrict g, const float* __restrict x,
   }
 }
 
-// dx = k1 g' + k2 (x - mean) + k3.
-template <bool kMasked>
+// dx = k1 g' + k2 (x - mean) + k3 (kDx), dr = g' (kDr).
+template <bool kMasked, bool kDx, bool kDr>
 inline void BackwardDxOf(const float* __restrict g, const float* __restrict x,
-                         const float* __restrict y, float* __restrict dx, int64_t rows,
-                         int64_t C, const float* __restrict mean, const float* __restrict k1,
-                         const float* __restrict k2, const float* __restrict k3) {
+                         const float* __restrict y, float* __restrict dx, float* __restrict dr,
+                         int64_t rows, int64_t C, const float* __restrict mean,
+                         const float* __restrict k1, const float* __restrict k2,
+                         const float* __restrict k3) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t o = r * C;
     for (int64_t c = 0; c < C; ++c) {
-      dx[o + c] = k1[c] * Masked<kMasked>(g, y, o + c) + k2[c] * (x[o + c] - mean[c]) + k3[c];
+      const float gm = Masked<kMasked>(g, y, o + c);
+      if constexpr (kDx) dx[o + c] = k1[c] * gm + k2[c] * (x[o + c] - mean[c]) + k3[c];
+      if constexpr (kDr) dr[o + c] = gm;
     }
   }
 }
@@ -134,14 +155,19 @@ FCNN_CLONES void BackwardSums(const float* g, const float* x, const float* y, in
   }
 }
 
+// y null: no mask; dx or dr null: not wanted (not both).
 FCNN_CLONES void BackwardDx(const float* g, const float* x, const float* y, float* dx,
-                            int64_t rows, int64_t C, const float* mean, const float* k1,
-                            const float* k2, const float* k3) {
+                            float* dr, int64_t rows, int64_t C, const float* mean,
+                            const float* k1, const float* k2, const float* k3) {
+#define FCNN_DX(M, X, R) BackwardDxOf<M, X, R>(g, x, y, dx, dr, rows, C, mean, k1, k2, k3)
   if (y) {
-    BackwardDxOf<true>(g, x, y, dx, rows, C, mean, k1, k2, k3);
+    if (dx && dr) FCNN_DX(true, true, true); else if (dx) FCNN_DX(true, true, false);
+    else FCNN_DX(true, false, true);
   } else {
-    BackwardDxOf<false>(g, x, y, dx, rows, C, mean, k1, k2, k3);
+    if (dx && dr) FCNN_DX(false, true, true); else if (dx) FCNN_DX(false, true, false);
+    else FCNN_DX(false, false, true);
   }
+#undef FCNN_DX
 }
 
 struct Rows {
@@ -173,12 +199,15 @@ ffi::Error ForEachChunk(ffi::ThreadPool& pool, const Rows& rows, int64_t count, 
 }
 
 ffi::Error BatchNormFwdImpl(ffi::ThreadPool pool, F32Any x, F32R1 gamma, F32R1 beta,
-                            F32AnyOut y, F32R1Out mean_out, F32R1Out var_out, double eps,
+                            F32Any res, F32AnyOut y, F32R1Out mean_out, F32R1Out var_out, double eps,
                             int64_t relu) {
   Rows rows;
   const int64_t C = static_cast<int64_t>(gamma.element_count());
   if (auto err = RowsOf(x, C, &rows); !err.success()) return err;
-  if (static_cast<int64_t>(beta.element_count()) != C || y->element_count() != x.element_count()) {
+  const bool residual = res.element_count() > 0;
+  if (static_cast<int64_t>(beta.element_count()) != C ||
+      y->element_count() != x.element_count() ||
+      (residual && res.element_count() != x.element_count())) {
     return ffi::Error::InvalidArgument("fcnn batch_norm: operand shapes");
   }
   const int64_t count = PieceCount(pool, rows.chunks);
@@ -227,21 +256,24 @@ ffi::Error BatchNormFwdImpl(ffi::ThreadPool pool, F32Any x, F32R1 gamma, F32R1 b
     scale[c] = static_cast<float>(gv[c] / std::sqrt(var + eps));
   }
   return ForEachChunk(pool, rows, count, [&](int64_t, int64_t r0, int64_t n) {
-    Normalize(x.typed_data() + r0 * C, y->typed_data() + r0 * C, n, C, mean.data(),
-              scale.data(), beta.typed_data(), relu != 0);
+    Normalize(x.typed_data() + r0 * C, residual ? res.typed_data() + r0 * C : nullptr,
+              y->typed_data() + r0 * C, n, C, mean.data(), scale.data(), beta.typed_data(),
+              relu != 0);
   });
 }
 
 ffi::Error BatchNormBwdImpl(ffi::ThreadPool pool, F32Any g, F32Any x, F32Any y, F32R1 gamma,
                             F32R1 mean, F32R1 var, F32R1 gmean, F32R1 gvar, F32AnyOut dx,
-                            F32R1Out dgamma, F32R1Out dbeta, double eps) {
+                            F32R1Out dgamma, F32R1Out dbeta, F32AnyOut dr, double eps) {
   Rows rows;
   const int64_t C = static_cast<int64_t>(gamma.element_count());
   if (auto err = RowsOf(x, C, &rows); !err.success()) return err;
-  const bool masked = y.element_count() > 0, want_dx = dx->element_count() > 0;
+  const bool masked = y.element_count() > 0, want_dx = dx->element_count() > 0,
+             want_dr = dr->element_count() > 0;
   if (g.element_count() != x.element_count() ||
       (masked && y.element_count() != x.element_count()) ||
       (want_dx && dx->element_count() != x.element_count()) ||
+      (want_dr && dr->element_count() != x.element_count()) ||
       static_cast<int64_t>(mean.element_count()) != C ||
       static_cast<int64_t>(var.element_count()) != C ||
       static_cast<int64_t>(gmean.element_count()) != C ||
@@ -273,11 +305,12 @@ ffi::Error BatchNormBwdImpl(ffi::ThreadPool pool, F32Any g, F32Any x, F32Any y, 
     k2[c] = static_cast<float>((2.0 * gvar.typed_data()[c] - gam * r * r * dgam) / m);
     k3[c] = static_cast<float>((gmean.typed_data()[c] - gam * r * sb) / m);
   }
-  if (!want_dx) return ffi::Error::Success();
+  if (!want_dx && !want_dr) return ffi::Error::Success();
   return ForEachChunk(pool, rows, count, [&](int64_t, int64_t r0, int64_t n) {
     BackwardDx(g.typed_data() + r0 * C, x.typed_data() + r0 * C, yd ? yd + r0 * C : nullptr,
-               dx->typed_data() + r0 * C, n, C, mean.typed_data(), k1.data(), k2.data(),
-               k3.data());
+               want_dx ? dx->typed_data() + r0 * C : nullptr,
+               want_dr ? dr->typed_data() + r0 * C : nullptr, n, C, mean.typed_data(),
+               k1.data(), k2.data(), k3.data());
   });
 }
 
@@ -295,6 +328,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnBatchNormFwd, BatchNormFwdImpl,
                                   .Arg<F32Any>()    // x
                                   .Arg<F32R1>()     // gamma
                                   .Arg<F32R1>()     // beta
+                                  .Arg<F32Any>()    // r (the residual), or zero-sized
                                   .Ret<F32Any>()    // y
                                   .Ret<F32R1>()     // mean
                                   .Ret<F32R1>()     // var (biased)
@@ -315,4 +349,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnBatchNormBwd, BatchNormBwdImpl,
                                   .Ret<F32Any>()    // dx, or zero-sized
                                   .Ret<F32R1>()     // dgamma
                                   .Ret<F32R1>()     // dbeta
+                                  .Ret<F32Any>()    // dr, or zero-sized
                                   .Attr<double>("eps"));

@@ -35,34 +35,53 @@ def operands(dtype=jnp.float64, shape=(4, 3, 5, 6)):
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_the_tangent_and_cotangent_maps_are_each_others_transpose(relu, dtype):
-    """<t(a, b, c), (u, uμ, uv)> = <a, dx> + <b, dgamma> + <c, dbeta> for (dx, dgamma, dbeta) =
-    c(u, uμ, uv); float32 runs the native backward. y is given zeros and a NaN at the mask's
-    edges: 0 where y <= 0, the tangent itself where y is NaN."""
+    """<t(a, b, c, e), (u, uμ, uv)> = <a, dx> + <b, dgamma> + <c, dbeta> + <e, dr> for (dx,
+    dgamma, dbeta, dr) = c(u, uμ, uv), with a residual; float32 runs the native backward. y is
+    given zeros and a NaN at the mask's edges: 0 where y <= 0, the tangent itself where y is
+    NaN."""
     from fcnn.ops import _batch_norm as B
 
     x, gamma, beta = operands(dtype)
-    y, mu, var = jax.jit(lambda *a: B.batch_norm(*a, 1e-5, relu))(x, gamma, beta)
+    r = normal(4, x.shape, dtype)
+    y, mu, var = jax.jit(lambda x, g, b, r: B.batch_norm(x, g, b, r, 1e-5, relu))(x, gamma,
+                                                                                  beta, r)
     y = y.at[0, 0].set(0.0).at[1, 1, 1].set(jnp.nan)
-    a, b, c = normal(5, x.shape, dtype), normal(6, gamma.shape, dtype), normal(7, beta.shape, dtype)
+    a, b, c = normal(5, x.shape, dtype), normal(6, gamma.shape, dtype), normal(7, beta.shape,
+                                                                              dtype)
+    e = normal(11, x.shape, dtype)
     u, umu, uvar = normal(8, y.shape, dtype), normal(9, mu.shape, dtype), normal(10, mu.shape,
                                                                                 dtype)
 
     @jax.jit
-    def products(a, b, c, u, umu, uvar):
-        t = B._tangent((a, b, c), x, gamma, mu, var, y, 1e-5, relu)
-        dx, dg, db = B._cotangent_bind(u, umu, uvar, x, gamma, mu, var, y, 1e-5, relu,
-                                       (True, True, True))
+    def products(a, b, c, e, u, umu, uvar):
+        t = B._tangent((a, b, c, e), x, gamma, mu, var, y, 1e-5, relu)
+        dx, dg, db, dr = B._cotangent_bind(u, umu, uvar, x, gamma, mu, var, y, 1e-5, relu,
+                                           (True, True, True, True))
         lhs = jnp.vdot(t[0], u) + jnp.vdot(t[1], umu) + jnp.vdot(t[2], uvar)
-        return lhs, jnp.vdot(a, dx) + jnp.vdot(b, dg) + jnp.vdot(c, db), t[0]
+        rhs = jnp.vdot(a, dx) + jnp.vdot(b, dg) + jnp.vdot(c, db) + jnp.vdot(e, dr)
+        return lhs, rhs, t[0]
 
-    lhs, rhs, t = products(a, b, c, u, umu, uvar)
-    scale = float(sum(jnp.linalg.norm(v) for v in (a, b, c)) * sum(jnp.linalg.norm(v) for v in
-                                                                     (u, umu, uvar)))
+    lhs, rhs, t = products(a, b, c, e, u, umu, uvar)
+    scale = float(sum(jnp.linalg.norm(v) for v in (a, b, c, e))
+                  * sum(jnp.linalg.norm(v) for v in (u, umu, uvar)))
     np.testing.assert_allclose(lhs, rhs, rtol=0, atol=(1e-5 if dtype == jnp.float32 else 1e-12)
                                * scale)
     if relu:
         assert float(jnp.abs(t[0, 0]).max()) == 0.0
         assert not bool(jnp.isnan(t[1, 1, 1]).any()) and float(jnp.abs(t[1, 1, 1]).max()) > 0
+
+
+def test_check_op_with_a_residual():
+    """relu(batch_norm(x) + r), r differentiated too: every check of check_op (JVP, VJP, second
+    order against the oracle and finite differences, the adjoint identity, jit, vmap)."""
+    from fcnn.testing import check_op
+
+    x, gamma, beta = operands(jnp.float32, (3, 2, 2, 4))
+    r = normal(4, x.shape, jnp.float32)
+    modes = ("fwd", "rev") if ops.binding() == "primitive" else ("rev",)
+    check_op(lambda x, g, b, r: ops.batch_norm(x, g, b, activation="relu", residual=r),
+             x, gamma, beta, r, modes=modes,
+             reference=lambda x, g, b, r: R.batch_norm(x, g, b, activation="relu", residual=r))
 
 
 def test_vmap_over_members_and_tangents():
@@ -108,15 +127,18 @@ def test_on_the_cpu_each_direction_is_one_native_call():
 
 
 def _batch_norms(fn, *args):
+    """(relu, with a residual) of each batch norm the jaxpr binds."""
     eqns = jax.make_jaxpr(fn)(*args).eqns
-    return [e.params["relu"] for e in eqns if e.primitive.name == "fcnn_batch_norm"]
+    return [(e.params["relu"], len(e.invars) == 4) for e in eqns
+            if e.primitive.name == "fcnn_batch_norm"]
 
 
 def test_the_resnets_run_batch_norm_then_relu_fused():
     """ResNet-20: the stem's and each block's first BatchNorm -> ReLU (inside serial(Conv2D,
-    BatchNorm) followed by a ReLU) bind the op with its ReLU, the block's second batch norm
-    (before the residual add) without; train-mode output, new state and gradients, and the
-    inference output, equal the oracle model's; params and state keep their structure."""
+    BatchNorm) followed by a ReLU) bind the op with its ReLU, each block's second batch norm
+    the op with the residual add and the ReLU after it (residual(block, shortcut) -> ReLU):
+    all 19 ReLUs, as `summary` says; train-mode output, new state and gradients, and the inference
+    output, equal the oracle model's; params and state keep their structure."""
     model = models.resnet20()
     shape = (12, 12, 3)
     params, _ = model.init(jax.random.key(0), shape)
@@ -127,8 +149,10 @@ def test_the_resnets_run_batch_norm_then_relu_fused():
         (ref.init(jax.random.key(0), shape)[0], ref.init_state(shape)))
     train = lambda m: (lambda p, s, x: m.apply_with_state(p, s, x, train=True))
     if ops.binding() == "primitive":
-        relus = _batch_norms(train(model), params, state, x)
-        assert relus.count(True) == 10 and relus.count(False) == 9, relus
+        bns = _batch_norms(train(model), params, state, x)
+        assert bns.count((True, False)) == 10 and bns.count((True, True)) == 9, bns
+        rows = [r.name for r in fcnn.summary(model, shape).rows if " ReLU" in r.name]
+        assert len(rows) == 19 and all("(fused into" in r for r in rows), rows
     (y, new), (y_ref, new_ref) = jax.jit(train(model))(params, state, x), train(ref)(params,
                                                                                     state, x)
     assert_close(y, y_ref, "train-mode logits")
@@ -145,11 +169,15 @@ def test_the_resnets_run_batch_norm_then_relu_fused():
 
 def test_summary_names_the_leaf_a_relu_is_fused_into():
     net = L.serial(L.serial(L.Conv2D(2, 3), L.BatchNorm()), L.ReLU(), L.BatchNorm(), L.ReLU(),
-                   L.serial(L.Conv2D(2, 1), L.ReLU()), L.ReLU())
+                   L.serial(L.Conv2D(2, 1), L.ReLU()), L.ReLU(),
+                   L.residual(L.serial(L.Conv2D(2, 1), L.BatchNorm())), L.ReLU(),
+                   L.residual(L.Conv2D(2, 1)), L.ReLU())
     names = [r.name for r in fcnn.summary(net, (8, 8, 1)).rows]
     assert names == ["Input", "0.0 Conv2D", "0.1 BatchNorm", "1 ReLU (fused into 0.1)",
                      "2 BatchNorm", "3 ReLU (fused into 2)", "4.0 Conv2D",
-                     "4.1 ReLU (fused into 4.0)", "5 ReLU"]
+                     "4.1 ReLU (fused into 4.0)", "5 ReLU", "6.block.0 Conv2D",
+                     "6.block.1 BatchNorm", "7 ReLU (fused into 6.block.1 with the add)",
+                     "8.block Conv2D", "9 ReLU"]
 
 
 def test_a_module_without_activation_does_not_fuse():

@@ -30,11 +30,20 @@ _GN = functools.partial(ops.group_norm, groups=3)
 _GN_REF = functools.partial(R.group_norm, groups=3)
 _BN_RELU = functools.partial(ops.batch_norm, activation="relu")
 _BN_RELU_REF = functools.partial(R.batch_norm, activation="relu")
+def _with_residual(op):
+    """op(x, g, b, activation="relu", residual=r) for a fixed r: the end of a basic block."""
+    def run(x, g, b):
+        r = normal(20, x.shape, x.dtype)
+        return op(x, g, b, activation="relu", residual=r)
+    return run
+
+
 CASES = {  # name: (op, oracle, extra operands)
     "batch_norm": (ops.batch_norm, R.batch_norm, False),
     # batch norm with the ReLU after it as one op (fcnn.ops._batch_norm)
     "batch_norm_relu": (lambda x, g, b: _BN_RELU(x, g, b), lambda x, g, b: _BN_RELU_REF(x, g, b),
                         False),
+    "batch_norm_add_relu": (_with_residual(ops.batch_norm), _with_residual(R.batch_norm), False),
     "group_norm": (lambda x, g, b: _GN(x, g, b), lambda x, g, b: _GN_REF(x, g, b), False),
     "batch_norm_inference": (ops.batch_norm_inference, R.batch_norm_inference, True),
 }
@@ -123,50 +132,55 @@ def test_hessian_of_a_loss_through_batch_norm():
 # ----------------------------------------------------------------------------- the native kernels
 
 
-def _native_programs(relu):
+def _native_programs(relu, residual):
     """The float32 op's (y, mean, var) and its VJP for random cotangents of all three, jitted;
-    and the float64 oracle's (autodiff of plain lax)."""
+    and the float64 oracle's (autodiff of plain lax). With `residual`, r is added before the
+    activation (and differentiated)."""
     act = "relu" if relu else None
 
     def run(op):
-        def f(x, g, b, u):
-            out, vjp = jax.vjp(lambda *a: op(*a, activation=act), x, g, b)
-            return out, vjp(u)
+        def f(x, g, b, r, u):
+            def call(x, g, b, r):
+                return op(x, g, b, activation=act, residual=r if residual else None)
+            out, vjp = jax.vjp(call, x, g, b, r)
+            return out, vjp(u)[:4 if residual else 3]
         return jax.jit(f)
 
     return run(ops.batch_norm), run(R.batch_norm)
 
 
-@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize(("relu", "residual"), [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("shape", [
     (2, 3, 3, 1),  # one channel
     (3, 5, 4, 16),  # one chunk
     (64, 17, 19, 5),  # 103,360 rows of 5 channels: many chunks, split over the threads
     (300, 7),  # features
 ])
-def test_native_kernels_run_and_match_the_oracle(shape, relu):
+def test_native_kernels_run_and_match_the_oracle(shape, relu, residual):
     """float32 on the CPU with the native kernels: the program holds the forward and backward
     handlers (and no XLA reduction of the normalisation), and y, the statistics and every
-    gradient (cotangents on all three outputs) equal the float64 oracle's within float32's
-    bounds."""
+    gradient (cotangents on all three outputs; the residual's too) equal the float64 oracle's
+    within float32's bounds."""
     if ops.binding() != "primitive":
         pytest.skip("the native kernels run under the primitive binding")
     x, gamma, beta = (a.astype(jnp.float32) for a in _operands(shape))
     u = tuple(normal(10 + i, s, jnp.float32) for i, s in enumerate((shape, shape[-1:],
                                                                   shape[-1:])))
-    mine, oracle = _native_programs(relu)
-    hlo = mine.lower(x, gamma, beta, u).as_text()
+    r = normal(15, shape, jnp.float32)
+    mine, oracle = _native_programs(relu, residual)
+    hlo = mine.lower(x, gamma, beta, r, u).as_text()
     from fcnn.ops import onednn
 
     if onednn.AVAILABLE:
         assert "fcnn_batch_norm_fwd" in hlo and "fcnn_batch_norm_bwd" in hlo, hlo[:2000]
-    got = jax.tree_util.tree_leaves(mine(x, gamma, beta, u))
-    want = jax.tree_util.tree_leaves(oracle(*(a.astype(jnp.float64) for a in (x, gamma, beta)),
+    got = jax.tree_util.tree_leaves(mine(x, gamma, beta, r, u))
+    want = jax.tree_util.tree_leaves(oracle(*(a.astype(jnp.float64) for a in (x, gamma, beta, r)),
                                             tuple(a.astype(jnp.float64) for a in u)))
-    names = ("y", "mean", "var", "dx", "dgamma", "dbeta")
+    names = ("y", "mean", "var", "dx", "dgamma", "dbeta", "dresidual")[:len(want)]
     for name, g, w in zip(names, got, want, strict=True):
         assert g.dtype == jnp.float32, name
-        assert_close(g.astype(jnp.float64), w, f"{name} of {shape}, relu={relu}", rtol=2e-5,
+        assert_close(g.astype(jnp.float64), w, f"{name} of {shape}, relu={relu}, "
+                     f"residual={residual}", rtol=2e-5,
                      atol=2e-5 * max(1.0, float(jnp.max(jnp.abs(w)))))
 
 

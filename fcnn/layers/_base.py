@@ -213,6 +213,12 @@ def op(module, name: str, layer: str, keywords: dict[str, Any] | None = None) ->
     return fn
 
 
+# The key of `LayerInfo.fused` under which a layer offers to run `relu(layer(x) + residual)` as
+# one op, `residual` a keyword of that apply: `residual(block)` followed by a ReLU runs so when
+# its block's last layer offers it (a BatchNorm: the end of a ResNet's basic block).
+RESIDUAL_RELU = "residual+ReLU"
+
+
 def make(kind: str, config: dict, shape: Callable, init: Callable, apply: Callable, *,
          window: Window | None = None, children: tuple = (),
          rebind: Callable | None = None, init_state: Callable | None = None,

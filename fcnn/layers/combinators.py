@@ -8,9 +8,19 @@ out like its params, and its apply threads each child's state through and return
 
 from __future__ import annotations
 
+import functools
+
 import jax
 
-from fcnn.layers._base import Layer, LayerError, as_layer, make, missing_state, with_ops
+from fcnn.layers._base import (
+    RESIDUAL_RELU,
+    Layer,
+    LayerError,
+    as_layer,
+    make,
+    missing_state,
+    with_ops,
+)
 
 
 def _keys(key, n):
@@ -121,13 +131,15 @@ def serial(*layers: Layer) -> Layer:
 
     def fused_last(then):
         """This serial with its last child fused with the layer after it (the child's own
-        fusion, e.g. a serial(Conv2D, BatchNorm) followed by a ReLU)."""
+        fusion, e.g. a serial(Conv2D, BatchNorm) followed by a ReLU); keywords beyond the
+        usual (a residual's `residual`) go to the last child's fused apply."""
         if any(c.stateful for c in layers):
-            def apply(params, x, *, key=None, train=False, state=None):
-                return run(params, x, key, train, _states("serial", state, len(layers)), then)
+            def apply(params, x, *, key=None, train=False, state=None, **extra):
+                return run(params, x, key, train, _states("serial", state, len(layers)),
+                           functools.partial(then, **extra))
         else:
-            def apply(params, x, *, key=None, train=False):
-                return run(params, x, key, train, None, then)
+            def apply(params, x, *, key=None, train=False, **extra):
+                return run(params, x, key, train, None, functools.partial(then, **extra))
         return apply
 
     own = layers[last].info.fused if last - 1 not in plan else None
@@ -219,10 +231,34 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
                                                       train=train)
         return y + skip, (s_block, s_short)
 
+    # relu(block(x) + skip) as the block's last op, when that op offers it (a BatchNorm)
+    add_relu = (block.info.fused or {}).get(RESIDUAL_RELU)
+
+    def apply_relu(params, x, *, key=None, train=False):
+        k_block, k_short = _keys(key, 2)
+        skip = x if shortcut is None else shortcut.apply(params[1], x, key=k_short, train=train)
+        return add_relu(params[0], x, key=k_block, train=train, residual=skip)
+
+    def apply_relu_stateful(params, x, *, key=None, train=False, state=None):
+        s_block, s_short = _states("residual", state, 2)
+        k_block, k_short = _keys(key, 2)
+        skip = x
+        if shortcut is not None:
+            skip, s_short = shortcut.apply_with_state(params[1], s_short, x, key=k_short,
+                                                      train=train)
+        if block.stateful:
+            y, s_block = add_relu(params[0], x, key=k_block, train=train, state=s_block,
+                                  residual=skip)
+        else:
+            y = add_relu(params[0], x, key=k_block, train=train, residual=skip)
+        return y, (s_block, s_short)
+
     children = (block,) if shortcut is None else (block, shortcut)
     segments = ("residual.block", "residual.shortcut")
     stateful = _stateful(children, init_state)
+    fused = None if add_relu is None else {
+        "ReLU": apply_relu if stateful is None else apply_relu_stateful}
     return make("residual", {"identity_shortcut": shortcut is None}, shape, init,
                 apply if stateful is None else apply_stateful, children=children,
-                init_state=stateful,
+                init_state=stateful, fused=fused,
                 rebind=lambda m: residual(*_rebound(children, segments, m)))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from fcnn import _args
 from fcnn import init as initializers
 from fcnn.layers._base import (
+    RESIDUAL_RELU,
     Layer,
     LayerError,
     Window,
@@ -396,7 +397,7 @@ def BatchNorm(momentum=0.9, eps=1e-5, ndim=3) -> Layer:
         batch_norm = op(module, "batch_norm", name, {"eps": eps})
         inference = op(module, "batch_norm_inference", name, {"eps": eps})
 
-        def run(params, x, train, state, activation):
+        def run(params, x, train, state, activation, residual=None):
             mean, var = _running(state, params["gamma"].shape)
             xb, was_batched = batched(jnp.asarray(x), ndim, name)
             if train:
@@ -406,6 +407,8 @@ def BatchNorm(momentum=0.9, eps=1e-5, ndim=3) -> Layer:
                                      f"to take batch statistics, got x of shape "
                                      f"{tuple(jnp.shape(x))}.")
                 extra = {} if activation is None else {"activation": activation}
+                if residual is not None:
+                    extra["residual"] = residual if was_batched else residual[None]
                 y, b_mean, b_var = batch_norm(xb, params["gamma"], params["beta"], eps=eps,
                                               **extra)
                 b_mean, b_var = jax.lax.stop_gradient((b_mean, b_var))
@@ -418,6 +421,8 @@ def BatchNorm(momentum=0.9, eps=1e-5, ndim=3) -> Layer:
                          * b_var.astype(dt)}
             else:
                 y = inference(xb, params["gamma"], params["beta"], mean, var, eps=eps)
+                if residual is not None:
+                    y = y + (residual if was_batched else residual[None])
                 y = y if activation is None else relu(y)
             return (y if was_batched else y[0]), state
 
@@ -436,7 +441,8 @@ def BatchNorm(momentum=0.9, eps=1e-5, ndim=3) -> Layer:
             return run(params, x, train, state, None)
 
         # a module whose batch_norm takes `activation` (and has a relu, for inference) runs
-        # BatchNorm -> ReLU as one op in training
+        # BatchNorm -> ReLU as one op in training; one whose batch_norm takes `residual` too,
+        # the end of a basic block, relu(BatchNorm(x) + shortcut), for `residual`
         try:
             op(module, "batch_norm", name, {"eps": eps, "activation": "relu"})
             relu = op(module, "relu", name)
@@ -446,7 +452,17 @@ def BatchNorm(momentum=0.9, eps=1e-5, ndim=3) -> Layer:
         def apply_relu(params, x, *, key=None, train=False, state=None):
             return run(params, x, train, state, "relu")
 
-        return apply, {"ReLU": apply_relu}
+        fused = {"ReLU": apply_relu}
+        try:
+            op(module, "batch_norm", name, {"eps": eps, "activation": "relu", "residual": None})
+        except LayerError:
+            return apply, fused
+
+        def apply_add_relu(params, x, *, key=None, train=False, state=None, residual):
+            return run(params, x, train, state, "relu", residual)
+
+        fused[RESIDUAL_RELU] = apply_add_relu
+        return apply, fused
 
     return leaf(name, dict(momentum=momentum, eps=eps, ndim=ndim), shape, init, bind,
                 init_state=init_state)

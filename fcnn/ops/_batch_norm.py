@@ -59,9 +59,11 @@ for _p in (norm_act_p, tangent_p, cotangent_p):
     _p.multiple_results = True
 
 
-def batch_norm(x, gamma, beta, eps, relu):
-    """(y, mean, var), mean and var of shape (C,)."""
-    return tuple(norm_act_p.bind(x, gamma, beta, eps=eps, relu=relu))
+def batch_norm(x, gamma, beta, r, eps, relu):
+    """(y, mean, var), mean and var of shape (C,); `r` None or the residual added before the
+    activation."""
+    operands = (x, gamma, beta) if r is None else (x, gamma, beta, r)
+    return tuple(norm_act_p.bind(*operands, eps=eps, relu=relu))
 
 
 def stat_dtype(dtype):
@@ -114,16 +116,17 @@ class _Primal:
         return _lift(a, self.n).astype(self.dtype)
 
 
-def _forward_composed(x, gamma, beta, eps, relu):
+def _forward_composed(x, gamma, beta, r, eps, relu):
     xc = x.astype(stat_dtype(x.dtype))
     mu = jnp.mean(xc, axis=_axes(x))
     var = jnp.mean(jnp.square(xc - _lift(mu, x.ndim)), axis=_axes(x))
     p = _Primal(x, gamma, mu, var, eps)
     z = p.gamma * p.xhat + p.lift(beta)
+    z = z if r is None else z + r.astype(p.dtype)
     return _mask(z, z, relu).astype(x.dtype), mu, var
 
 
-def _tangent_composed(tx, tg, tb, x, gamma, mu, var, y, eps, relu):
+def _tangent_composed(tx, tg, tb, tr, x, gamma, mu, var, y, eps, relu):
     p = _Primal(x, gamma, mu, var, eps)
     u = jnp.zeros(x.shape, p.dtype)
     mt = mxt = jnp.zeros(p.s.shape, p.dtype)
@@ -135,6 +138,8 @@ def _tangent_composed(tx, tg, tb, x, gamma, mu, var, y, eps, relu):
         u = u + p.lift(tg) * p.xhat
     if tb is not None:
         u = u + p.lift(tb)
+    if tr is not None:
+        u = u + tr.astype(p.dtype)
     return (_mask(y, u, relu).astype(x.dtype), mt.reshape(-1), (2 * p.s * mxt).reshape(-1))
 
 
@@ -148,18 +153,19 @@ def _cotangent_composed(g, gmu, gvar, x, gamma, mu, var, y, eps, relu, wants):
               + p.lift(gmu) / p.m + 2 * p.lift(gvar) * p.s * p.xhat / p.m)
         dx = dx.astype(x.dtype)
     return (dx, dg.astype(gamma.dtype) if wants[1] else None,
-            db.astype(gamma.dtype) if wants[2] else None)
+            db.astype(gamma.dtype) if wants[2] else None,
+            gm.astype(x.dtype) if wants[3] else None)
 
 
 # ----------------------------------------------------------------------------- computed by
 
 
-def _forward(x, gamma, beta, eps, relu):
+def _forward(x, gamma, beta, r, eps, relu):
     composed = partial(_forward_composed, eps=eps, relu=relu)
-    if not _native(x, gamma, beta):
-        return composed(x, gamma, beta)
+    if not _native(x, gamma, beta) or (r is not None and r.dtype != jnp.float32):
+        return composed(x, gamma, beta, r)
     native = partial(onednn.batch_norm, eps=eps, relu=relu)
-    return lax.platform_dependent(x, gamma, beta, cpu=native, default=composed)
+    return lax.platform_dependent(x, gamma, beta, r, cpu=native, default=composed)
 
 
 def _cotangent(g, gmu, gvar, x, gamma, mu, var, y, eps, relu, wants):
@@ -170,9 +176,9 @@ def _cotangent(g, gmu, gvar, x, gamma, mu, var, y, eps, relu, wants):
         return composed(g, gmu, gvar, x, gamma, mu, var, y)
 
     def native(g, gmu, gvar, x, gamma, mu, var, y):
-        dx, dg, db = onednn.batch_norm_backward(g, x, y if relu else None, gamma, mu, var, gmu,
-                                                gvar, eps, wants[0])
-        return dx, dg if wants[1] else None, db if wants[2] else None
+        dx, dg, db, dr = onednn.batch_norm_backward(g, x, y if relu else None, gamma, mu, var,
+                                                    gmu, gvar, eps, wants[0], wants[3])
+        return dx, dg if wants[1] else None, db if wants[2] else None, dr
 
     return lax.platform_dependent(g, gmu, gvar, x, gamma, mu, var, y, cpu=native,
                                   default=composed)
@@ -220,13 +226,13 @@ def _cotangent_bind(g, gmu, gvar, x, gamma, mu, var, y, eps, relu, wants):
 # ----------------------------------------------------------------------------- registration
 
 
-def _forward_impl(x, gamma, beta, *, eps, relu):
-    return list(_forward(x, gamma, beta, eps, relu))
+def _forward_impl(x, gamma, beta, *r, eps, relu):
+    return list(_forward(x, gamma, beta, r[0] if r else None, eps, relu))
 
 
 def _tangent_impl(*args, eps, relu, has):
-    (tx, tg, tb), (x, gamma, mu, var, y) = _split(args, has)
-    return list(_tangent_composed(tx, tg, tb, x, gamma, mu, var, y, eps, relu))
+    tangents, primals = _split(args, has)
+    return list(_tangent_composed(*tangents, *primals, eps, relu))
 
 
 def _cotangent_impl(g, gmu, gvar, x, gamma, mu, var, *y, eps, relu, wants):
@@ -242,7 +248,7 @@ for _p, _impl, _static in ((norm_act_p, _forward_impl, ("eps", "relu")),
 
 
 @norm_act_p.def_abstract_eval
-def _forward_shape(x, gamma, beta, *, eps, relu):
+def _forward_shape(x, gamma, beta, *r, eps, relu):
     sd = stat_dtype(x.dtype)
     return [ShapedArray(x.shape, x.dtype), ShapedArray(x.shape[-1:], sd),
             ShapedArray(x.shape[-1:], sd)]
@@ -258,7 +264,8 @@ def _tangent_shape(*args, eps, relu, has):
 
 @cotangent_p.def_abstract_eval
 def _cotangent_shape(g, gmu, gvar, x, gamma, *rest, eps, relu, wants):
-    shapes = ((x.shape, x.dtype), (gamma.shape, gamma.dtype), (gamma.shape, gamma.dtype))
+    shapes = ((x.shape, x.dtype), (gamma.shape, gamma.dtype), (gamma.shape, gamma.dtype),
+              (x.shape, x.dtype))
     return [ShapedArray(*s) for s, w in zip(shapes, wants) if w]
 
 
@@ -266,9 +273,9 @@ def _cotangent_shape(g, gmu, gvar, x, gamma, *rest, eps, relu, wants):
 
 
 def _forward_jvp(primals, tangents, *, eps, relu):
-    x, gamma, beta = primals
-    y, mu, var = norm_act_p.bind(x, gamma, beta, eps=eps, relu=relu)
-    out = _tangent(tangents, x, gamma, mu, var, y, eps, relu)
+    x, gamma = primals[:2]
+    y, mu, var = norm_act_p.bind(*primals, eps=eps, relu=relu)
+    out = _tangent((*tangents, None)[:4], x, gamma, mu, var, y, eps, relu)
     return (y, mu, var), (list(out) if out is not None else [zero_like(y), zero_like(mu),
                                                               zero_like(var)])
 
@@ -284,8 +291,8 @@ def _moved(p, dx, dgamma, dmu, dvar):
 
 
 def _tangent_jvp(primals, tangents, *, eps, relu, has):
-    (tx, tg, _), (x, gamma, mu, var, y) = _split(primals, has)
-    (dtx, dtg, dtb), (dx, dgamma, dmu, dvar, _) = _split(tangents, has)
+    (tx, tg, _, _), (x, gamma, mu, var, y) = _split(primals, has)
+    own, (dx, dgamma, dmu, dvar, _) = _split(tangents, has)
     out = tangent_p.bind(*primals, eps=eps, relu=relu, has=has)
     p = _Primal(x, gamma, mu, var, eps)
     ds, dxhat, dgam = _moved(p, dx, dgamma, dmu, dvar)
@@ -301,7 +308,7 @@ def _tangent_jvp(primals, tangents, *, eps, relu, has):
     if tg is not None:
         du = du + p.lift(tg) * dxhat
     moved = [_mask(y, du, relu).astype(x.dtype), jnp.zeros_like(dv), dv]
-    own = _tangent((dtx, dtg, dtb), x, gamma, mu, var, y, eps, relu)
+    own = _tangent(own, x, gamma, mu, var, y, eps, relu)
     if own is not None:
         moved = [a + b for a, b in zip(moved, own)]
     return out, moved
@@ -321,7 +328,8 @@ def _cotangent_jvp(primals, tangents, *, eps, relu, wants):
     d_dx = (dgam * b / p.s - p.gamma * b * ds / p.s ** 2
             - p.gamma / p.s * (dxhat * p.lift(dgm) + p.xhat * p.lift(d_dg)) / p.m
             + 2 * p.lift(gvar) * (ds * p.xhat + p.s * dxhat) / p.m)
-    moved = [d_dx.astype(x.dtype), d_dg.astype(gamma.dtype), jnp.zeros(gamma.shape, gamma.dtype)]
+    moved = [d_dx.astype(x.dtype), d_dg.astype(gamma.dtype), jnp.zeros(gamma.shape, gamma.dtype),
+             jnp.zeros(x.shape, x.dtype)]
     moved = [m for m, w in zip(moved, wants) if w]
     if any(type(t) is not ad.Zero for t in (dg, dgmu, dgvar)):
         if type(dg) is ad.Zero:
@@ -371,14 +379,17 @@ ad.primitive_transposes[cotangent_p] = _cotangent_transpose
 
 
 def _forward_batch(args, dims, *, eps, relu):
-    outs = jax.vmap(partial(_forward_composed, eps=eps, relu=relu), in_axes=dims)(*args)
+    def one(x, gamma, beta, *r):
+        return _forward_composed(x, gamma, beta, r[0] if r else None, eps, relu)
+
+    outs = jax.vmap(one, in_axes=dims)(*args)
     return list(outs), [0, 0, 0]
 
 
 def _tangent_batch(args, dims, *, eps, relu, has):
     def one(*a):
-        (tx, tg, tb), (x, gamma, mu, var, y) = _split(a, has)
-        return _tangent_composed(tx, tg, tb, x, gamma, mu, var, y, eps, relu)
+        tangents, primals = _split(a, has)
+        return _tangent_composed(*tangents, *primals, eps, relu)
 
     return list(jax.vmap(one, in_axes=dims)(*args)), [0, 0, 0]
 

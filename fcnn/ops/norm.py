@@ -45,9 +45,10 @@ from fcnn import _args
 from fcnn.ops import _binding, _checks
 
 
-def batch_norm(x, gamma, beta, *, eps=1e-5, activation=None):
+def batch_norm(x, gamma, beta, *, eps=1e-5, activation=None, residual=None):
     """Training-mode batch normalisation: normalise each channel by the batch's statistics;
-    with `activation="relu"`, `relu(batch_norm(...))` as one op.
+    with `residual` and `activation="relu"`, `relu(batch_norm(...) + residual)` as one op (the
+    end of a ResNet's basic block).
 
     Args:
       x: `(N, ..., C)` — NHWC images or `(N, C)` features; floating.
@@ -56,6 +57,8 @@ def batch_norm(x, gamma, beta, *, eps=1e-5, activation=None):
       activation: None (the identity) or "relu": y = relu(gamma xhat + beta), equal to
         `relu(batch_norm(...)[0])` value for value and in every derivative (ReLU's slope is 0
         at 0 and 1 at a NaN, as `fcnn.ops.relu`'s).
+      residual: None or an array of x's shape added before the activation:
+        y = act(gamma xhat + beta + residual).
 
     Returns:
       `(y, mean, var)`: y like x; the batch's per-channel mean and *biased* variance, `(C,)`,
@@ -76,12 +79,19 @@ def batch_norm(x, gamma, beta, *, eps=1e-5, activation=None):
         raise ValueError(f"{op}: `activation` must be one of {_ACTIVATIONS}, got "
                          f"{activation!r}.")
     relu = activation == "relu"
+    if residual is not None:
+        residual = _checks.floating(op, "residual", residual)
+        if residual.shape != x.shape:
+            raise ValueError(f"{op}: `residual` must have x's shape {tuple(x.shape)}, got "
+                             f"{tuple(residual.shape)}.")
+        residual = residual.astype(x.dtype)
     if _binding.binding() == "primitive":
         from fcnn.ops import _batch_norm
 
-        return _batch_norm.batch_norm(x, gamma, beta, eps, relu)
+        return _batch_norm.batch_norm(x, gamma, beta, residual, eps, relu)
     axes = tuple(range(x.ndim - 1))
     y, mean, var = _norm(x, gamma, beta, (axes, eps))
+    y = y if residual is None else y + residual
     if relu:
         from fcnn.ops.activations import relu as _relu
 

@@ -208,30 +208,35 @@ def conv_act_backward(gm, x, w, cfg, wants):
     return tuple(r if want else None for r, want in zip(got, wants))
 
 
-def batch_norm(x, gamma, beta, eps, relu):
-    """(y, mean, var) of training-mode batch norm over every axis of x but the last, ReLU after
-    it when `relu`, in one call (native/batch_norm.cc): statistics in double, then one pass
-    that normalises, scales, shifts and applies ReLU. float32, x with at least one row."""
+def batch_norm(x, gamma, beta, r, eps, relu):
+    """(y, mean, var) of training-mode batch norm over every axis of x but the last, the
+    residual `r` (None: none) added and ReLU applied after it when `relu`, in one call
+    (native/batch_norm.cc): statistics in double, then one pass that normalises, scales,
+    shifts, adds and applies ReLU. float32, x with at least one row."""
     import jax
+    import jax.numpy as jnp
 
+    r = jnp.zeros((0,), x.dtype) if r is None else r
     c = (x.shape[-1],)
     outs = [jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(c, x.dtype),
             jax.ShapeDtypeStruct(c, x.dtype)]
     return tuple(jax.ffi.ffi_call(TARGETS["bn_forward"], outs, vmap_method="sequential")(
-        x, gamma, beta, eps=np.float64(eps), relu=np.int64(relu)))
+        x, gamma, beta, r, eps=np.float64(eps), relu=np.int64(relu)))
 
 
-def batch_norm_backward(g, x, y, gamma, mean, var, gmean, gvar, eps, want_dx):
-    """(dx or None, dgamma, dbeta): batch norm's cotangent map (fcnn/ops/_batch_norm.py) in two
-    passes; `y` None: no ReLU's mask."""
+def batch_norm_backward(g, x, y, gamma, mean, var, gmean, gvar, eps, want_dx, want_dr):
+    """(dx, dgamma, dbeta, dr): batch norm's cotangent map (fcnn/ops/_batch_norm.py) in two
+    passes; `y` None: no ReLU's mask; dx and dr (the masked g, the residual's cotangent) are
+    None unless wanted."""
     import jax
     import jax.numpy as jnp
 
     y = jnp.zeros((0,), x.dtype) if y is None else y
     c = (x.shape[-1],)
     outs = [jax.ShapeDtypeStruct(x.shape if want_dx else (0,), x.dtype),
-            jax.ShapeDtypeStruct(c, x.dtype), jax.ShapeDtypeStruct(c, x.dtype)]
-    dx, dgamma, dbeta = jax.ffi.ffi_call(TARGETS["bn_backward"], outs,
-                                         vmap_method="sequential")(
+            jax.ShapeDtypeStruct(c, x.dtype), jax.ShapeDtypeStruct(c, x.dtype),
+            jax.ShapeDtypeStruct(x.shape if want_dr else (0,), x.dtype)]
+    dx, dgamma, dbeta, dr = jax.ffi.ffi_call(TARGETS["bn_backward"], outs,
+                                             vmap_method="sequential")(
         g, x, y, gamma, mean, var, gmean, gvar, eps=np.float64(eps))
-    return (dx if want_dx else None), dgamma, dbeta
+    return (dx if want_dx else None), dgamma, dbeta, (dr if want_dr else None)
