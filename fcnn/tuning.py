@@ -177,6 +177,13 @@ def lowering(platforms, for_export):
         _local.lowering = before
 
 
+def exporting() -> bool:
+    """Whether the primitive being lowered is lowered for `jax.export` (native kernels, whose
+    custom calls JAX will not serialise unasked, are left out then)."""
+    where = getattr(_local, "lowering", None)
+    return bool(where and where[1])
+
+
 def lowering_rule(rule):
     """`rule` (a primitive's lowering) run inside `lowering(...)` for its module."""
 

@@ -213,3 +213,16 @@ def test_batch_norm_with_relu_binds_one_op():
     call = lambda: ops.batch_norm(x, gamma, beta, activation="relu")
     assert rule_bindings(call) == 1, jax.make_jaxpr(call)()
     assert [e.primitive.name for e in jax.make_jaxpr(call)().eqns] == ["fcnn_batch_norm"]
+
+
+def test_an_exported_program_holds_the_composed_maths():
+    """`jax.export` for the CPU (and the other platforms) holds no native call: JAX serialises
+    only custom calls it can vouch for, so the exported gradient runs the same maths by XLA,
+    and its value is the jitted one's."""
+    x, gamma, beta = operands(jnp.float32)
+    f = jax.grad(lambda x, g, b: jnp.sum(jnp.sin(ops.batch_norm(x, g, b, activation="relu")[0])),
+                 (0, 1, 2))
+    exported = jax.export.export(jax.jit(f), platforms=["cpu", "cuda", "tpu"])(x, gamma, beta)
+    assert "stablehlo.custom_call @fcnn" not in exported.mlir_module()
+    for a, b in zip(exported.call(x, gamma, beta), jax.jit(f)(x, gamma, beta), strict=True):
+        assert_close(a, b, "exported vs jitted")

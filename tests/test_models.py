@@ -102,9 +102,9 @@ def test_googlenet_sizes_and_branches_from_table_1():
 
 def _residual_outputs(summary):
     """The output shape of each residual block (a block's last row is its closing ReLU)."""
-    rows = summary.rows
-    return [r.output_shape for i, r in enumerate(rows[:-1])
-            if ".block." in r.name and ".block." not in rows[i + 1].name]
+    names = [r.name.split(" (fused")[0] for r in summary.rows]  # the row's own name
+    return [r.output_shape for i, r in enumerate(summary.rows[:-1])
+            if ".block." in names[i] and ".block." not in names[i + 1]]
 
 
 def test_resnet_sizes_from_the_paper():

@@ -49,6 +49,7 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from fcnn import tuning
 from fcnn.ops import onednn
 from fcnn.ops._bilinear import ShapedArray, zero_like
 
@@ -71,7 +72,10 @@ def stat_dtype(dtype):
 
 
 def _native(x, gamma, beta) -> bool:
-    return (onednn.AVAILABLE and x.size > 0
+    """Whether the native kernels compute this: loaded, float32, some rows, and not lowered
+    for `jax.export` (the exported program holds the composed maths, as it holds the built-in
+    table's convolution algorithms)."""
+    return (onednn.AVAILABLE and x.size > 0 and not tuning.exporting()
             and all(a.dtype == jnp.float32 for a in (x, gamma, beta)))
 
 
@@ -244,7 +248,7 @@ for _p, _impl, _static in ((norm_act_p, _forward_impl, ("eps", "relu")),
                            (tangent_p, _tangent_impl, ("eps", "relu", "has")),
                            (cotangent_p, _cotangent_impl, ("eps", "relu", "wants"))):
     _p.def_impl(jax.jit(_impl, static_argnames=_static))
-    mlir.register_lowering(_p, mlir.lower_fun(_impl, multiple_results=True))
+    mlir.register_lowering(_p, tuning.lowering_rule(mlir.lower_fun(_impl, multiple_results=True)))
 
 
 @norm_act_p.def_abstract_eval
