@@ -6,7 +6,7 @@
     native kernels: yes: .../fcnn/_native/libfcnn_onednn.so (jaxlib 0.10.2, oneDNN 3.2.0)
     algorithms ("auto"): measured on this machine, kept in ~/.cache/fcnn/conv-tuning (14 choices)
     binding: primitive (hand-written JVP, transpose and batching rules)
-    memory: freed memory kept for reuse (FCNN_MALLOC=keep)
+    memory: freed memory kept for reuse, CPU programs run on the calling thread (FCNN_MALLOC=keep)
 
 Each line is also a field of the returned `Info`, for scripts and bug reports.
 """
@@ -37,7 +37,7 @@ class Info:
     tuning_cache: str  # the folder of recorded choices
     tuning_entries: int  # choices recorded there (any machine)
     binding: str
-    memory: str | None  # fcnn.memory.mode()
+    memory: str | None  # fcnn.memory.mode(), "+inline" with fcnn.memory.inline_dispatch()
 
     def __str__(self) -> str:
         native = f"yes: {self.native_detail}" if self.native else f"no: {self.native_detail}"
@@ -50,8 +50,10 @@ class Info:
         }
         rules = ("hand-written JVP, transpose and batching rules" if self.binding == "primitive"
                  else "custom_vjp: reverse mode only")
-        memory = ("freed memory kept for reuse (FCNN_MALLOC=keep)" if self.memory == "keep"
-                  else "the C library's defaults")
+        memory = {"keep": "freed memory kept for reuse (FCNN_MALLOC=keep)",
+                  "keep+inline": "freed memory kept for reuse, CPU programs run on the calling "
+                                 "thread (FCNN_MALLOC=keep)"}.get(self.memory,
+                                                                 "the C library's defaults")
         return "\n".join([
             f"fcnn {self.fcnn} on jax {self.jax} / jaxlib {self.jaxlib}, Python {self.python}, "
             f"default backend {self.backend}",
@@ -96,4 +98,5 @@ def info() -> Info:
                 cores=m["cores"], isa=tuple(m["isa"]), native=onednn.AVAILABLE,
                 native_detail=detail, tuning_mode=tuning.mode(),
                 tuning_cache=str(tuning.cache_dir()), tuning_entries=len(tuning.entries()),
-                binding=_binding.binding(), memory=memory.mode())
+                binding=_binding.binding(),
+                memory=(memory.mode() or "") + ("+inline" if memory.inline_dispatch() else ""))

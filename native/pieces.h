@@ -26,13 +26,23 @@ namespace fcnn_native {
 
 namespace ffi = xla::ffi;
 
-inline void SingleThreaded() {
-  thread_local bool set = false;  // OpenMP's thread count is per thread
-  if (!set) {
-    omp_set_num_threads(1);
-    set = true;
+// OpenMP's thread count (a per-thread setting) at 1 while a piece runs, restored after it: the
+// thread may be the caller's own (JAX runs programs on it, fcnn.memory), whose OpenMP setting
+// belongs to whoever else uses OpenMP there (PyTorch's parallel regions, on the main thread).
+class SingleThreaded {
+ public:
+  SingleThreaded() : before_(omp_get_max_threads()) {
+    if (before_ != 1) omp_set_num_threads(1);
   }
-}
+  ~SingleThreaded() {
+    if (before_ != 1) omp_set_num_threads(before_);
+  }
+  SingleThreaded(const SingleThreaded&) = delete;
+  SingleThreaded& operator=(const SingleThreaded&) = delete;
+
+ private:
+  int before_;
+};
 
 inline std::string Describe(const std::exception& e) {
   if (const auto* d = dynamic_cast<const dnnl::error*>(&e)) {
@@ -59,7 +69,7 @@ ffi::Error ForEachPiece(ffi::ThreadPool& pool, int64_t n, int64_t count, Work wo
   auto run = [state, n, count, work] {
     for (int64_t c; (c = state->next.fetch_add(1)) < count;) {
       try {
-        SingleThreaded();
+        SingleThreaded one;
         work(c, c * n / count, (c + 1) * n / count);
       } catch (const std::exception& e) {
         std::lock_guard<std::mutex> lock(state->mu);
