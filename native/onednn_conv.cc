@@ -511,6 +511,96 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, F32R4 x, F32R4 g, F32R4Out d
 }
 
 // ---------------------------------------------------------------------------
+// Members: K independent problems of one configuration in one call (an ensemble's members under
+// vmap), a leading axis of K on both operands and the result. The K*N images are one batch
+// split over XLA's threads, each piece running its images member by member on that member's
+// buffers: no slice of the members' arrays and no stacking of results around the call.
+// ---------------------------------------------------------------------------
+using F32R5 = ffi::Buffer<ffi::F32, 5>;
+using F32R5Out = ffi::ResultBuffer<ffi::F32, 5>;
+
+ffi::Error MembersProblem(const F32R5& a, const F32R5& b, F32R5Out& out, int kind,
+                          I64Span strides, I64Span padding, I64Span dilation, int64_t groups,
+                          ConvProblem* p, int64_t* k) {
+  *k = a.dimensions()[0];
+  if (b.dimensions()[0] != *k || out->dimensions()[0] != *k) {
+    return ffi::Error::InvalidArgument("fcnn onednn conv members: the members axes differ");
+  }
+  // (x, w, y) of the single problem, whichever of the three are the operands and the result
+  const auto x = kind == 1 ? out->dimensions().last(4) : a.dimensions().last(4);
+  const auto w = kind == 2 ? out->dimensions().last(4) : b.dimensions().last(4);
+  const auto y = kind == 0 ? out->dimensions().last(4)
+                           : (kind == 1 ? a.dimensions().last(4) : b.dimensions().last(4));
+  return MakeProblem(x, w, y, strides, padding, dilation, groups, p);
+}
+
+template <typename Run>
+ffi::Error ForEachMemberImages(ffi::ThreadPool& pool, int64_t k, int64_t n, int64_t count,
+                               Run run) {
+  return ForEachPiece(pool, k * n, count, [&](int64_t c, int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi;) {
+      const int64_t m = i / n, b = i % n, e = std::min(n, b + (hi - i));
+      run(c, m, b, e);
+      i += e - b;
+    }
+  });
+}
+
+ffi::Error ConvMembersImpl(ffi::ThreadPool pool, F32R5 a, F32R5 b, F32R5Out out, I64Span strides,
+                           I64Span padding, I64Span dilation, int64_t groups, int64_t kind) {
+  ConvProblem p;
+  int64_t k;
+  if (kind < 0 || kind > 2) return ffi::Error::InvalidArgument("fcnn onednn conv members: kind");
+  if (auto err = MembersProblem(a, b, out, static_cast<int>(kind), strides, padding, dilation,
+                                groups, &p, &k);
+      !err.success()) {
+    return err;
+  }
+  if (out->element_count() == 0) return ffi::Error::Success();
+  if (a.element_count() == 0 || b.element_count() == 0 || p.n == 0) {
+    std::memset(out->untyped_data(), 0, out->size_bytes());
+    return ffi::Error::Success();
+  }
+  const int64_t in = p.h * p.w * p.c, o = p.oh * p.ow * p.o;
+  const int64_t xs = p.n * in, ys = p.n * o, ws = p.kh * p.kw * (p.c / p.g) * p.o;
+  const int64_t count = PieceCount(pool, k * p.n);
+  float* A = static_cast<float*>(a.untyped_data());
+  float* B = static_cast<float*>(b.untyped_data());
+  float* R = static_cast<float*>(out->untyped_data());
+  if (kind == 0) {  // y[m] = conv(x[m], w[m])
+    return ForEachMemberImages(pool, k, p.n, count, [&](int64_t, int64_t m, int64_t b0,
+                                                        int64_t e) {
+      Execute(*GetConv(Kind::kFwd, Slice(p, e - b0)), A + m * xs + b0 * in, B + m * ws,
+              R + m * ys + b0 * o);
+    });
+  }
+  if (kind == 1) {  // dx[m] = conv_dx(g[m], w[m])
+    return ForEachMemberImages(pool, k, p.n, count, [&](int64_t, int64_t m, int64_t b0,
+                                                        int64_t e) {
+      Execute(*GetConv(Kind::kBwdData, Slice(p, e - b0)), A + m * ys + b0 * o, B + m * ws,
+              R + m * xs + b0 * in);
+    });
+  }
+  // dw[m] = conv_dk(x[m], g[m]): each piece sums its images' parts per member
+  std::vector<std::vector<float>> part(count, std::vector<float>(k * ws, 0.f));
+  auto err = ForEachMemberImages(pool, k, p.n, count, [&](int64_t c, int64_t m, int64_t b0,
+                                                          int64_t e) {
+    thread_local std::vector<float> dk;
+    dk.resize(ws);
+    Execute(*GetConv(Kind::kBwdWeights, Slice(p, e - b0)), A + m * xs + b0 * in,
+            B + m * ys + b0 * o, dk.data());
+    float* __restrict acc = part[c].data() + m * ws;
+    for (int64_t i = 0; i < ws; ++i) acc[i] += dk[i];
+  });
+  if (!err.success()) return err;
+  std::memcpy(R, part[0].data(), k * ws * sizeof(float));
+  for (int64_t c = 1; c < count; ++c) {
+    for (int64_t i = 0; i < k * ws; ++i) R[i] += part[c][i];
+  }
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------
 // Convolution with its epilogue: y = act(conv(x, w) + b), and the backward of it.
 // ---------------------------------------------------------------------------
 
@@ -661,7 +751,17 @@ ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvBwdData(XLA_FFI_CallFrame*);
 ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvBwdWeights(XLA_FFI_CallFrame*);
 ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvActFwd(XLA_FFI_CallFrame*);
 ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvActBwd(XLA_FFI_CallFrame*);
+ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvMembers(XLA_FFI_CallFrame*);
 }
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvMembers, ConvMembersImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32R5>()  // x (forward, dK) or g (dX), per member
+                                  .Arg<F32R5>()  // w (forward, dX) or g (dK), per member
+                                  .Ret<F32R5>()  // y, dx or dw, per member
+                                  CONV_ATTRS
+                                  .Attr<int64_t>("kind"));  // 0 forward, 1 dX, 2 dK
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvFwd, ConvFwdImpl,
                               ffi::Ffi::Bind()

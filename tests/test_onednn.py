@@ -148,6 +148,31 @@ def test_a_narrow_dx_matches_the_oracle(channels):
 
 
 @built
+@pytest.mark.parametrize("k", [2, 3])
+def test_an_ensemble_runs_each_map_as_one_members_call(k):
+    """K members, each with its own input and kernel (an ensemble past its first layer): the
+    forward, dX and dK each one native call over all K (no slice of the members' arrays, no
+    stack of results), the K*N images split over the threads across members' boundaries;
+    values and gradients equal each member's oracle."""
+    xs, ws = normal(0, (k, 3, 9, 8, 4), jnp.float32), normal(1, (k, 3, 2, 2, 6), jnp.float32)
+
+    def loss(conv, **kw):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w, **KW, **kw)) ** 2)
+
+    f = jax.jit(jax.vmap(jax.value_and_grad(loss(ops.conv2d, algorithm="onednn"), (0, 1))))
+    text = f.lower(xs, ws).compile().as_text()  # the CPU's branch of each map, optimised
+    assert text.count('custom_call_target="fcnn_onednn_conv_members"') == 3, custom_calls(text)
+    assert custom_calls(text) == ["fcnn_onednn_conv_members"]
+    assert " slice(" not in text and " concatenate(" not in text
+    got = f(xs, ws)
+    for i in range(k):
+        want = jax.value_and_grad(loss(R.conv2d), (0, 1))(xs[i], ws[i])
+        assert_close(got[0][i], want[0], f"member {i}'s loss")
+        assert_close(got[1][0][i], want[1][0], f"member {i}'s dX")
+        assert_close(got[1][1][i], want[1][1], f"member {i}'s dK")
+
+
+@built
 def test_runs_on_xla_threads_without_an_openmp_team():
     """Each call splits the batch over XLA's own pool, oneDNN single-threaded in each piece: no
     thread is started beside XLA's (an OpenMP team would oversubscribe the cores)."""

@@ -43,13 +43,14 @@ def zero_like(out):
     return ad.Zero(typeof(out).to_tangent_aval())
 
 
-def each(compute, loop_batches=False):
+def each(compute, loop_batches=False, together=None):
     """`compute` of one problem, or of each of `members` problems (their leading axis), inside
     this primitive's computation only: no transformation sees how (they see the primitive and
     its rules). JAX's vmap of the computation runs them, except, with `loop_batches` (the
     convolutions), members whose first operand holds a batch of more than one example (an
-    ensemble of more than UNROLL_MAX): a loop runs those, each member's problem as its own
-    computation — vmap would make it a grouped convolution, XLA:CPU's slow path
+    ensemble): up to UNROLL_MAX of them `together(a, b, one, **params)` (one native call over
+    all, or each problem as its own computation), more in a loop, each member's problem as its
+    own computation — vmap would make it a grouped convolution, XLA:CPU's slow path
     (docs/performance.md). Per-example problems (one example each: per-example dK) stay with
     vmap, which makes batched matrix products of them."""
 
@@ -58,6 +59,8 @@ def each(compute, loop_batches=False):
         if not members:
             return one(a, b)
         if loop_batches and a.shape[1] > 1:
+            if together is not None and members <= UNROLL_MAX:
+                return together(a, b, one, **params)
             return jax.lax.map(lambda ab: one(*ab), (a, b))
         with tuning.vectorised():
             return jax.vmap(one)(a, b)
@@ -117,11 +120,16 @@ def mapped(a, dim, k):
     return jnp.broadcast_to(a, (k, *a.shape)) if dim is None else front(a, dim)
 
 
-def independent(bind, a, da, b, db, members, unroll=True):
+def independent(bind, a, da, b, db, members, unroll=True, together=False):
     """`bind(a_i, b_i, members)` for the K independent problems of a vmapped axis (`da`, `db`:
     where it is in each operand; None: shared). Up to UNROLL_MAX of them (when `unroll`) run
-    one `bind` each; more become one `bind` with a members axis, merged with an existing one."""
+    one `bind` each — or, with `together`, both operands mapped and a batch of more than one
+    example in each problem's first operand, one `bind` with a members axis, whose computation
+    runs them together (`each`); more become one `bind` with a members axis, merged with an
+    existing one."""
     k = (a.shape[da] if da is not None else b.shape[db])
+    if together and da is not None and db is not None and front(a, da).shape[1] > 1:
+        unroll = False  # members with a batch each (an ensemble), run together by `each`
     if unroll and not members and 0 < k <= UNROLL_MAX:
         a, b = (a if da is None else front(a, da)), (b if db is None else front(b, db))
         return jnp.stack([bind(a if da is None else a[i], b if db is None else b[i], 0)

@@ -73,6 +73,18 @@ def _compute_dk(x, g, *, k_hw, cfg):
     return algo.grad_kernel(x, g, k_hw, cfg)
 
 
+def _together_forward(x, w, one, *, cfg):
+    return algo.members(0, x, w, (), cfg, one)
+
+
+def _together_dx(g, w, one, *, in_hw, cfg):
+    return algo.members(1, g, w, in_hw, cfg, one)
+
+
+def _together_dk(x, g, one, *, k_hw, cfg):
+    return algo.members(2, x, g, k_hw, cfg, one)
+
+
 def _conv_shape(x, w, *, cfg):
     return (x[0], *algo._out_hw(x[1:3], w[:2], cfg), w[3])
 
@@ -85,13 +97,13 @@ def _conv_dk_shape(x, g, *, k_hw, cfg):
     return (*k_hw, x[3] // cfg.groups, g[3])
 
 
-for _p, _compute, _shape, _static in (
-        (conv_p, _compute_forward, _conv_shape, ("cfg", "members")),
-        (conv_dx_p, _compute_dx, _conv_dx_shape, ("in_hw", "cfg", "members")),
-        (conv_dk_p, _compute_dk, _conv_dk_shape, ("k_hw", "cfg", "members"))):
+for _p, _compute, _together, _shape, _static in (
+        (conv_p, _compute_forward, _together_forward, _conv_shape, ("cfg", "members")),
+        (conv_dx_p, _compute_dx, _together_dx, _conv_dx_shape, ("in_hw", "cfg", "members")),
+        (conv_dk_p, _compute_dk, _together_dk, _conv_dk_shape, ("k_hw", "cfg", "members"))):
     # the lowering tells fcnn.tuning which platforms the program is for, and whether exported
-    register(_p, each(_compute, loop_batches=True), shape_rule(_shape), _static,
-             tuning.lowering_rule)
+    register(_p, each(_compute, loop_batches=True, together=_together), shape_rule(_shape),
+             _static, tuning.lowering_rule)
 
 
 # ----------------------------------------------------------------------------- forward mode
@@ -161,7 +173,8 @@ def _conv_batch(args, dims, *, cfg, members):
         y = conv(x, wb.transpose(1, 2, 3, 0, 4).reshape(kh, kw, cin, k * cout), cfg)
         n, ho, wo, _ = y.shape
         return y.reshape(n, ho, wo, k, cout).transpose(3, 0, 1, 2, 4), 0
-    return independent(lambda x, w, m: conv(x, w, cfg, m), x, dx_, w, dw_, members), 0
+    return independent(lambda x, w, m: conv(x, w, cfg, m), x, dx_, w, dw_, members,
+                       together=True), 0
 
 
 def _conv_dx_batch(args, dims, *, in_hw, cfg, members):
@@ -170,13 +183,13 @@ def _conv_dx_batch(args, dims, *, in_hw, cfg, members):
         gb = front(g, dg_)
         return out_of_n(conv_dx(into_n(gb), w, in_hw, cfg), gb.shape[0]), 0
     return independent(lambda g, w, m: conv_dx(g, w, in_hw, cfg, m), g, dg_, w, dw_,
-                        members), 0
+                        members, together=True), 0
 
 
 def _conv_dk_batch(args, dims, *, k_hw, cfg, members):
     (x, g), (dx_, dg_) = args, dims
     return independent(lambda x, g, m: conv_dk(x, g, k_hw, cfg, m), x, dx_, g, dg_,
-                        members), 0
+                        members, together=True), 0
 
 
 batching.primitive_batchers[conv_p] = _conv_batch

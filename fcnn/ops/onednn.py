@@ -42,10 +42,11 @@ LIBDNNL = "libdnnl.so.3"
 TARGETS = {"forward": "fcnn_onednn_conv_fwd", "dx": "fcnn_onednn_conv_dx",
            "dk": "fcnn_onednn_conv_dk", "act_forward": "fcnn_onednn_conv_act_fwd",
            "act_backward": "fcnn_onednn_conv_act_bwd", "bn_forward": "fcnn_batch_norm_fwd",
-           "bn_backward": "fcnn_batch_norm_bwd"}
+           "bn_backward": "fcnn_batch_norm_bwd", "members": "fcnn_onednn_conv_members"}
 _SYMBOLS = {"forward": "OnednnConvFwd", "dx": "OnednnConvBwdData", "dk": "OnednnConvBwdWeights",
             "act_forward": "OnednnConvActFwd", "act_backward": "OnednnConvActBwd",
-            "bn_forward": "OnednnBatchNormFwd", "bn_backward": "OnednnBatchNormBwd"}
+            "bn_forward": "OnednnBatchNormFwd", "bn_backward": "OnednnBatchNormBwd",
+            "members": "OnednnConvMembers"}
 _REBUILD = "reinstall fcnn to rebuild it (pip install .)"
 
 
@@ -178,6 +179,25 @@ def grad_input(g, w, in_hw, cfg):
 
 def grad_kernel(x, g, k_hw, cfg):
     return _call("dk", (*k_hw, x.shape[3] // cfg.groups, g.shape[3]), x, g, cfg)
+
+
+def members(which, a, b, size, cfg):
+    """Map `which` (0 forward, 1 dX, 2 dK) of K independent problems in one call: `a` and `b`
+    carry a leading axis of K (an ensemble's members: (x, w), (g, w) or (x, g) each), and so
+    does the result; `size` is the result's spatial size (the output's H, W for the forward,
+    the input's for dX, the kernel's for dK). The K*N images are
+    split over XLA's threads as one batch."""
+    import jax
+
+    k = a.shape[0]
+    if which == 0:
+        shape = (k, a.shape[1], *size, b.shape[4])
+    elif which == 1:
+        shape = (k, a.shape[1], *size, b.shape[3] * cfg.groups)
+    else:
+        shape = (k, *size, a.shape[4] // cfg.groups, b.shape[4])
+    return jax.ffi.ffi_call(TARGETS["members"], jax.ShapeDtypeStruct(shape, a.dtype),
+                            vmap_method="sequential")(a, b, **_attrs(cfg), kind=np.int64(which))
 
 
 def conv_act(x, w, b, out_hw, cfg, relu):
