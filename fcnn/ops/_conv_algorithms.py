@@ -177,6 +177,20 @@ def choice(cfg, which, run, operands, size, epilogue=None) -> str:
         _same(which, cfg, dtype, cfg.algorithm[which]), run)
 
 
+def runs_onednn(which, a, b, size, cfg) -> bool:
+    """Whether map `which` of the single problem (a, b) runs oneDNN's kernel on this CPU (its
+    `choice`, measured under "auto" as its lowering will be)."""
+    if not _onednn_runs(a.dtype) or tuning.exporting():
+        return False
+    return choice(cfg, which, _run(which, size, cfg), (a, b), size) == "onednn"
+
+
+def _run(which, size, cfg):
+    if which == 0:
+        return lambda algorithm, x, w: _forward(algorithm, x, w, cfg)
+    return _dx_run(size, cfg) if which == 1 else _dk_run(size, cfg)
+
+
 def members(which, a, b, size, cfg, one):
     """Map `which` (0 forward, 1 dX, 2 dK; `size` as in `choice`) of the K independent problems
     of a leading axis on `a` and `b`, each computed by `one(a_k, b_k)`: where the single
@@ -187,10 +201,7 @@ def members(which, a, b, size, cfg, one):
     def unrolled(a, b):
         return jnp.stack([one(a[i], b[i]) for i in range(a.shape[0])])
 
-    run = (lambda algorithm, x, w: _forward(algorithm, x, w, cfg)) if which == 0 else (
-        _dx_run(size, cfg) if which == 1 else _dk_run(size, cfg))
-    algorithm = choice(cfg, which, run, (a[0], b[0]), size if which else ())
-    if algorithm != "onednn" or not _onednn_runs(a.dtype) or tuning.exporting():
+    if not runs_onednn(which, a[0], b[0], size, cfg):
         return unrolled(a, b)
     hw = _out_hw(a.shape[2:4], b.shape[1:3], cfg) if which == 0 else size  # the result's
     return lax.platform_dependent(a, b, cpu=partial(onednn.members, which, size=hw, cfg=cfg),
