@@ -1,34 +1,36 @@
-"""Training-mode batch norm with an optional ReLU after it, as one op with its own rules, so that
-on the CPU its forward and its backward each run as one native call.
+"""Training-mode batch norm with an optional residual added and ReLU applied after it (the end of
+a ResNet's basic block), as one op with its own rules, so that on the CPU its forward and its
+backward each run as one native call.
 
 x of shape (..., C) is normalised per channel over the set R of every other axis (M = |R|
-values per channel); m is the ReLU's mask (0 where y <= 0, 1 elsewhere, a NaN y included:
-fcnn's relu) or 1 everywhere for the identity:
+values per channel); r, when given, has x's shape; m is the ReLU's mask (0 where y <= 0, 1
+elsewhere, a NaN y included: fcnn's relu) or 1 everywhere for the identity:
 
     mu = mean_R x,  var = mean_R (x - mu)^2,  s = sqrt(var + eps),  xhat = (x - mu) / s
-    y  = act(gamma xhat + beta)
+    y  = act(gamma xhat + beta + r)
 
-    tangent  t(ẋ, γ̇, β̇) = (ẏ, μ̇, v̇):
-             ẏ = m ⊙ (gamma (ẋ - mean_R ẋ - xhat mean_R(xhat ẋ)) / s + γ̇ xhat + β̇)
+    tangent  t(ẋ, γ̇, β̇, ṙ) = (ẏ, μ̇, v̇):
+             ẏ = m ⊙ (gamma (ẋ - mean_R ẋ - xhat mean_R(xhat ẋ)) / s + γ̇ xhat + β̇ + ṙ)
              μ̇ = mean_R ẋ,  v̇ = 2 s mean_R(xhat ẋ)
-    cotangent c(g, ḡμ, ḡv) = (dx, dgamma, dbeta):  g' = m ⊙ g,
-             dbeta = sum_R g',  dgamma = sum_R g' xhat,
+    cotangent c(g, ḡμ, ḡv) = (dx, dgamma, dbeta, dr):  g' = m ⊙ g,
+             dbeta = sum_R g',  dgamma = sum_R g' xhat,  dr = g',
              dx = gamma / s (g' - dbeta / M - xhat dgamma / M) + ḡμ / M + 2 ḡv s xhat / M
 
-For fixed (x, gamma, y) t and c are linear and each other's transpose (<t(ẋ, γ̇, β̇), (g, ḡμ,
-ḡv)> = <(ẋ, γ̇, β̇), c(g, ḡμ, ḡv)>, expanding the means). Each is a primitive, so reverse mode runs
-c as one computation: on the CPU with the native kernels one call of two passes (the sums, then
-dx), elsewhere the same maths by XLA.
+For fixed (x, gamma, y) t and c are linear and each other's transpose (<t(ẋ, γ̇, β̇, ṙ), (g, ḡμ,
+ḡv)> = <(ẋ, γ̇, β̇, ṙ), c(g, ḡμ, ḡv)>, expanding the means). Each is a primitive, so reverse mode
+runs c as one computation: on the CPU with the native kernels one call of two passes (the sums,
+then dx and dr), elsewhere the same maths by XLA. A program lowered for `jax.export` holds the
+composed maths.
 
 Their derivatives in the primal operands (second order), with mu and var operands of their own
 (so ṡ = v̇' / (2 s) and the derivative of xhat is ((ẋ' - μ̇') - xhat ṡ) / s, written ẋhat), m
 piecewise constant, A = ẋ - mean_R ẋ - xhat mean_R(xhat ẋ) and B = g' - dbeta / M - xhat dgamma / M:
 
-    d t = t(dẋ, dγ̇, dβ̇) + (m ⊙ (γ' A / s + gamma A' / s - gamma A ṡ / s^2 + γ̇ ẋhat), 0,
+    d t = t(dẋ, dγ̇, dβ̇, dṙ) + (m ⊙ (γ' A / s + gamma A' / s - gamma A ṡ / s^2 + γ̇ ẋhat), 0,
                             2 ṡ mean_R(xhat ẋ) + 2 s mean_R(ẋhat ẋ)),
           A' = -ẋhat mean_R(xhat ẋ) - xhat mean_R(ẋhat ẋ)
     d c = c(dg, dḡμ, dḡv) + (γ' B / s - gamma B ṡ / s^2 - gamma / s (ẋhat dgamma + xhat dgamma')
-                             / M + 2 ḡv (ṡ xhat + s ẋhat) / M,  dgamma', 0),
+                             / M + 2 ḡv (ṡ xhat + s ẋhat) / M,  dgamma', 0, 0),
           dgamma' = sum_R g' ẋhat
 
 (written below with jnp's elementwise operations and sums, whose own rules carry higher orders).
@@ -53,9 +55,9 @@ from fcnn import tuning
 from fcnn.ops import onednn
 from fcnn.ops._bilinear import ShapedArray, zero_like
 
-norm_act_p = Primitive("fcnn_batch_norm")  # (x, gamma, beta; eps, relu) -> (y, mu, var)
-tangent_p = Primitive("fcnn_batch_norm_tangent")  # (ẋ?, γ̇?, β̇?, x, gamma, mu, var[, y]) -> 3
-cotangent_p = Primitive("fcnn_batch_norm_cotangent")  # (g, ḡμ, ḡv, x, gamma, mu, var[, y]) -> 1-3
+norm_act_p = Primitive("fcnn_batch_norm")  # (x, gamma, beta[, r]; eps, relu) -> (y, mu, var)
+tangent_p = Primitive("fcnn_batch_norm_tangent")  # (ẋ?, γ̇?, β̇?, ṙ?, x, gamma, mu, var[, y]) -> 3
+cotangent_p = Primitive("fcnn_batch_norm_cotangent")  # (g, ḡμ, ḡv, x, gamma, mu, var[, y]) -> 1-4
 for _p in (norm_act_p, tangent_p, cotangent_p):
     _p.multiple_results = True
 
@@ -205,7 +207,8 @@ def _residuals(x, gamma, mu, var, y, relu):
 
 
 def _tangent(tangents, x, gamma, mu, var, y, eps, relu):
-    """t(ẋ, γ̇, β̇) with the absent tangents (None or symbolic zeros) left out; None if all are."""
+    """t(ẋ, γ̇, β̇, ṙ) with the absent tangents (None or symbolic zeros) left out; None if all
+    are."""
     has = tuple(t is not None and type(t) is not ad.Zero for t in tangents)
     if not any(has):
         return None
@@ -219,7 +222,7 @@ def _instantiate(a, like_shape, dtype):
 
 
 def _cotangent_bind(g, gmu, gvar, x, gamma, mu, var, y, eps, relu, wants):
-    """c(g, ḡμ, ḡv)'s results named in `wants`, None for the others."""
+    """c(g, ḡμ, ḡv)'s results (dx, dgamma, dbeta, dr) named in `wants`, None for the others."""
     c, sd = x.shape[-1:], stat_dtype(x.dtype)
     gmu, gvar = _instantiate(gmu, c, sd), _instantiate(gvar, c, sd)
     got = iter(cotangent_p.bind(g, gmu, gvar, *_residuals(x, gamma, mu, var, y, relu), eps=eps,
@@ -353,7 +356,7 @@ ad.primitive_jvps[cotangent_p] = _cotangent_jvp
 
 
 def _tangent_transpose(cts, *args, eps, relu, has):
-    """<t(ẋ, γ̇, β̇), (cy, cμ, cv)> = <(ẋ, γ̇, β̇), c(cy, cμ, cv)>."""
+    """<t(ẋ, γ̇, β̇, ṙ), (cy, cμ, cv)> = <(ẋ, γ̇, β̇, ṙ), c(cy, cμ, cv)>."""
     slots, (x, gamma, mu, var, y) = _split(args, has)
     wants = tuple(s is not None and ad.is_undefined_primal(s) for s in slots)
     cy, cmu, cvar = cts
@@ -366,7 +369,8 @@ def _tangent_transpose(cts, *args, eps, relu, has):
 
 
 def _cotangent_transpose(cts, g, gmu, gvar, x, gamma, mu, var, *y, eps, relu, wants):
-    """<c(g, ḡμ, ḡv), (a, b, c)> = <(g, ḡμ, ḡv), t(a, b, c)>: c is linear in (g, ḡμ, ḡv)."""
+    """<c(g, ḡμ, ḡv), (a, b, c, e)> = <(g, ḡμ, ḡv), t(a, b, c, e)>: c is linear in (g, ḡμ,
+    ḡv)."""
     full = iter(cts)
     per = tuple(next(full) if w else None for w in wants)
     got = _tangent(per, x, gamma, mu, var, y[0] if y else None, eps, relu)

@@ -68,9 +68,9 @@ def batch_norm(x, gamma, beta, *, eps=1e-5, activation=None, residual=None):
 
     Under the primitive binding the op and its tangent and cotangent maps are primitives of
     their own (`fcnn.ops._batch_norm`): on a CPU with the native kernels the forward is one
-    call (statistics in double, then one pass that normalises, scales, shifts and applies the
-    ReLU) and so is the backward (its sums, then dx, the ReLU's mask read from y); elsewhere
-    the same maths by XLA.
+    call (statistics in double, then one pass that normalises, scales, shifts, adds the
+    residual and applies the ReLU) and so is the backward (its sums, then dx and the residual's
+    gradient, the ReLU's mask read from y); elsewhere the same maths by XLA.
     """
     op = "batch_norm"
     x, gamma, beta = _operands(op, x, gamma, beta)
