@@ -226,3 +226,24 @@ def test_an_exported_program_holds_the_composed_maths():
     assert "stablehlo.custom_call @fcnn" not in exported.mlir_module()
     for a, b in zip(exported.call(x, gamma, beta), jax.jit(f)(x, gamma, beta), strict=True):
         assert_close(a, b, "exported vs jitted")
+
+
+def test_a_resnet_train_step_lowers_for_gpu_and_tpu_without_native_calls():
+    """ResNet-20's train step (batch norm with its ReLU and residual add in every block) lowered
+    for CUDA and TPU: XLA's convolutions and the composed batch norm, no native call."""
+    import optax
+
+    from fcnn import train
+
+    model = models.resnet20()
+    shape = (8, 8, 3)
+    params, _ = model.init(jax.random.key(0), shape)
+    opt = optax.sgd(0.1, momentum=0.9)
+    step = train.make_step(model, opt)
+    args = (params, opt.init(params), jnp.zeros((2, *shape)), jnp.zeros(2, jnp.int32),
+            jax.random.key(1), model.init_state(shape))
+    for platform in ("cuda", "tpu"):
+        text = jax.jit(step).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+        assert "custom_call @fcnn" not in text, platform
+        # 19 convolutions: forward, dK, and dX but for the first layer's (the data's)
+        assert text.count("stablehlo.convolution") == 19 * 3 - 1, platform
