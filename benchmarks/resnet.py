@@ -30,6 +30,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
+from benchmarks import twins  # noqa: E402
 from benchmarks._report import key, table  # noqa: E402
 from benchmarks._timing import Timed, interleaved, jax_timed, medians, pair_ratio  # noqa: E402
 from fcnn import ops, train  # noqa: E402
@@ -81,20 +82,10 @@ def torch_runner(variant, name, x, y):
 
     cl = variant == "torch_cl"
     net = torch_resnet(name, x.shape[-1]).train()
-    fmt = torch.channels_last if cl else torch.contiguous_format
-    net = net.to(memory_format=fmt)
-    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    tx, ty = tx.contiguous(memory_format=fmt), torch.from_numpy(y.astype(np.int64))
-
-    def step(x, y):
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
+    if cl:
+        net = net.to(memory_format=torch.channels_last)
+    step = twins.sgd_step(net, LR, MOMENTUM)
+    tx, ty = twins.torch_batch(x, y, cl)
     return Timed(variant, functools.partial(step, tx, ty), sync=lambda loss: loss.item())
 
 

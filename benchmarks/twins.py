@@ -227,7 +227,15 @@ def torch_step(name, shape, channels_last=False):
     net = torch_net(name, shape)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    return sgd_step(net, LR, MOMENTUM)
+
+
+def sgd_step(net, lr, momentum):
+    """`step(x, y) -> loss`: one SGD-momentum train step of the torch module `net` on the
+    cross-entropy loss."""
+    import torch
+
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step(x, y):
