@@ -186,6 +186,7 @@ def runs_onednn(which, a, b, size, cfg) -> bool:
 
 
 def _run(which, size, cfg):
+    """`run(algorithm, a, b)` computing map `which` (what `choice` measures)."""
     if which == 0:
         return lambda algorithm, x, w: _forward(algorithm, x, w, cfg)
     return _dx_run(size, cfg) if which == 1 else _dk_run(size, cfg)
@@ -237,8 +238,7 @@ def _transposed_kernel(w, groups):
 
 
 def forward(x, w, cfg):
-    return _per_platform(cfg, 0, lambda algorithm, x, w: _forward(algorithm, x, w, cfg), (x, w),
-                         ())
+    return _per_platform(cfg, 0, _run(0, (), cfg), (x, w), ())
 
 
 def _forward(algorithm, x, w, cfg):
