@@ -1,4 +1,4 @@
-"""max_pool2d / avg_pool2d: hand-written rules against autodiff of lax.reduce_window."""
+"""max_pool2d / avg_pool2d: hand-written rules against autodiff of the plain-lax oracle."""
 
 from __future__ import annotations
 
@@ -11,10 +11,22 @@ from jax.test_util import check_grads
 
 from fcnn import ops
 from fcnn import reference as R
+from fcnn.ops import onednn
+from fcnn.ops import pool as pool_mod
 from fcnn.testing import assert_close, check_vjp
 from tests.strategies import costly, distinct, normal, pool_cases
 
-POOLS = [(ops.max_pool2d, R.max_pool2d), (ops.avg_pool2d, R.avg_pool2d)]
+
+def _relu_first(pool):
+    """The pool of ReLU's output as one op (`activation="relu"`), taken at x - SHIFT:
+    `distinct` holds an exact 0, ReLU's kink, where finite differences are one-sided."""
+    return lambda x, *a: pool(x - SHIFT, *a, activation="relu")
+
+
+SHIFT = 0.00123456
+POOLS = [(ops.max_pool2d, R.max_pool2d), (ops.avg_pool2d, R.avg_pool2d),
+         (_relu_first(ops.max_pool2d), _relu_first(R.max_pool2d))]
+IDS = ["max", "avg", "max_relu"]
 # forward and reverse where the binding has forward mode (the default), else reverse only
 MODES = ["fwd", "rev"] if ops.binding() == "primitive" else ["rev"]
 
@@ -23,7 +35,7 @@ def _bind(f, case):
     return lambda x: f(x, case["window"], case["stride"], case["padding"])
 
 
-@pytest.mark.parametrize("pool", POOLS, ids=["max", "avg"])
+@pytest.mark.parametrize("pool", POOLS, ids=IDS)
 @given(case=pool_cases())
 def test_value_and_vjp_match_autodiff(case, pool):
     x = distinct(0, case["shape"])  # no ties: the argmax is unambiguous
@@ -31,7 +43,7 @@ def test_value_and_vjp_match_autodiff(case, pool):
 
 
 @costly(ci_examples=7)  # the rules are proven in float64 above; this sweeps float32's dtype path
-@pytest.mark.parametrize("pool", POOLS, ids=["max", "avg"])
+@pytest.mark.parametrize("pool", POOLS, ids=IDS)
 @given(case=pool_cases())
 def test_value_and_vjp_match_autodiff_in_float32(case, pool):
     x = distinct(0, case["shape"], jnp.float32)
@@ -39,7 +51,7 @@ def test_value_and_vjp_match_autodiff_in_float32(case, pool):
 
 
 @costly(ci_examples=7)
-@pytest.mark.parametrize("pool", POOLS, ids=["max", "avg"])
+@pytest.mark.parametrize("pool", POOLS, ids=IDS)
 @given(case=pool_cases())
 def test_grad_of_grad_matches_autodiff(case, pool):
     x = distinct(1, case["shape"])
@@ -128,13 +140,15 @@ def test_narrow_tiled_max_pool_backward_with_ties(shape, window):
         g = normal(12, jax.eval_shape(pool(ops.max_pool2d), x).shape, dtype)
         check_vjp(scatter(ops.max_pool2d), scatter(R.max_pool2d), x, g)
         check_vjp(gather(ops.max_pool2d), gather(R.max_pool2d), x, normal(13, x.shape, dtype))
-    n, h, w, c = x.shape if x.ndim == 4 else (1, *x.shape)
-    kh, kw = np.broadcast_to(window, 2)
-    view = f"tensor<{n}x{h // kh}x{kh}x{w // kw}x{kw * c}x"
-    assert view in jax.jit(scatter(ops.max_pool2d)).lower(x, g).as_text(), "not the narrow path"
+        if dtype == jnp.float64:  # (float32 runs the native kernel where it is built)
+            n, h, w, c = x.shape if x.ndim == 4 else (1, *x.shape)
+            kh, kw = np.broadcast_to(window, 2)
+            view = f"tensor<{n}x{h // kh}x{kh}x{w // kw}x{kw * c}x"
+            lowered = jax.jit(scatter(ops.max_pool2d)).lower(x, g).as_text()
+            assert view in lowered, "not the narrow path"
 
 
-@pytest.mark.parametrize("pool", POOLS, ids=["max", "avg"])
+@pytest.mark.parametrize("pool", POOLS, ids=IDS)
 def test_finite_differences(pool):
     x = distinct(2, (2, 7, 6, 3))
     check_grads(lambda x: pool[0](x, 3, 2, 1), (x,), order=2, modes=MODES, eps=1e-4)
@@ -191,7 +205,7 @@ def test_avg_pool_by_hand():
     np.testing.assert_array_equal(dx, jnp.full((4, 4, 1), 0.25))
 
 
-@pytest.mark.parametrize("pool", POOLS, ids=["max", "avg"])
+@pytest.mark.parametrize("pool", POOLS, ids=IDS)
 def test_vmap_jit_and_dtypes(pool):
     x = distinct(6, (3, 6, 6, 2), jnp.float32)
     f = lambda x: pool[0](x, 2)
@@ -201,3 +215,62 @@ def test_vmap_jit_and_dtypes(pool):
     for dtype in (jnp.bfloat16, jnp.float16):
         y, vjp = jax.vjp(f, x.astype(dtype))
         assert y.dtype == dtype and vjp(y)[0].dtype == dtype
+
+
+# Sizes at which XLA's CPU compiler hands a max reduction (reduce_window, or jnp.max over blocks)
+# to YNNPACK, whose maximum drops a NaN (the window's largest number comes out), and the CIFAR
+# net's and an overlapping pool's: every window holding a NaN must give NaN.
+NAN_SIZES = [((4, 28, 28, 6), 2, None, 0), ((2, 32, 32, 32), 2, None, 0),
+             ((2, 15, 15, 8), 3, 2, 1)]
+
+
+@pytest.mark.parametrize("shape,window,stride,padding", NAN_SIZES)
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_every_window_holding_a_nan_pools_to_nan(shape, window, stride, padding, activation):
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 3, size=shape).astype(np.float32)
+    x[rng.random(shape) < 0.05] = np.nan
+    want = np.isnan(R.max_pool2d(x, window, stride, padding))
+    assert want.sum() > 100 and not want.all()
+    for name, run in [("the op", lambda x: ops.max_pool2d(x, window, stride, padding,
+                                                          activation=activation)),
+                      ("XLA's formulation", lambda x: pool_mod._max_pool_xla(
+                          x, pool_mod._prepare("t", x, window, stride, padding)[2]._replace(
+                              relu=activation == "relu")))]:
+        got = np.isnan(np.asarray(jax.jit(run)(x)))
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+NATIVE_CASES = [((3, 28, 28, 6), 2, None, 0), ((2, 9, 9, 33), 2, None, 0),
+                ((2, 7, 9, 17), (3, 2), 3, ((1, 0), (0, 1))), ((2, 11, 10, 5), 3, 2, 1),
+                ((2, 11, 11, 3), 3, 1, 1), ((1, 5, 5, 2), 2, 2, 1)]
+
+
+@pytest.mark.skipif(not onednn.AVAILABLE, reason="the native kernels are not built")
+@pytest.mark.parametrize("shape,window,stride,padding", NATIVE_CASES)
+def test_native_max_pool_equals_xla_formulations_on_special_values(shape, window, stride,
+                                                                   padding):
+    """native/max_pool.cc's forward and backward against pool.py's XLA formulations, bit for
+    bit: tiles (narrow, wide, with padding and remainders), overlapping windows, padded cells
+    that hold a window's only maximum; integer values (ties), NaN, +-inf; with and without the
+    ReLU first. g holds small integers, so overlapping windows' sums are exact in any order."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(-3, 3, size=shape).astype(np.float32)
+    u = rng.random(shape)
+    x[u < 0.05], x[(u > 0.05) & (u < 0.1)], x[(u > 0.1) & (u < 0.12)] = np.nan, -np.inf, np.inf
+    x[0, :2, :2] = -np.inf  # a corner window of -inf only: its maximum is its first (padded) tap
+    for relu in (False, True):
+        cfg = pool_mod._prepare("t", x, window, stride, padding)[2]._replace(relu=relu)
+        y = jax.jit(lambda x: onednn.max_pool(x, pool_mod._out_hw(x.shape[1:3], cfg), cfg))(x)
+        np.testing.assert_array_equal(y, jax.jit(lambda x: pool_mod._max_pool_xla(x, cfg))(x))
+        g = rng.integers(-4, 5, size=y.shape).astype(np.float32)
+        dx = jax.jit(lambda x, g: onednn.max_pool_backward(x, g, cfg))(x, g)
+        np.testing.assert_array_equal(
+            dx, jax.jit(lambda x, g: pool_mod._max_scatter_xla(x, g, cfg))(x, g))
+        def value_and_vjp(x, g):
+            out, vjp = jax.vjp(lambda x: ops.max_pool2d(
+                x, window, stride, padding, activation="relu" if relu else None), x)
+            return out, vjp(g)
+
+        text = jax.jit(value_and_vjp).lower(x, g).as_text()
+        assert "fcnn_max_pool_fwd" in text and "fcnn_max_pool_bwd" in text  # the op runs both
