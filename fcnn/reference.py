@@ -80,16 +80,11 @@ def _window(x, init, op, window, stride, padding):
     )
 
 
-def max_pool2d(x, window, stride=None, padding=0, *, activation=None):
+def max_pool2d(x, window, stride=None, padding=0):
     """Each window's first maximum in row-major order, a NaN counting as the largest value
     (`jnp.argmax`, as numpy's), gathered from the window's taps: autodiff sends the gradient
-    there. `activation="relu"`: `relu` first, then the pool (PyTorch's order of the layers).
-    (XLA's `reduce_window` max is no oracle here: its autodiff sends the gradient to the
+    there. (XLA's `reduce_window` max is no oracle here: its autodiff sends the gradient to the
     window's largest number, and on the CPU, fused into YNNPACK, its value is that number too.)"""
-    if activation not in (None, "relu"):
-        raise ValueError(f"max_pool2d: `activation` must be None or 'relu', got {activation!r}.")
-    if activation == "relu":
-        x = relu(x)
     return _batched(_max_by_argmax, x, window, stride, padding)
 
 

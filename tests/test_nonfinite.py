@@ -63,12 +63,6 @@ CASES = {
                             dict(window=2)),
     "max_pool2d_tiled_wide": (ops.max_pool2d, R.max_pool2d, (normal(4, (1, 4, 4, 32)),),
                               dict(window=2)),
-    # the pool of ReLU's output as one op: tiles (native or XLA) and overlapping windows
-    "max_pool2d_relu": (ops.max_pool2d, R.max_pool2d, (normal(4, (2, 6, 4, 3)),),
-                        dict(window=2, activation="relu")),
-    "max_pool2d_relu_overlapping": (ops.max_pool2d, R.max_pool2d, (normal(4, (2, 5, 6, 3)),),
-                                    dict(window=(3, 2), stride=(2, 1),
-                                         padding=((1, 1), (0, 1)), activation="relu")),
     "avg_pool2d": (ops.avg_pool2d, R.avg_pool2d, (normal(4, (2, 5, 6, 3)),),
                    dict(window=(3, 2), stride=(2, 1), padding=((1, 1), (0, 1)))),
     "dense": (ops.dense, R.dense, (normal(5, (3, 7)), normal(6, (7, 4)), normal(7, (4,))), {}),
@@ -396,7 +390,6 @@ def _torch_cases(t):
         "conv2d": (lambda x, w, b: conv(x, w, b), (0, 1, 2)),
         "conv2d_relu": (lambda x, w, b: t.relu(conv(x, w, b)), (0, 1, 2)),
         "max_pool2d": (pool("max"), (0,)),
-        "max_pool2d_relu_overlapping": (lambda x: pool("max")(t.relu(x)), (0,)),
         "avg_pool2d": (pool("avg"), (0,)),
         "dense": (lambda x, w, b: x @ w + b, (0, 1, 2)),
         "relu": (t.relu, (0,)),
@@ -414,8 +407,7 @@ def _torch_cases(t):
     }
 
 
-TORCH_NAMES = ["conv2d", "conv2d_relu", "max_pool2d", "max_pool2d_relu_overlapping",
-               "avg_pool2d", "dense", "relu",
+TORCH_NAMES = ["conv2d", "conv2d_relu", "max_pool2d", "avg_pool2d", "dense", "relu",
                "leaky_relu", "elu", "sigmoid", "tanh", "softmax_cross_entropy", "mse", "hinge",
                "local_response_norm", "batch_norm", "batch_norm_relu", "group_norm"]
 

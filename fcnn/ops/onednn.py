@@ -42,13 +42,11 @@ LIBDNNL = "libdnnl.so.3"
 TARGETS = {"forward": "fcnn_onednn_conv_fwd", "dx": "fcnn_onednn_conv_dx",
            "dk": "fcnn_onednn_conv_dk", "act_forward": "fcnn_onednn_conv_act_fwd",
            "act_backward": "fcnn_onednn_conv_act_bwd", "bn_forward": "fcnn_batch_norm_fwd",
-           "bn_backward": "fcnn_batch_norm_bwd", "members": "fcnn_onednn_conv_members",
-           "pool_forward": "fcnn_max_pool_fwd", "pool_backward": "fcnn_max_pool_bwd"}
+           "bn_backward": "fcnn_batch_norm_bwd", "members": "fcnn_onednn_conv_members"}
 _SYMBOLS = {"forward": "OnednnConvFwd", "dx": "OnednnConvBwdData", "dk": "OnednnConvBwdWeights",
             "act_forward": "OnednnConvActFwd", "act_backward": "OnednnConvActBwd",
             "bn_forward": "OnednnBatchNormFwd", "bn_backward": "OnednnBatchNormBwd",
-            "members": "OnednnConvMembers", "pool_forward": "OnednnMaxPoolFwd",
-            "pool_backward": "OnednnMaxPoolBwd"}
+            "members": "OnednnConvMembers"}
 _REBUILD = "reinstall fcnn to rebuild it (pip install .)"
 
 
@@ -262,31 +260,3 @@ def batch_norm_backward(g, x, y, gamma, mean, var, gmean, gvar, eps, want_dx, wa
                                              vmap_method="sequential")(
         g, x, y, gamma, mean, var, gmean, gvar, eps=np.float64(eps))
     return (dx if want_dx else None), dgamma, dbeta, (dr if want_dr else None)
-
-
-def _pool_attrs(cfg):
-    (top, bottom), (left, right) = cfg.padding
-    return dict(window=np.asarray(cfg.window, np.int64), strides=np.asarray(cfg.stride, np.int64),
-                padding=np.asarray([top, bottom, left, right], np.int64),
-                relu=np.int64(cfg.relu))
-
-
-def max_pool(x, out_hw, cfg):
-    """The max pool (`fcnn.ops.pool`'s max_pool) in one call (native/max_pool.cc): each window's
-    maximum, NaN if it holds one, then ReLU for `cfg.relu`; split over the images on XLA's
-    threads."""
-    import jax
-
-    return jax.ffi.ffi_call(
-        TARGETS["pool_forward"], jax.ShapeDtypeStruct((x.shape[0], *out_hw, x.shape[3]), x.dtype),
-        vmap_method="sequential")(x, **_pool_attrs(cfg))
-
-
-def max_pool_backward(x, g, cfg):
-    """The max pool's backward (`fcnn.ops.pool`'s max_scatter) in one call: g sent to each
-    window's first maximum of x, masked by the pooled value for `cfg.relu` (the pool of ReLU's
-    output); split over the images on XLA's threads."""
-    import jax
-
-    return jax.ffi.ffi_call(TARGETS["pool_backward"], jax.ShapeDtypeStruct(x.shape, g.dtype),
-                            vmap_method="sequential")(x, g, **_pool_attrs(cfg))

@@ -25,31 +25,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fcnn import _args, tuning
-from fcnn.ops import _binding, _checks, onednn
+from fcnn import _args
+from fcnn.ops import _binding, _checks
 from fcnn.ops import _taps as _taps_mod
 
 
 class PoolConfig(NamedTuple):
-    """Static, hashable configuration of a pooling window (explicit padding); `relu`: a max
-    pool of ReLU's output (`max_pool2d(..., activation="relu")`)."""
+    """Static, hashable configuration of a pooling window (explicit padding)."""
 
     window: _args.Pair
     stride: _args.Pair
     padding: _args.Padding
-    relu: bool = False
 
 
-def max_pool2d(x, window, stride=None, padding=0, *, activation=None):
+def max_pool2d(x, window, stride=None, padding=0):
     """Max pooling; padded cells are -inf and lose to every real value but a -inf. A window
     holding a NaN gives NaN (as in PyTorch), and its gradient goes to its first NaN.
-
-    With `activation="relu"`, the pool of ReLU's output as one op: relu(max_pool(x)), which is
-    max_pool(relu(x)) (ReLU is monotone and keeps a NaN), and so is its derivative: the
-    gradient goes to each window's first maximum as above where the pooled value is > 0 or NaN,
-    and nowhere where it is <= 0 (there the ReLU passed nothing: its slope is 0 at 0). The mask
-    is read once per window, on the pooled map, where ReLU then pool would apply it to the
-    whole input. Layers: `serial` runs a ReLU followed by a MaxPool2D so.
 
     Args:
       x: `(N, H, W, C)` or `(H, W, C)`, floating.
@@ -57,17 +48,12 @@ def max_pool2d(x, window, stride=None, padding=0, *, activation=None):
       stride: int or pair; defaults to `window` (non-overlapping).
       padding: int, pair, `((top, bottom), (left, right))`, "SAME" or "VALID"; each side must be
         smaller than the window. Ints and pairs may be numpy values, as in `conv2d`.
-      activation: None or "relu", applied before the pool (the same as after it).
 
     Returns:
       `(N, H_out, W_out, C)` (or unbatched). The backward sends each window's gradient to its
       maximum; on ties to the first in row-major window order.
     """
-    if activation not in (None, "relu"):
-        raise ValueError(
-            f"max_pool2d: `activation` must be None or 'relu', got {activation!r}.")
     x, batched, cfg = _prepare("max_pool2d", x, window, stride, padding)
-    cfg = cfg._replace(relu=activation == "relu")
     y = _max_pool(x, cfg)
     return y if batched else y[0]
 
@@ -207,39 +193,16 @@ _avg_pool_t.defvjp(_avg_pool_t_fwd, _avg_pool_t_bwd)
 
 
 def _max_pool_impl(x, cfg):
-    """The pooled maximum, then ReLU for `cfg.relu` (y <= 0 -> 0, a NaN stays): on the CPU with
-    the native kernels one call (native/max_pool.cc), elsewhere XLA's."""
-    if _native(x, x):
-        out_hw = _out_hw(x.shape[1:3], cfg)
-        return lax.platform_dependent(x, cpu=lambda x: onednn.max_pool(x, out_hw, cfg),
-                                      default=partial(_max_pool_xla, cfg=cfg))
-    return _max_pool_xla(x, cfg)
-
-
-def _max_pool_xla(x, cfg):
-    y = _window_max(x, cfg)
-    return jnp.where(y <= 0, jnp.zeros((), y.dtype), y) if cfg.relu else y
-
-
-def _relu_mask(x, t, cfg):
-    """t where the pooled value of x is > 0 or NaN and 0 where it is <= 0, for `cfg.relu` (the
-    ReLU before the pool passed nothing there); t itself otherwise."""
-    if not cfg.relu:
-        return t
-    return jnp.where(_window_max(x, cfg) <= 0, jnp.zeros((), t.dtype), t)
-
-
-def _window_max(x, cfg):
-    """XLA's pooled maximum: the elementwise maximum of the window's taps (strided slices of the
-    input padded with -inf), one loop over the output that XLA fuses; 1.5-7x faster than XLA's
-    `reduce_window` on 3x3 stride-2 windows of a materialised input, 1.2-1.5x on 2x2 tiles.
-    Not `reduce_window` nor `jnp.max` over blocks: on the CPU XLA hands both to YNNPACK, whose
-    maximum returns the largest number of a window holding a NaN (measured with jax 0.10.2: no
-    NaN left of 27,739 in a 128x28x28x6 input's windows; docs/correctness.md). `jnp.maximum`
-    keeps the NaN. For windows that tile, the tap maximum lets XLA fuse a fusible producer —
-    the `taps` forward of a grey or RGB first layer — into the pool as well as into its saved
-    output, computing that convolution twice (LeNet-5's step under the table 1.18x slower
-    without the native kernels, which compute the pool themselves)."""
+    """The elementwise maximum of the window's taps (strided slices of the input padded with
+    -inf), one loop over the output that XLA fuses and splits over its threads; 1.5-7x faster
+    than XLA's `reduce_window` on 3x3 stride-2 windows of a materialised input, 1.2-1.5x on
+    2x2 tiles. Not `reduce_window` nor `jnp.max` over blocks: on the CPU XLA hands both to
+    YNNPACK, whose maximum returns the largest number of a window holding a NaN (measured with
+    jax 0.10.2: none of the 27,739 windows holding a NaN of a 128x28x28x6 input pooled to NaN;
+    docs/correctness.md). `jnp.maximum` keeps the NaN. For windows that tile, the tap maximum
+    lets XLA fuse a fusible producer — the `taps` forward of a grey or RGB first layer — into
+    the pool as well as into its saved output, computing that convolution twice (LeNet-5's step
+    under the table without the native kernels 1.18x slower; docs/performance.md)."""
     return functools.reduce(jnp.maximum, (xs for _, _, xs in _taps(x, cfg, -jnp.inf)))
 
 
@@ -321,25 +284,7 @@ def _tile_argmax(rows, cfg):
     return jnp.argmax(jnp.stack([xs for _, xs in _row_taps(rows, cfg)], axis=-1), axis=-1)
 
 
-def _native(x, g) -> bool:
-    """Whether the native backward computes this: the library loaded, float32, not empty, and
-    not lowered for `jax.export` (which gets XLA's maths, as for the convolutions)."""
-    return (onednn.AVAILABLE and x.size > 0 and not tuning.exporting()
-            and x.dtype == jnp.float32 and g.dtype == jnp.float32)
-
-
 def _max_scatter_impl(x, g, cfg):
-    """On the CPU with the native kernels one call (native/max_pool.cc: the same rule, the ReLU
-    mask read from each window's maximum, split over the images on XLA's threads); elsewhere
-    the XLA formulations below."""
-    if not _native(x, g):
-        return _max_scatter_xla(x, g, cfg)
-    return lax.platform_dependent(x, g, cpu=partial(onednn.max_pool_backward, cfg=cfg),
-                                  default=partial(_max_scatter_xla, cfg=cfg))
-
-
-def _max_scatter_xla(x, g, cfg):
-    g = _relu_mask(x, g, cfg)
     tiles = cfg.stride == cfg.window
     if tiles and x.shape[3] < 16 and cfg.padding == ((0, 0), (0, 0)):
         return _max_scatter_tiles(x, g, cfg)
@@ -358,9 +303,9 @@ def _max_scatter_xla(x, g, cfg):
 def _max_gather_impl(x, ct, cfg):
     index = _argmax_taps(x, cfg)
     zero = jnp.zeros((), ct.dtype)
-    return _relu_mask(x, sum(
+    return sum(
         jnp.where(index == a * cfg.window[1] + b, cts, zero) for a, b, cts in _taps(ct, cfg, 0)
-    ), cfg)
+    )
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
