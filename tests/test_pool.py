@@ -224,3 +224,11 @@ def test_every_window_holding_a_nan_pools_to_nan(shape, window, stride, padding)
                                                                  static_argnums=(1, 2, 3)))]:
         got = np.isnan(np.asarray(run(x, window, stride, padding)))
         np.testing.assert_array_equal(got, want, err_msg=name)
+    # and each window's gradient goes to its first NaN, as the oracle's (small integer g: exact
+    # sums where overlapping windows share a cell)
+    g = rng.integers(1, 5, size=want.shape).astype(np.float32)
+
+    def grad(pool):
+        return jax.jit(lambda x, g: jax.vjp(lambda x: pool(x, window, stride, padding), x)[1](g))
+
+    np.testing.assert_array_equal(grad(ops.max_pool2d)(x, g), grad(R.max_pool2d)(x, g))
