@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fcnn import _args
-from fcnn.ops import _binding, _checks
+from fcnn import _args, tuning
+from fcnn.ops import _binding, _checks, onednn
 from fcnn.ops import _taps as _taps_mod
 
 
@@ -196,14 +196,32 @@ def _max_pool_impl(x, cfg):
     """The elementwise maximum of the window's taps (strided slices of the input padded with
     -inf), one loop over the output that XLA fuses and splits over its threads; 1.5-7x faster
     than XLA's `reduce_window` on 3x3 stride-2 windows of a materialised input, 1.2-1.5x on
-    2x2 tiles. Not `reduce_window` nor `jnp.max` over blocks: on the CPU XLA hands both to
-    YNNPACK, whose maximum returns the largest number of a window holding a NaN (measured with
-    jax 0.10.2: none of the 27,739 windows holding a NaN of a 128x28x28x6 input pooled to NaN;
-    docs/correctness.md). `jnp.maximum` keeps the NaN. For windows that tile, the tap maximum
-    lets XLA fuse a fusible producer — the `taps` forward of a grey or RGB first layer — into
-    the pool as well as into its saved output, computing that convolution twice (LeNet-5's step
-    under the table without the native kernels 1.18x slower; docs/performance.md)."""
-    return functools.reduce(jnp.maximum, (xs for _, _, xs in _taps(x, cfg, -jnp.inf)))
+    2x2 tiles. Never `reduce_window` alone, nor `jnp.max` over blocks: on the CPU XLA hands both
+    to YNNPACK, whose maximum returns the largest number of a window holding a NaN (measured
+    with jax 0.10.2: none of the 27,739 windows holding a NaN of a 128x28x28x6 input pooled to
+    NaN; docs/correctness.md). `jnp.maximum` keeps the NaN.
+
+    Windows that tile, where the convolutions before may be XLA's own (no native kernels,
+    another dtype, or the built-in table's algorithms): `maximum(taps, reduce_window)`, the
+    same values. With the taps alone XLA fused a `taps` convolution (a grey or RGB first
+    layer's) into the pool's forward, its backward's argmax and the ReLU mask, computing it
+    three times (LeNet-5's step under the table 18.8 against 9.1 ms); `reduce_window`'s
+    reader keeps it in memory. After the native kernels, whose outputs XLA cannot fuse, the
+    taps alone are faster (LeNet-5 4.75 against 5.62 ms, CIFAR net 85.5 against 90.4;
+    docs/performance.md)."""
+    taps = functools.reduce(jnp.maximum, (xs for _, _, xs in _taps(x, cfg, -jnp.inf)))
+    if any(s < k for s, k in zip(cfg.stride, cfg.window)) or _after_native(x):
+        return taps
+    dims, strides, pads = _window_dims(cfg)
+    window_max = lax.reduce_window(x, -jnp.inf, lax.max, dims, strides, pads)
+    return jnp.where(taps != taps, taps, window_max)  # (a `maximum` of the two: YNNPACK's)
+
+
+def _after_native(x) -> bool:
+    """Whether the layers before a pool of `x` run fcnn's native kernels where they can: built,
+    float32, "auto" measuring or cached (not the table), not lowered for export."""
+    return (onednn.AVAILABLE and x.dtype == jnp.float32 and tuning.mode() != "table"
+            and not tuning.exporting())
 
 
 # The first-maximum rule: each window's gradient goes to its first maximum in row-major window
