@@ -740,6 +740,17 @@ ffi::Error ConvActBwdImpl(ffi::ThreadPool pool, F32R4 g, F32R4 x, F32R4 w, F32R4
       .Attr<I64Span>("rhs_dilation")                 \
       .Attr<int64_t>("feature_group_count")
 
+// y = x, a buffer XLA cannot see into: fcnn's `taps` convolution (an elementwise chain XLA fuses)
+// passes its output through this so that its readers read it instead of each recomputing it
+// (fcnn/ops/_conv_algorithms.py, `materialized`). The result aliases the operand where XLA
+// can donate it (no copy); otherwise it is copied.
+ffi::Error MaterializeImpl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
+  if (y->untyped_data() != x.untyped_data() && x.size_bytes() > 0) {
+    std::memcpy(y->untyped_data(), x.untyped_data(), x.size_bytes());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // The library is built with -fvisibility=hidden and XLA_FFI_DEFINE_HANDLER_SYMBOL
@@ -752,7 +763,11 @@ ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvBwdWeights(XLA_FFI_CallFrame*);
 ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvActFwd(XLA_FFI_CallFrame*);
 ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvActBwd(XLA_FFI_CallFrame*);
 ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvMembers(XLA_FFI_CallFrame*);
+ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnMaterialize(XLA_FFI_CallFrame*);
 }
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnMaterialize, MaterializeImpl,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvMembers, ConvMembersImpl,
                               ffi::Ffi::Bind()

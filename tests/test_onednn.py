@@ -73,6 +73,35 @@ def test_other_platforms_and_the_table_run_noonednn():
 
 
 @built
+def test_a_taps_forward_hands_its_output_over_through_an_opaque_call():
+    """`taps`' output (an elementwise chain XLA would fuse into each of its readers: a max
+    pool's forward, argmax and the ReLU mask, recomputing it) reaches them through
+    `fcnn_materialize` in float32 on the CPU, with its values; not in float64, not exported."""
+    x, w = normal(0, (2, 12, 12, 1), jnp.float32), normal(1, (5, 5, 1, 6), jnp.float32)
+    b = normal(2, (6,), jnp.float32)
+
+    def step(x, w, b):
+        def loss(x, w, b):
+            y = ops.conv2d(x, w, b, padding=2, algorithm="taps", activation="relu")
+            return jnp.sum(ops.max_pool2d(y, 2) ** 2)
+        return jax.value_and_grad(loss, argnums=(0, 1, 2))(x, w, b)
+
+    def oracle(x, w, b):
+        def loss(x, w, b):
+            return jnp.sum(R.max_pool2d(R.conv2d(x, w, b, padding=2, activation="relu"), 2) ** 2)
+        return jax.value_and_grad(loss, argnums=(0, 1, 2))(x, w, b)
+
+    assert "fcnn_materialize" in jax.jit(step).lower(x, w, b).as_text()
+    for got, want in zip(jax.tree.leaves(jax.jit(step)(x, w, b)),
+                         jax.tree.leaves(oracle(x, w, b)), strict=True):
+        assert_close(got, want, "taps, handed over")
+    x64, w64, b64 = (a.astype(jnp.float64) for a in (x, w, b))
+    assert "fcnn_materialize" not in jax.jit(step).lower(x64, w64, b64).as_text()
+    exported = jax.export.export(jax.jit(step), platforms=["cpu", "cuda"])(x, w, b)
+    assert "fcnn_materialize" not in exported.mlir_module()
+
+
+@built
 def test_vmap_per_example_and_members():
     """Per-example gradients (dK per example: a vmapped members primitive, one oneDNN call per
     example) and an ensemble's members (a loop of calls) equal the oracle."""

@@ -48,7 +48,7 @@ def forward(x, w, b, cfg, relu):
         if algorithm == "onednn" and algo._onednn_runs(x.dtype):
             return onednn.conv_act(x, w, b, out_hw, cfg, relu)
         z = algo._forward(algorithm, x, w, cfg)
-        return act(z if b is None else z + b.reshape(1, 1, 1, -1), relu)
+        return algo.held(algorithm, act(z if b is None else z + b.reshape(1, 1, 1, -1), relu))
 
     operands = (x, w) if b is None else (x, w, b)
     return algo._per_platform(cfg, 0, run, operands, (), epilogue(b is not None, relu))

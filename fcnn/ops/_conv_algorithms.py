@@ -188,7 +188,7 @@ def runs_onednn(which, a, b, size, cfg) -> bool:
 def _run(which, size, cfg):
     """`run(algorithm, a, b)` computing map `which` (what `choice` measures)."""
     if which == 0:
-        return lambda algorithm, x, w: _forward(algorithm, x, w, cfg)
+        return lambda algorithm, x, w: held(algorithm, _forward(algorithm, x, w, cfg))
     return _dx_run(size, cfg) if which == 1 else _dk_run(size, cfg)
 
 
@@ -297,6 +297,23 @@ def _forward_taps(x, w, cfg):
             for term in terms:
                 y = term if y is None else y + term
     return y.reshape(n, *out_hw, cout)
+
+
+def held(algorithm, y):
+    """A forward's output `y`, through `materialized` when `algorithm` is "taps"."""
+    return materialized(y) if algorithm == "taps" else y
+
+
+def materialized(y):
+    """`y`, held in memory for its readers where the native kernels are loaded (float32, not
+    lowered for export; on the CPU). The `taps` sum is an elementwise chain that XLA's CPU
+    compiler fuses into every reader: a max pool's forward, its backward's argmax and the ReLU
+    mask each recomputed it (LeNet-5's step with `taps` for its first layer 15.8 against 6.1
+    ms, docs/performance.md). A native call's result is opaque to XLA, so its readers read it.
+    Without the native kernels the max pool keeps it in memory itself (`pool._max_pool_impl`)."""
+    if not (_onednn_runs(y.dtype) and not tuning.exporting()):
+        return y
+    return lax.platform_dependent(y, cpu=onednn.materialize, default=lambda y: y)
 
 
 # ----------------------------------------------------------------------------- dX

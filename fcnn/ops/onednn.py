@@ -42,11 +42,12 @@ LIBDNNL = "libdnnl.so.3"
 TARGETS = {"forward": "fcnn_onednn_conv_fwd", "dx": "fcnn_onednn_conv_dx",
            "dk": "fcnn_onednn_conv_dk", "act_forward": "fcnn_onednn_conv_act_fwd",
            "act_backward": "fcnn_onednn_conv_act_bwd", "bn_forward": "fcnn_batch_norm_fwd",
-           "bn_backward": "fcnn_batch_norm_bwd", "members": "fcnn_onednn_conv_members"}
+           "bn_backward": "fcnn_batch_norm_bwd", "members": "fcnn_onednn_conv_members",
+           "materialize": "fcnn_materialize"}
 _SYMBOLS = {"forward": "OnednnConvFwd", "dx": "OnednnConvBwdData", "dk": "OnednnConvBwdWeights",
             "act_forward": "OnednnConvActFwd", "act_backward": "OnednnConvActBwd",
             "bn_forward": "OnednnBatchNormFwd", "bn_backward": "OnednnBatchNormBwd",
-            "members": "OnednnConvMembers"}
+            "members": "OnednnConvMembers", "materialize": "OnednnMaterialize"}
 _REBUILD = "reinstall fcnn to rebuild it (pip install .)"
 
 
@@ -115,6 +116,9 @@ def _load():
         return None, built, why
     import jax
 
+    absent = [symbol for symbol in _SYMBOLS.values() if not hasattr(lib, symbol)]
+    if absent:  # a library built from an older fcnn
+        return None, built, f"{LIBRARY.name} lacks {', '.join(absent)}: {_REBUILD}"
     for name, symbol in _SYMBOLS.items():
         jax.ffi.register_ffi_target(TARGETS[name], jax.ffi.pycapsule(getattr(lib, symbol)),
                                     platform="cpu")
@@ -260,3 +264,13 @@ def batch_norm_backward(g, x, y, gamma, mean, var, gmean, gvar, eps, want_dx, wa
                                              vmap_method="sequential")(
         g, x, y, gamma, mean, var, gmean, gvar, eps=np.float64(eps))
     return (dx if want_dx else None), dgamma, dbeta, (dr if want_dr else None)
+
+
+def materialize(y):
+    """y itself, out of a native call whose result XLA cannot fuse into its readers (see
+    native/onednn_conv.cc, MaterializeImpl): the result aliases y where XLA can donate it."""
+    import jax
+
+    return jax.ffi.ffi_call(TARGETS["materialize"], jax.ShapeDtypeStruct(y.shape, y.dtype),
+                            input_output_aliases={0: 0},
+                            vmap_method="broadcast_all")(y)  # (the identity: any batch)

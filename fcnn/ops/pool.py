@@ -201,14 +201,13 @@ def _max_pool_impl(x, cfg):
     with jax 0.10.2: none of the 27,739 windows holding a NaN of a 128x28x28x6 input pooled to
     NaN; docs/correctness.md). `jnp.maximum` keeps the NaN.
 
-    Windows that tile, where the convolutions before may be XLA's own (no native kernels,
-    another dtype, or the built-in table's algorithms): `maximum(taps, reduce_window)`, the
-    same values. With the taps alone XLA fused a `taps` convolution (a grey or RGB first
+    Windows that tile, without the native kernels: `select(isnan(taps), taps, reduce_window)`,
+    the same values. With the taps alone XLA fused a `taps` convolution (a grey or RGB first
     layer's) into the pool's forward, its backward's argmax and the ReLU mask, computing it
     three times (LeNet-5's step under the table 18.8 against 9.1 ms); `reduce_window`'s
-    reader keeps it in memory. After the native kernels, whose outputs XLA cannot fuse, the
-    taps alone are faster (LeNet-5 4.75 against 5.62 ms, CIFAR net 85.5 against 90.4;
-    docs/performance.md)."""
+    reader keeps it in memory. With them, `taps` convolutions hand over their output through a
+    native call (`_conv_algorithms.materialized`) and the taps alone are faster (LeNet-5 4.74
+    against 5.42 ms, CIFAR net 84.8 against 87.3; docs/performance.md)."""
     taps = functools.reduce(jnp.maximum, (xs for _, _, xs in _taps(x, cfg, -jnp.inf)))
     if any(s < k for s, k in zip(cfg.stride, cfg.window)) or _after_native(x):
         return taps
@@ -218,10 +217,9 @@ def _max_pool_impl(x, cfg):
 
 
 def _after_native(x) -> bool:
-    """Whether the layers before a pool of `x` run fcnn's native kernels where they can: built,
-    float32, "auto" measuring or cached (not the table), not lowered for export."""
-    return (onednn.AVAILABLE and x.dtype == jnp.float32 and tuning.mode() != "table"
-            and not tuning.exporting())
+    """Whether a pool of `x` runs where the native kernels do (loaded, float32, not lowered
+    for export), whose `taps` convolutions hold their output in memory."""
+    return onednn.AVAILABLE and x.dtype == jnp.float32 and not tuning.exporting()
 
 
 # The first-maximum rule: each window's gradient goes to its first maximum in row-major window
