@@ -108,6 +108,18 @@ def avg_pool2d(x, window, stride=None, padding=0):
     return _batched(_window, x, 0.0, lax.add, window, stride, padding) / (kh * kw)
 
 
+def pad(x, padding, mode="zeros"):
+    """`jnp.pad` of the spatial axes of (N, *spatial, C): "zeros" is its "constant", "reflect"
+    its "reflect", "replicate" its "edge", "circular" its "wrap"."""
+    rank = x.ndim - 2
+    if isinstance(padding, int):
+        padding = (padding,) * rank
+    pads = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+    np_mode = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
+               "circular": "wrap"}[mode]
+    return jnp.pad(x, [(0, 0), *pads, (0, 0)], mode=np_mode)
+
+
 def dense(x, w, b=None):
     y = x @ w
     return y if b is None else y + b.reshape((1,) * (y.ndim - 1) + b.shape)

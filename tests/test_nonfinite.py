@@ -63,6 +63,12 @@ CASES = {
                             dict(window=2)),
     "max_pool2d_tiled_wide": (ops.max_pool2d, R.max_pool2d, (normal(4, (1, 4, 4, 32)),),
                               dict(window=2)),
+    "pad": (ops.pad, R.pad, (normal(4, (2, 5, 6, 3)),),
+            dict(padding=((1, 2), (3, 1)), mode="reflect")),
+    "pad_replicate": (ops.pad, R.pad, (normal(4, (2, 5, 3)),),
+                      dict(padding=((2, 3),), mode="replicate")),
+    "pad_circular": (ops.pad, R.pad, (normal(4, (1, 3, 4, 2, 2)),),
+                     dict(padding=1, mode="circular")),
     "avg_pool2d": (ops.avg_pool2d, R.avg_pool2d, (normal(4, (2, 5, 6, 3)),),
                    dict(window=(3, 2), stride=(2, 1), padding=((1, 1), (0, 1)))),
     "dense": (ops.dense, R.dense, (normal(5, (3, 7)), normal(6, (7, 4)), normal(7, (4,))), {}),
@@ -101,7 +107,8 @@ CASES = {
 
 # Every public op has a case (a new op must join the sweep).
 COVERED = {name.removesuffix(suffix) for name in CASES
-           for suffix in ("_grouped", "_tiled_wide", "_tiled_16", "_tiled", "_soft", "")
+           for suffix in ("_grouped", "_tiled_wide", "_tiled_16", "_tiled", "_soft",
+                          "_replicate", "_circular", "")
            if name.removesuffix(suffix) in ops.__all__}
 
 
@@ -390,6 +397,8 @@ def _torch_cases(t):
         "conv2d": (lambda x, w, b: conv(x, w, b), (0, 1, 2)),
         "conv2d_relu": (lambda x, w, b: t.relu(conv(x, w, b)), (0, 1, 2)),
         "max_pool2d": (pool("max"), (0,)),
+        "pad": (lambda x: F.pad(_nchw(t, x), (3, 1, 1, 2), mode="reflect").permute(0, 2, 3, 1),
+                (0,)),
         "avg_pool2d": (pool("avg"), (0,)),
         "dense": (lambda x, w, b: x @ w + b, (0, 1, 2)),
         "relu": (t.relu, (0,)),
@@ -407,7 +416,7 @@ def _torch_cases(t):
     }
 
 
-TORCH_NAMES = ["conv2d", "conv2d_relu", "max_pool2d", "avg_pool2d", "dense", "relu",
+TORCH_NAMES = ["conv2d", "conv2d_relu", "max_pool2d", "pad", "avg_pool2d", "dense", "relu",
                "leaky_relu", "elu", "sigmoid", "tanh", "softmax_cross_entropy", "mse", "hinge",
                "local_response_norm", "batch_norm", "batch_norm_relu", "group_norm"]
 

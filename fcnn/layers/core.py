@@ -27,6 +27,7 @@ from fcnn.layers._base import (
 from fcnn.ops._conv_algorithms import ALGORITHMS
 from fcnn.ops.dropout import check_rate
 from fcnn.ops.lrn import config as lrn_config
+from fcnn.ops.pad import MODES as PAD_MODES
 
 CONV_ALGORITHMS = ("auto", *ALGORITHMS)
 
@@ -43,8 +44,13 @@ def _window_shape(layer, input_shape, window: Window, out_channels=None):
 
 
 def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, use_bias=True,
-           w_init=None, b_init=None, algorithm="auto") -> Layer:
+           w_init=None, b_init=None, algorithm="auto", padding_mode="zeros") -> Layer:
     """2-D convolution; params `{"w": (kh, kw, C_in // groups, out_channels), "b": (out,)}`.
+
+    `padding_mode` ("zeros", "reflect", "replicate" or "circular", as PyTorch's Conv2d) fills
+    the `padding` cells: other than "zeros" the input goes through the ops module's
+    `pad(x, pads, mode)` and the convolution takes no padding (the same output size and
+    receptive field; the config names the mode only when it is not "zeros").
 
     Followed by a `ReLU` inside `serial`, the two run as one op, `conv2d(..., activation="relu")`
     (the same params, maths and derivatives; one native call each way on a CPU with the native
@@ -61,6 +67,7 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                     _args.as_pair(dilation, name, "dilation"))
     groups = _args.as_int(groups, name, "groups", minimum=1)
     algorithm = _args.as_choice(algorithm, name, "algorithm", CONV_ALGORITHMS)
+    padding_mode = _args.as_choice(padding_mode, name, "padding_mode", PAD_MODES)
     if out_channels % groups:
         raise ValueError(f"{name}: `groups` (={groups}) must divide `out_channels` "
                          f"(={out_channels}).")
@@ -88,6 +95,17 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
         kwargs = dict(stride=window.stride, padding=window.padding, dilation=window.dilation,
                       groups=groups, **extra)
         conv2d = op(module, "conv2d", name, kwargs)
+        if padding_mode != "zeros":
+            pad = op(module, "pad", name, {"mode": padding_mode})
+            kwargs["padding"] = 0
+            conv_zeros = conv2d
+
+            def conv2d(x, w, b, **kw):  # the border filled by `pad`, then no padding
+                xb = jnp.asarray(x)
+                xb = xb if xb.ndim == 4 else xb[None]
+                pads = window.pads(xb.shape[1:3], name)
+                y = conv_zeros(pad(xb, pads, mode=padding_mode), w, b, **kw)
+                return y if jnp.ndim(x) == 4 else y[0]
 
         def apply(params, x, *, key=None, train=False):
             return conv2d(x, params["w"], params.get("b"), **kwargs)
@@ -105,6 +123,8 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
     config = dict(out_channels=out_channels, kernel_size=window.kernel, stride=window.stride,
                   padding=window.padding, dilation=window.dilation,
                   groups=groups, use_bias=use_bias, algorithm=algorithm)
+    if padding_mode != "zeros":  # (configs recorded before the argument stay the same)
+        config["padding_mode"] = padding_mode
     return leaf(name, config, shape, init, bind, window=window)
 
 

@@ -15,6 +15,7 @@ from fcnn.ops.dropout import dropout
 from fcnn.ops.losses import hinge, mse, softmax_cross_entropy
 from fcnn.ops.lrn import local_response_norm
 from fcnn.ops.norm import batch_norm, batch_norm_inference, group_norm
+from fcnn.ops.pad import pad
 from fcnn.ops.pool import avg_pool2d, max_pool2d
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "local_response_norm",
     "max_pool2d",
     "mse",
+    "pad",
     "relu",
     "sigmoid",
     "softmax_cross_entropy",

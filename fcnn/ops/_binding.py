@@ -64,6 +64,7 @@ if PRIMITIVES_AVAILABLE:
         _conv_act,
         _conv_primitives,
         _dense_primitives,
+        _pad_primitives,
         _pool_primitives,
     )
 
