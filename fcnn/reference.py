@@ -120,6 +120,38 @@ def pad(x, padding, mode="zeros"):
     return jnp.pad(x, [(0, 0), *pads, (0, 0)], mode=np_mode)
 
 
+def pixel_shuffle(x, factor):
+    """PyTorch's order, written as NCHW-style index arithmetic over a gather: output cell
+    (s_k·r + o_k), channel c reads input channel c·r^d + row-major(o)."""
+    r, d = factor, x.ndim - 2
+    c = x.shape[-1] // r ** d
+    grids = jnp.meshgrid(*(jnp.arange(s * r) for s in x.shape[1:-1]), jnp.arange(c),
+                         indexing="ij")
+    *pos, ch = grids
+    offset = 0
+    for p in pos:
+        offset = offset * r + p % r
+    src = (slice(None), *(p // r for p in pos), ch * r ** d + offset)
+    return x[src]
+
+
+def pixel_unshuffle(x, factor):
+    """The inverse permutation of `pixel_shuffle`, by the same index arithmetic."""
+    r, d = factor, x.ndim - 2
+    c = x.shape[-1]
+    out_spatial = tuple(s // r for s in x.shape[1:-1])
+    grids = jnp.meshgrid(*(jnp.arange(s) for s in out_spatial), jnp.arange(c * r ** d),
+                         indexing="ij")
+    *pos, ch = grids
+    offset, rest = ch % r ** d, []
+    for _ in range(d):
+        rest.append(offset % r)
+        offset = offset // r
+    offsets = rest[::-1]
+    src = (slice(None), *(p * r + o for p, o in zip(pos, offsets)), ch // r ** d)
+    return x[src]
+
+
 def dense(x, w, b=None):
     y = x @ w
     return y if b is None else y + b.reshape((1,) * (y.ndim - 1) + b.shape)

@@ -319,6 +319,54 @@ def Flatten(ndim=3) -> Layer:
     return leaf(name, dict(ndim=ndim), shape, init, bind)
 
 
+def PixelShuffle(factor, spatial=2) -> Layer:
+    """Depth to space (`ops.pixel_shuffle`, PyTorch's channel order): per example
+    `(*S, C·r^d)` -> `(*(S·r), C)`, r = `factor`, d = `spatial` axes (1, 2 or 3: a signal, an
+    image, a volume)."""
+    return _shuffle("PixelShuffle", "pixel_shuffle", factor, spatial, up=True)
+
+
+def PixelUnshuffle(factor, spatial=2) -> Layer:
+    """Space to depth (`ops.pixel_unshuffle`), the inverse of `PixelShuffle`."""
+    return _shuffle("PixelUnshuffle", "pixel_unshuffle", factor, spatial, up=False)
+
+
+def _shuffle(name, op_name, factor, spatial, up):
+    r = _args.as_int(factor, name, "factor", minimum=1)
+    d = _args.as_int(spatial, name, "spatial", minimum=1)
+
+    def shape(input_shape):
+        input_shape = as_shape(name, input_shape)
+        if len(input_shape) != d + 1:
+            raise LayerError(name, f"expects inputs of rank {d + 1} ({d} spatial axes and the "
+                                   f"channels), got {input_shape}.")
+        *sizes, c = input_shape
+        if up and c % r ** d:
+            raise LayerError(name, f"the channels ({c}) must be divisible by factor**{d} = "
+                                   f"{r ** d}, got input shape {input_shape}.")
+        if not up and any(n % r for n in sizes):
+            raise LayerError(name, f"every spatial size must be divisible by the factor {r}, "
+                                   f"got input shape {input_shape}.")
+        if up:
+            return (*(n * r for n in sizes), c // r ** d)
+        return (*(n // r for n in sizes), c * r ** d)
+
+    def init(key, input_shape):
+        return {}, shape(input_shape)
+
+    def bind(module):
+        fn = op(module, op_name, name)
+
+        def apply(params, x, *, key=None, train=False):
+            xb, was_batched = batched(jnp.asarray(x), d + 1, name)
+            y = fn(xb, r)
+            return y if was_batched else y[0]
+
+        return apply
+
+    return leaf(name, dict(factor=r, spatial=d), shape, init, bind)
+
+
 def Concat() -> Layer:
     """Join a tuple of inputs (a `parallel`'s outputs) along the channel axis, the last: how
     GoogLeNet's inception modules join their branches (Szegedy et al. 2014). The inputs must

@@ -17,6 +17,7 @@ from fcnn.ops.lrn import local_response_norm
 from fcnn.ops.norm import batch_norm, batch_norm_inference, group_norm
 from fcnn.ops.pad import pad
 from fcnn.ops.pool import avg_pool2d, max_pool2d
+from fcnn.ops.shuffle import pixel_shuffle, pixel_unshuffle
 
 __all__ = [
     "avg_pool2d",
@@ -35,6 +36,8 @@ __all__ = [
     "max_pool2d",
     "mse",
     "pad",
+    "pixel_shuffle",
+    "pixel_unshuffle",
     "relu",
     "sigmoid",
     "softmax_cross_entropy",

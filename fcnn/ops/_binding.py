@@ -66,6 +66,7 @@ if PRIMITIVES_AVAILABLE:
         _dense_primitives,
         _pad_primitives,
         _pool_primitives,
+        _shuffle_primitives,
     )
 
 _current = _check(os.environ.get("FCNN_BINDING", "primitive"), "FCNN_BINDING")
