@@ -152,6 +152,21 @@ def pixel_unshuffle(x, factor):
     return x[src]
 
 
+def adaptive_avg_pool(x, output_size):
+    """Each output cell the mean of its bin [floor(i·n/m), ceil((i+1)·n/m)) per spatial axis,
+    written as a loop of slices and `jnp.mean`."""
+    rank = x.ndim - 2
+    sizes = (output_size,) * rank if isinstance(output_size, int) else tuple(output_size)
+    for axis, m in enumerate(sizes, start=1):
+        n = x.shape[axis]
+        if m is None or m == n:
+            continue
+        cells = [jnp.mean(lax.slice_in_dim(x, (i * n) // m, -((-(i + 1) * n) // m), axis=axis),
+                          axis=axis, keepdims=True) for i in range(m)]
+        x = jnp.concatenate(cells, axis=axis)
+    return x
+
+
 def dense(x, w, b=None):
     y = x @ w
     return y if b is None else y + b.reshape((1,) * (y.ndim - 1) + b.shape)

@@ -73,6 +73,10 @@ CASES = {
                       dict(factor=2)),
     "pixel_unshuffle": (ops.pixel_unshuffle, R.pixel_unshuffle, (normal(4, (2, 4, 6, 2)),),
                         dict(factor=2)),
+    "adaptive_avg_pool": (ops.adaptive_avg_pool, R.adaptive_avg_pool,
+                          (normal(4, (2, 5, 7, 3)),), dict(output_size=(3, 2))),
+    "adaptive_avg_pool_tiled": (ops.adaptive_avg_pool, R.adaptive_avg_pool,
+                                (normal(4, (2, 6, 3)),), dict(output_size=2)),
     "avg_pool2d": (ops.avg_pool2d, R.avg_pool2d, (normal(4, (2, 5, 6, 3)),),
                    dict(window=(3, 2), stride=(2, 1), padding=((1, 1), (0, 1)))),
     "dense": (ops.dense, R.dense, (normal(5, (3, 7)), normal(6, (7, 4)), normal(7, (4,))), {}),
@@ -403,6 +407,8 @@ def _torch_cases(t):
         "max_pool2d": (pool("max"), (0,)),
         "pad": (lambda x: F.pad(_nchw(t, x), (3, 1, 1, 2), mode="reflect").permute(0, 2, 3, 1),
                 (0,)),
+        "adaptive_avg_pool": (lambda x: F.adaptive_avg_pool2d(_nchw(t, x), (3, 2)).permute(
+            0, 2, 3, 1), (0,)),
         "avg_pool2d": (pool("avg"), (0,)),
         "dense": (lambda x, w, b: x @ w + b, (0, 1, 2)),
         "relu": (t.relu, (0,)),
@@ -420,7 +426,8 @@ def _torch_cases(t):
     }
 
 
-TORCH_NAMES = ["conv2d", "conv2d_relu", "max_pool2d", "pad", "avg_pool2d", "dense", "relu",
+TORCH_NAMES = ["conv2d", "conv2d_relu", "max_pool2d", "pad", "adaptive_avg_pool", "avg_pool2d",
+               "dense", "relu",
                "leaky_relu", "elu", "sigmoid", "tanh", "softmax_cross_entropy", "mse", "hinge",
                "local_response_norm", "batch_norm", "batch_norm_relu", "group_norm"]
 

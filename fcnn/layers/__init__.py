@@ -13,6 +13,9 @@ from fcnn.layers._base import (
 )
 from fcnn.layers.combinators import parallel, residual, serial
 from fcnn.layers.core import (
+    AdaptiveAvgPool1D,
+    AdaptiveAvgPool2D,
+    AdaptiveAvgPool3D,
     AvgPool2D,
     BatchNorm,
     Concat,
@@ -34,6 +37,9 @@ from fcnn.layers.core import (
 )
 
 __all__ = [
+    "AdaptiveAvgPool1D",
+    "AdaptiveAvgPool2D",
+    "AdaptiveAvgPool3D",
     "AvgPool2D",
     "BatchNorm",
     "Concat",

@@ -319,6 +319,55 @@ def Flatten(ndim=3) -> Layer:
     return leaf(name, dict(ndim=ndim), shape, init, bind)
 
 
+def AdaptiveAvgPool1D(output_size) -> Layer:
+    """`ops.adaptive_avg_pool` of a signal `(L, C)` to `output_size` (PyTorch's bins)."""
+    return _adaptive("AdaptiveAvgPool1D", output_size, 1)
+
+
+def AdaptiveAvgPool2D(output_size) -> Layer:
+    """`ops.adaptive_avg_pool` of an image `(H, W, C)` to `output_size` (an int or a pair,
+    None keeping that axis): torchvision's AlexNet and VGG end their features with one."""
+    return _adaptive("AdaptiveAvgPool2D", output_size, 2)
+
+
+def AdaptiveAvgPool3D(output_size) -> Layer:
+    """`ops.adaptive_avg_pool` of a volume `(D, H, W, C)` to `output_size`."""
+    return _adaptive("AdaptiveAvgPool3D", output_size, 3)
+
+
+def _adaptive(name, output_size, d):
+    if isinstance(output_size, (list, tuple)):
+        if len(output_size) != d:
+            raise ValueError(f"{name}: `output_size` needs {d} entries, got {output_size!r}.")
+        sizes = tuple(None if m is None else _args.as_int(m, name, "output_size", minimum=1)
+                      for m in output_size)
+    else:
+        sizes = (_args.as_int(output_size, name, "output_size", minimum=1),) * d
+
+    def shape(input_shape):
+        input_shape = as_shape(name, input_shape)
+        if len(input_shape) != d + 1:
+            raise LayerError(name, f"expects inputs of rank {d + 1} ({d} spatial axes and the "
+                                   f"channels), got {input_shape}.")
+        return (*(n if m is None else m for n, m in zip(input_shape[:-1], sizes)),
+                input_shape[-1])
+
+    def init(key, input_shape):
+        return {}, shape(input_shape)
+
+    def bind(module):
+        fn = op(module, "adaptive_avg_pool", name)
+
+        def apply(params, x, *, key=None, train=False):
+            xb, was_batched = batched(jnp.asarray(x), d + 1, name)
+            y = fn(xb, sizes)
+            return y if was_batched else y[0]
+
+        return apply
+
+    return leaf(name, dict(output_size=sizes), shape, init, bind)
+
+
 def PixelShuffle(factor, spatial=2) -> Layer:
     """Depth to space (`ops.pixel_shuffle`, PyTorch's channel order): per example
     `(*S, C·r^d)` -> `(*(S·r), C)`, r = `factor`, d = `spatial` axes (1, 2 or 3: a signal, an

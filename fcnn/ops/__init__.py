@@ -9,6 +9,7 @@ from fcnn.ops._binding import binding as binding
 from fcnn.ops._binding import set_binding as set_binding
 from fcnn.ops._binding import using as using_binding  # noqa: F401 (public)
 from fcnn.ops.activations import elu, leaky_relu, relu, sigmoid, tanh
+from fcnn.ops.adaptive_pool import adaptive_avg_pool
 from fcnn.ops.conv import conv2d, conv2d_grad_input, conv2d_grad_kernel
 from fcnn.ops.dense import dense
 from fcnn.ops.dropout import dropout
@@ -20,6 +21,7 @@ from fcnn.ops.pool import avg_pool2d, max_pool2d
 from fcnn.ops.shuffle import pixel_shuffle, pixel_unshuffle
 
 __all__ = [
+    "adaptive_avg_pool",
     "avg_pool2d",
     "batch_norm",
     "batch_norm_inference",

@@ -61,6 +61,7 @@ _WHY = _probe_jax()
 PRIMITIVES_AVAILABLE = not _WHY
 if PRIMITIVES_AVAILABLE:
     from fcnn.ops import (  # noqa: F401
+        _adaptive_primitives,
         _conv_act,
         _conv_primitives,
         _dense_primitives,
