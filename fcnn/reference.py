@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -164,6 +165,36 @@ def adaptive_avg_pool(x, output_size):
         cells = [jnp.mean(lax.slice_in_dim(x, (i * n) // m, -((-(i + 1) * n) // m), axis=axis),
                           axis=axis, keepdims=True) for i in range(m)]
         x = jnp.concatenate(cells, axis=axis)
+    return x
+
+
+def upsample(x, scale=None, *, size=None, method="nearest", align_corners=None):
+    """`torch.nn.functional.interpolate`'s coordinates, written per output index with `jnp`
+    arithmetic and indexing (nearest: floor(i·c); linear: PyTorch's two-tap formula)."""
+    rank = x.ndim - 2
+    for axis in range(1, rank + 1):
+        n = x.shape[axis]
+        if size is not None:
+            m = size if isinstance(size, int) else size[axis - 1]
+            c = n / m
+        else:
+            f = scale if isinstance(scale, (int, float)) else scale[axis - 1]
+            m, c = int(n * f // 1), 1.0 / f
+        i = np.arange(m, dtype=np.float64)
+        take = lambda idx: jnp.moveaxis(jnp.moveaxis(x, axis, 0)[idx], 0, axis)  # noqa: E731
+        shape = [1] * x.ndim
+        shape[axis] = m
+        if method == "nearest":
+            x = take(np.minimum(np.floor(i * c).astype(np.int64), n - 1))
+            continue
+        if align_corners:
+            s = i * ((n - 1) / (m - 1)) if m > 1 else np.zeros(m)
+        else:
+            s = np.maximum((i + 0.5) * c - 0.5, 0.0)
+        i0 = np.minimum(np.floor(s).astype(np.int64), n - 1)
+        i1 = np.minimum(i0 + 1, n - 1)
+        lam = jnp.asarray((s - i0).reshape(shape), x.dtype)
+        x = (1 - lam) * take(i0) + lam * take(i1)
     return x
 
 

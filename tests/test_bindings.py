@@ -33,6 +33,7 @@ OPS = {  # name -> (function of differentiable arrays, those arrays)
     "avg_pool2d": (lambda x: ops.avg_pool2d(x, 3, 2, 1), (x4,)),
     "pad": (lambda x: ops.pad(x, ((1, 2), 1), "circular"), (x4,)),
     "adaptive_avg_pool": (lambda x: ops.adaptive_avg_pool(x, (4, 3)), (x4,)),
+    "upsample": (lambda x: ops.upsample(x, 1.5, method="linear"), (x4,)),
     "pixel_shuffle": (lambda x: ops.pixel_shuffle(x, 2), (normal(11, (2, 3, 3, 12)),)),
     "pixel_unshuffle": (lambda x: ops.pixel_unshuffle(x[:, :4, :4], 2), (x4,)),
     "dense": (ops.dense, (z, wz, bz)),
@@ -63,6 +64,7 @@ def test_every_op_is_compared():
 
 # ops whose output keeps the examples of their first argument on axis 0
 PER_EXAMPLE = {"conv2d", "max_pool2d", "avg_pool2d", "pad", "pixel_shuffle", "adaptive_avg_pool",
+               "upsample",
                "pixel_unshuffle", "dropout", "local_response_norm",
                "batch_norm_inference", "group_norm"}
 

@@ -41,6 +41,7 @@ CALLS = {
     "avg_pool2d": lambda: ops.avg_pool2d(x, 2),
     "pad": lambda: ops.pad(x, 1, "reflect"),
     "adaptive_avg_pool": lambda: ops.adaptive_avg_pool(x, (4, 3)),
+    "upsample": lambda: ops.upsample(x, 2, method="linear"),
     "pixel_shuffle": lambda: ops.pixel_shuffle(jnp.ones((2, 3, 3, 8)), 2),
     "pixel_unshuffle": lambda: ops.pixel_unshuffle(x, 2),
     "dense": lambda: ops.dense(z, jnp.ones((5, 3))),

@@ -77,6 +77,10 @@ CASES = {
                           (normal(4, (2, 5, 7, 3)),), dict(output_size=(3, 2))),
     "adaptive_avg_pool_tiled": (ops.adaptive_avg_pool, R.adaptive_avg_pool,
                                 (normal(4, (2, 6, 3)),), dict(output_size=2)),
+    "upsample": (ops.upsample, R.upsample, (normal(4, (2, 3, 4, 2)),),
+                 dict(scale=2, method="linear", align_corners=False)),
+    "upsample_nearest": (ops.upsample, R.upsample, (normal(4, (2, 3, 2)),),
+                         dict(scale=1.5, method="nearest")),
     "avg_pool2d": (ops.avg_pool2d, R.avg_pool2d, (normal(4, (2, 5, 6, 3)),),
                    dict(window=(3, 2), stride=(2, 1), padding=((1, 1), (0, 1)))),
     "dense": (ops.dense, R.dense, (normal(5, (3, 7)), normal(6, (7, 4)), normal(7, (4,))), {}),
@@ -116,7 +120,7 @@ CASES = {
 # Every public op has a case (a new op must join the sweep).
 COVERED = {name.removesuffix(suffix) for name in CASES
            for suffix in ("_grouped", "_tiled_wide", "_tiled_16", "_tiled", "_soft",
-                          "_replicate", "_circular", "")
+                          "_replicate", "_circular", "_nearest", "")
            if name.removesuffix(suffix) in ops.__all__}
 
 
@@ -409,6 +413,8 @@ def _torch_cases(t):
                 (0,)),
         "adaptive_avg_pool": (lambda x: F.adaptive_avg_pool2d(_nchw(t, x), (3, 2)).permute(
             0, 2, 3, 1), (0,)),
+        "upsample": (lambda x: F.interpolate(_nchw(t, x), scale_factor=2, mode="bilinear",
+                                             align_corners=False).permute(0, 2, 3, 1), (0,)),
         "avg_pool2d": (pool("avg"), (0,)),
         "dense": (lambda x, w, b: x @ w + b, (0, 1, 2)),
         "relu": (t.relu, (0,)),
@@ -426,8 +432,8 @@ def _torch_cases(t):
     }
 
 
-TORCH_NAMES = ["conv2d", "conv2d_relu", "max_pool2d", "pad", "adaptive_avg_pool", "avg_pool2d",
-               "dense", "relu",
+TORCH_NAMES = ["conv2d", "conv2d_relu", "max_pool2d", "pad", "adaptive_avg_pool", "upsample",
+               "avg_pool2d", "dense", "relu",
                "leaky_relu", "elu", "sigmoid", "tanh", "softmax_cross_entropy", "mse", "hinge",
                "local_response_norm", "batch_norm", "batch_norm_relu", "group_norm"]
 

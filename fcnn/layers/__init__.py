@@ -34,6 +34,7 @@ from fcnn.layers.core import (
     ReLU,
     Sigmoid,
     Tanh,
+    Upsample,
 )
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "ReLU",
     "Sigmoid",
     "Tanh",
+    "Upsample",
     "Window",
     "check_state",
     "find",

@@ -368,6 +368,46 @@ def _adaptive(name, output_size, d):
     return leaf(name, dict(output_size=sizes), shape, init, bind)
 
 
+def Upsample(scale=None, *, size=None, method="nearest", align_corners=None,
+             spatial=2) -> Layer:
+    """`ops.upsample` of each example `(*S, C)` with `spatial` axes (PyTorch's `Upsample`:
+    "nearest", or "linear"/"bilinear"/"trilinear" interpolation, `scale` or `size`)."""
+    name = "Upsample"
+    d = _args.as_int(spatial, name, "spatial", minimum=1)
+    config = dict(scale=scale, size=size, method=method, align_corners=align_corners)
+
+    def shape(input_shape):
+        input_shape = as_shape(name, input_shape)
+        if len(input_shape) != d + 1:
+            raise LayerError(name, f"expects inputs of rank {d + 1} ({d} spatial axes and the "
+                                   f"channels), got {input_shape}.")
+        out = jax.eval_shape(lambda x: _up_op(x, config),
+                             jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+        return tuple(out.shape[1:])
+
+    def init(key, input_shape):
+        return {}, shape(input_shape)
+
+    def bind(module):
+        fn = op(module, "upsample", name)
+
+        def apply(params, x, *, key=None, train=False):
+            xb, was_batched = batched(jnp.asarray(x), d + 1, name)
+            y = fn(xb, scale, size=size, method=method, align_corners=align_corners)
+            return y if was_batched else y[0]
+
+        return apply
+
+    return leaf(name, dict(config, spatial=d), shape, init, bind)
+
+
+def _up_op(x, config):
+    from fcnn.ops.upsample import upsample
+
+    return upsample(x, config["scale"], size=config["size"], method=config["method"],
+                    align_corners=config["align_corners"])
+
+
 def PixelShuffle(factor, spatial=2) -> Layer:
     """Depth to space (`ops.pixel_shuffle`, PyTorch's channel order): per example
     `(*S, C·r^d)` -> `(*(S·r), C)`, r = `factor`, d = `spatial` axes (1, 2 or 3: a signal, an

@@ -19,6 +19,7 @@ from fcnn.ops.norm import batch_norm, batch_norm_inference, group_norm
 from fcnn.ops.pad import pad
 from fcnn.ops.pool import avg_pool2d, max_pool2d
 from fcnn.ops.shuffle import pixel_shuffle, pixel_unshuffle
+from fcnn.ops.upsample import upsample
 
 __all__ = [
     "adaptive_avg_pool",
@@ -44,4 +45,5 @@ __all__ = [
     "sigmoid",
     "softmax_cross_entropy",
     "tanh",
+    "upsample",
 ]

@@ -68,6 +68,7 @@ if PRIMITIVES_AVAILABLE:
         _pad_primitives,
         _pool_primitives,
         _shuffle_primitives,
+        _upsample_primitives,
     )
 
 _current = _check(os.environ.get("FCNN_BINDING", "primitive"), "FCNN_BINDING")
