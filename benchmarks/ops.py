@@ -175,6 +175,39 @@ def bench_norm(repeats):
     return rows
 
 
+RESAMPLE = [  # (name, per-example-first shape, fcnn's op, the oracle)
+    ("pad reflect 1", (128, 32, 32, 32), lambda x: ops.pad(x, 1, "reflect"),
+     lambda x: R.pad(x, 1, "reflect")),
+    ("pad circular 2", (128, 16, 16, 64), lambda x: ops.pad(x, 2, "circular"),
+     lambda x: R.pad(x, 2, "circular")),
+    ("upsample nearest x2", (128, 16, 16, 32), lambda x: ops.upsample(x, 2),
+     lambda x: R.upsample(x, 2)),
+    ("upsample bilinear x2", (128, 16, 16, 32),
+     lambda x: ops.upsample(x, 2, method="bilinear"),
+     lambda x: R.upsample(x, 2, method="linear")),
+    ("upsample trilinear x2", (4, 8, 16, 16, 16),
+     lambda x: ops.upsample(x, 2, method="trilinear"),
+     lambda x: R.upsample(x, 2, method="linear")),
+    ("adaptive_avg_pool 14->7", (128, 14, 14, 64), lambda x: ops.adaptive_avg_pool(x, 7),
+     lambda x: R.adaptive_avg_pool(x, 7)),
+    ("adaptive_avg_pool 13->6", (128, 13, 13, 64), lambda x: ops.adaptive_avg_pool(x, 6),
+     lambda x: R.adaptive_avg_pool(x, 6)),
+    ("pixel_shuffle r2", (128, 16, 16, 64), lambda x: ops.pixel_shuffle(x, 2),
+     lambda x: R.pixel_shuffle(x, 2)),
+]
+
+
+def bench_resample(repeats):
+    """Padding, upsampling, adaptive pooling and pixel shuffle; the
+    GFLOP/s column counts one operation per output element: read it as G elements/s."""
+    rows = []
+    for name, shape, f, r in RESAMPLE:
+        x = _rand(shape, 9)
+        size = int(np.prod(jax.eval_shape(f, x).shape))
+        rows += _measure(f"{name} {'x'.join(map(str, shape))}", size, f, r, (x,), repeats)
+    return rows
+
+
 def _fmt(r):
     same = "same" if r["same_program"] else ""
     return (f"{r['op']:<44} {r['mode']:<8} {r['fcnn_ms']:9.3f} {r['autodiff_ms']:9.3f} "
@@ -185,14 +218,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per side (>= 20)")
     parser.add_argument("--json", type=Path, help="write the table as JSON here")
-    parser.add_argument("--only", choices=["conv", "pool", "dense", "norm"], action="append")
+    parser.add_argument("--only", choices=["conv", "pool", "dense", "norm", "resample"],
+                        action="append")
     args = parser.parse_args(argv)
-    groups = args.only or ["conv", "pool", "dense", "norm"]
+    groups = args.only or ["conv", "pool", "dense", "norm", "resample"]
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {platform.processor() or ''}"
           f" median of {args.repeats} interleaved runs, float32")
     print(f"{'op':<44} {'mode':<8} {'fcnn ms':>9} {'autodiff':>9} {'GFLOP/s':>8} {'ratio':>6}"
           "  XLA program")
-    benches = {"conv": bench_conv, "pool": bench_pool, "dense": bench_dense, "norm": bench_norm}
+    benches = {"conv": bench_conv, "pool": bench_pool, "dense": bench_dense, "norm": bench_norm,
+               "resample": bench_resample}
     rows = [row for g in groups for row in benches[g](args.repeats)]
     for mode in ("fwd", "fwd+bwd"):
         worst = min((r for r in rows if r["mode"] == mode), key=lambda r: r["ratio"])
