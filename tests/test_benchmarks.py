@@ -8,6 +8,7 @@ import importlib.util
 import itertools
 import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,9 @@ from benchmarks._timing import Timed, interleaved, medians, pair_ratio
 from fcnn import reference as R
 from fcnn.layers import Conv2D, serial
 from fcnn.testing import rule_bindings
+
+# the thorough profile (HYPOTHESIS_PROFILE=thorough) runs what every run leaves out
+THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
 
 
 def test_harness_interleaves_calibrates_and_takes_medians():
@@ -138,6 +142,8 @@ def test_short_ops_run_writes_its_table(tmp_path):
     assert out.read_text().count('"ratio"') == len(rows)
 
 
+@pytest.mark.skipif(not THOROUGH, reason="a benchmark's formulations (14 s): the thorough "
+                    "profile; the rules they time are proven in test_pool.py every run")
 def test_max_pool_rules_run_and_every_formulation_gives_fcnn_s_gradient(tmp_path):
     import benchmarks.max_pool_rules as bench_mp
     from fcnn.ops import pool

@@ -4,6 +4,7 @@ forward mode that does not exist) fails exactly the checks that can see it."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import runpy
@@ -21,6 +22,9 @@ from fcnn.testing import Report, check_op
 from tests.strategies import normal
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# the thorough profile (HYPOTHESIS_PROFILE=thorough) runs what every run leaves out
+THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
 
 
 def _statuses(report: Report) -> dict[str, str]:
@@ -240,6 +244,7 @@ def test_the_docs_example_fails_exactly_as_documented():
         line.split()[:3] for line in str(report).splitlines()]
 
 
+@pytest.mark.skipif(not THOROUGH, reason="the comparison script (14 s): the thorough profile")
 def test_the_checker_comparison_tool_runs():
     """tools/gradient_checkers.py (docs/correctness.md's comparison): check_op fails a rule
     wrong by a relative 1e-5 in both dtypes (correct rules pass: the tests above)."""
