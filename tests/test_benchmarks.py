@@ -159,6 +159,8 @@ def test_max_pool_rules_run_and_every_formulation_gives_fcnn_s_gradient(tmp_path
             np.testing.assert_array_equal(bench_mp._backward(index, cfg)(x, g), want, name)
 
 
+@pytest.mark.skipif(not THOROUGH, reason="a ResNet-20 benchmark run (9 s): the thorough "
+                    "profile; its PyTorch twin and its refusals are checked every run")
 def test_resnet_step_run_writes_its_row(tmp_path, capsys):
     """benchmarks/resnet.py: ResNet-20 with batch norm, fcnn's step against autodiff's, on two
     8x8 images (the layers are the same at any size)."""

@@ -3,6 +3,7 @@ bfloat16 mixed precision trains like float32."""
 
 from __future__ import annotations
 
+import os
 import runpy
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from jax import export
 
 import models
@@ -34,6 +36,9 @@ def test_export_for_every_platform_and_round_trip(tmp_path):
                                   jnp.argmax(model.apply(params, x), -1))
 
 
+@pytest.mark.skipif(os.environ.get("HYPOTHESIS_PROFILE") != "thorough",
+                    reason="a training run (13 s): the thorough profile; bfloat16's dtype path "
+                           "is checked per op every run")
 def test_bfloat16_mixed_precision_trains_like_float32():
     """One epoch of LeNet-5 from one initialisation on the same batches, once with float32 and
     once with bfloat16 compute: the bfloat16 run learns, and ends close to the float32 one.
