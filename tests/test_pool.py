@@ -219,10 +219,6 @@ NAN_SIZES = [((4, 28, 28, 6), 2, None, 0), ((2, 32, 32, 32), 2, None, 0),
 def test_every_window_holding_a_nan_pools_to_nan(shape, window, stride, padding, taps_alone,
                                                   monkeypatch):
     monkeypatch.setattr(pool_mod, "_after_native", lambda x: taps_alone)
-    _nan_pools_to_nan(shape, window, stride, padding)
-
-
-def _nan_pools_to_nan(shape, window, stride, padding):
     rng = np.random.default_rng(0)
     x = rng.integers(-3, 3, size=shape).astype(np.float32)
     x[rng.random(shape) < 0.05] = np.nan

@@ -139,3 +139,42 @@ def independent(bind, a, da, b, db, members, unroll=True, together=False):
         return bind(a, b, k)
     merged = bind(into_n(a), into_n(b), k * members)  # (K, M, ...) -> (K*M, ...)
     return out_of_n(merged, k)
+
+
+def linear_pair(name, name_t, compute, compute_t, shape, shape_t, param):
+    """Two primitives for a map linear in its one operand and its transpose, both configured by
+    the static parameter `param` (pad and fold, shuffle and unshuffle, upsample and its
+    transpose): each one's JVP is itself, each is the other's transpose, and a vmapped axis
+    folds into the batch N (both act per example). `compute(a, value)` and `shape(a, value)`
+    give each map's result and its shape. Returns the two bind functions `(a, value) -> out`."""
+    from jax.extend.core import Primitive
+    from jax.interpreters import batching
+
+    p, p_t = Primitive(name), Primitive(name_t)
+    for prim, fn, out in ((p, compute, shape), (p_t, compute_t, shape_t)):
+        register(prim, lambda a, fn=fn, **k: fn(a, k[param]),
+                 lambda a, out=out, **k: ShapedArray(out(a, k[param]), a.dtype), (param,))
+
+    def bind(prim):
+        return lambda a, value: prim.bind(a, **{param: value})
+
+    def jvp(prim):
+        def rule(primals, tangents, **k):
+            out, t = prim.bind(primals[0], **k), tangents[0]
+            return out, zero_like(out) if type(t) is ad.Zero else prim.bind(t, **k)
+        return rule
+
+    def transpose(other):
+        return lambda ct, a, **k: [zero_or(ct, a, lambda: other.bind(ct, **k))]
+
+    def fold(prim):
+        def rule(args, dims, **k):
+            a = front(args[0], dims[0])  # (K, N, ...) -> (K*N, ...), mapped, and back
+            return out_of_n(prim.bind(into_n(a), **k), a.shape[0]), 0
+        return rule
+
+    for prim, other in ((p, p_t), (p_t, p)):
+        ad.primitive_jvps[prim] = jvp(prim)
+        ad.primitive_transposes[prim] = transpose(other)
+        batching.primitive_batchers[prim] = fold(prim)
+    return bind(p), bind(p_t)

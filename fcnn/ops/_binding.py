@@ -40,6 +40,27 @@ def bound(by_primitive, by_custom_vjp):
     return op
 
 
+def linear_vjp_pair(compute, compute_t):
+    """The custom_vjp binding of a map linear in its first argument and its transpose, both
+    configured by a static second argument: each one's backward is the other, so the pair
+    closes under every order of reverse mode. Returns the map's custom_vjp function."""
+    from functools import partial
+
+    import jax
+
+    @partial(jax.custom_vjp, nondiff_argnums=(1,))
+    def f(a, cfg):
+        return compute(a, cfg)
+
+    @partial(jax.custom_vjp, nondiff_argnums=(1,))
+    def f_t(a, cfg):
+        return compute_t(a, cfg)
+
+    f.defvjp(lambda a, cfg: (f(a, cfg), None), lambda cfg, _, g: (f_t(g, cfg),))
+    f_t.defvjp(lambda a, cfg: (f_t(a, cfg), None), lambda cfg, _, g: (f(g, cfg),))
+    return f
+
+
 def _probe_jax() -> str:
     """Why this JAX lacks the public extension API the primitives use ("" if it has it). Only
     JAX is probed here: an error in fcnn's own primitive modules is raised, never hidden."""

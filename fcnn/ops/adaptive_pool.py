@@ -18,10 +18,8 @@ the pair closes, as the pools' do.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -130,30 +128,6 @@ def _unpool_impl(ct, cfg):
 
 # ----------------------------------------------------------------------------- custom_vjp binding
 
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _vjp_pool(x, cfg):
-    return _pool_impl(x, cfg)
-
-
-def _vjp_pool_bwd(cfg, _, g):
-    """Linear: dx = Aᵀ g."""
-    return (_vjp_unpool(g, cfg),)
-
-
-_vjp_pool.defvjp(lambda x, cfg: (_vjp_pool(x, cfg), None), _vjp_pool_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _vjp_unpool(ct, cfg):
-    return _unpool_impl(ct, cfg)
-
-
-def _vjp_unpool_bwd(cfg, _, u):
-    """Linear: its transpose is A."""
-    return (_vjp_pool(u, cfg),)
-
-
-_vjp_unpool.defvjp(lambda ct, cfg: (_vjp_unpool(ct, cfg), None), _vjp_unpool_bwd)
-
-_adaptive = _binding.bound(lambda *a: _binding._adaptive_primitives.pool(*a), _vjp_pool)
+# each map's backward is the other (`_binding.linear_vjp_pair`)
+_adaptive = _binding.bound(lambda *a: _binding._adaptive_primitives.pool(*a),
+                           _binding.linear_vjp_pair(_pool_impl, _unpool_impl))

@@ -24,10 +24,8 @@ these two maps. A NaN or ±inf in x reaches every cell that copies it; zeros are
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -176,38 +174,6 @@ def _fold_impl(ct, cfg):
 
 # ----------------------------------------------------------------------------- custom_vjp binding
 
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _vjp_pad(x, cfg):
-    return _pad_impl(x, cfg)
-
-
-def _vjp_pad_fwd(x, cfg):
-    return _vjp_pad(x, cfg), None
-
-
-def _vjp_pad_bwd(cfg, _, g):
-    """Linear: dx = P^T g."""
-    return (_vjp_fold(g, cfg),)
-
-
-_vjp_pad.defvjp(_vjp_pad_fwd, _vjp_pad_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _vjp_fold(ct, cfg):
-    return _fold_impl(ct, cfg)
-
-
-def _vjp_fold_fwd(ct, cfg):
-    return _vjp_fold(ct, cfg), None
-
-
-def _vjp_fold_bwd(cfg, _, u):
-    """Linear: its transpose is P."""
-    return (_vjp_pad(u, cfg),)
-
-
-_vjp_fold.defvjp(_vjp_fold_fwd, _vjp_fold_bwd)
-
-_pad = _binding.bound(lambda *a: _binding._pad_primitives.pad(*a), _vjp_pad)
+# each map's backward is the other (`_binding.linear_vjp_pair`)
+_pad = _binding.bound(lambda *a: _binding._pad_primitives.pad(*a),
+                      _binding.linear_vjp_pair(_pad_impl, _fold_impl))

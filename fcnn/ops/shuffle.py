@@ -14,10 +14,6 @@ maps (reshapes and one transpose each). Values move unchanged: NaN and ±inf inc
 
 from __future__ import annotations
 
-from functools import partial
-
-import jax
-
 from fcnn import _args
 from fcnn.ops import _binding, _checks
 
@@ -76,31 +72,8 @@ def _unshuffle_impl(y, r):
 
 # ----------------------------------------------------------------------------- custom_vjp binding
 
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _vjp_shuffle(x, r):
-    return _shuffle_impl(x, r)
-
-
-def _vjp_shuffle_bwd(r, _, g):
-    """A permutation: its transpose is its inverse."""
-    return (_vjp_unshuffle(g, r),)
-
-
-_vjp_shuffle.defvjp(lambda x, r: (_vjp_shuffle(x, r), None), _vjp_shuffle_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _vjp_unshuffle(y, r):
-    return _unshuffle_impl(y, r)
-
-
-def _vjp_unshuffle_bwd(r, _, g):
-    return (_vjp_shuffle(g, r),)
-
-
-_vjp_unshuffle.defvjp(lambda y, r: (_vjp_unshuffle(y, r), None), _vjp_unshuffle_bwd)
-
-_shuffle = _binding.bound(lambda *a: _binding._shuffle_primitives.shuffle(*a), _vjp_shuffle)
+# each map's backward is the other (`_binding.linear_vjp_pair`)
+_shuffle = _binding.bound(lambda *a: _binding._shuffle_primitives.shuffle(*a),
+                          _binding.linear_vjp_pair(_shuffle_impl, _unshuffle_impl))
 _unshuffle = _binding.bound(lambda *a: _binding._shuffle_primitives.unshuffle(*a),
-                            _vjp_unshuffle)
+                            _binding.linear_vjp_pair(_unshuffle_impl, _shuffle_impl))

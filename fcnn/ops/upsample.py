@@ -23,10 +23,8 @@ linear with transpose U, so the pair closes under every order of derivative.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -190,30 +188,6 @@ def _upsample_t_impl(ct, cfg):
 
 # ----------------------------------------------------------------------------- custom_vjp binding
 
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _vjp_up(x, cfg):
-    return _upsample_impl(x, cfg)
-
-
-def _vjp_up_bwd(cfg, _, g):
-    """Linear: dx = Uᵀ g."""
-    return (_vjp_up_t(g, cfg),)
-
-
-_vjp_up.defvjp(lambda x, cfg: (_vjp_up(x, cfg), None), _vjp_up_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _vjp_up_t(ct, cfg):
-    return _upsample_t_impl(ct, cfg)
-
-
-def _vjp_up_t_bwd(cfg, _, u):
-    """Linear: its transpose is U."""
-    return (_vjp_up(u, cfg),)
-
-
-_vjp_up_t.defvjp(lambda ct, cfg: (_vjp_up_t(ct, cfg), None), _vjp_up_t_bwd)
-
-_upsample = _binding.bound(lambda *a: _binding._upsample_primitives.up(*a), _vjp_up)
+# each map's backward is the other (`_binding.linear_vjp_pair`)
+_upsample = _binding.bound(lambda *a: _binding._upsample_primitives.up(*a),
+                           _binding.linear_vjp_pair(_upsample_impl, _upsample_t_impl))
