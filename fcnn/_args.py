@@ -111,19 +111,29 @@ def as_shape(value, op: str, name: str, rank: int | None = None, *,
 def as_pair(value, op: str, name: str, *, minimum: int = 1) -> Pair:
     """An int or a length-2 sequence of ints (a numpy array of shape (2,) included), each
     >= ``minimum``, as a pair."""
-    value = static(value, op, name, "an int or a pair (h, w)")
+    return as_tuple(value, op, name, 2, minimum=minimum)  # type: ignore[return-value]
+
+
+def _per_axis(rank: int) -> str:
+    """How a value per spatial axis is named in messages: a pair (h, w), a triple (d, h, w)..."""
+    return {1: "a 1-tuple (w,)", 2: "a pair (h, w)", 3: "a triple (d, h, w)"}.get(
+        rank, f"a tuple of {rank} ints")
+
+
+def as_tuple(value, op: str, name: str, rank: int, *, minimum: int = 1) -> tuple[int, ...]:
+    """An int (the same on every axis) or a sequence of ``rank`` ints (a numpy array of shape
+    (rank,) included), each >= ``minimum``, as a ``rank``-tuple: one value per spatial axis."""
+    kind = f"an int or {_per_axis(rank)}"
+    value = static(value, op, name, kind)
     if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) != 2:
-            raise ValueError(
-                f"{op}: `{name}` must be an int or a pair (h, w), got {tuple(value)!r}."
-            )
-        pair = (as_int(value[0], op, name), as_int(value[1], op, name))
+        if len(value) != rank:
+            raise ValueError(f"{op}: `{name}` must be {kind}, got {tuple(value)!r}.")
+        out = tuple(as_int(v, op, name) for v in value)
     else:
-        v = as_int(value, op, name)
-        pair = (v, v)
-    if min(pair) < minimum:
+        out = (as_int(value, op, name),) * rank
+    if min(out) < minimum:
         raise ValueError(f"{op}: `{name}` must be >= {minimum} in each dimension, got {value!r}.")
-    return pair
+    return out
 
 
 def effective_window(size: int, dilation: int) -> int:
@@ -148,17 +158,24 @@ def remainder(size: int, window: int, stride: int, pad: Pair) -> int:
     return (size + pad[0] + pad[1] - window) % stride
 
 
-_PADDING_FORMS = "an int, a pair (ph, pw), ((top, bottom), (left, right)), 'SAME' or 'VALID'"
+def _padding_forms(rank: int = 2) -> str:
+    if rank == 2:
+        return "an int, a pair (ph, pw), ((top, bottom), (left, right)), 'SAME' or 'VALID'"
+    return (f"an int, {_per_axis(rank)}, {rank} (low, high) pairs, one per spatial axis, "
+            f"'SAME' or 'VALID'")
 
 
-def padding_form(padding, op: str) -> Padding | str:
-    """Check ``padding`` and normalise what does not depend on the input size.
+def padding_form(padding, op: str, rank: int = 2):
+    """Check ``padding`` for ``rank`` spatial axes and normalise what does not depend on the
+    input size.
 
-    Returns explicit ``((top, bottom), (left, right))`` ints, or ``"SAME"`` / ``"VALID"`` (upper
-    case), whose pads depend on the input size: `as_padding` resolves them once it is known.
-    Accepts the forms listed in `as_padding`; raises its errors.
+    Returns explicit ``((low, high), ...)`` ints per axis (``((top, bottom), (left, right))`` in
+    2-D), or ``"SAME"`` / ``"VALID"`` (upper case), whose pads depend on the input size:
+    `as_padding` resolves them once it is known. Accepts the forms listed in `as_padding`;
+    raises its errors.
     """
-    padding = static(padding, op, "padding", _PADDING_FORMS)
+    forms = _padding_forms(rank)
+    padding = static(padding, op, "padding", forms)
     if isinstance(padding, str):
         mode = padding.upper()
         if mode in ("SAME", "VALID"):
@@ -168,48 +185,47 @@ def padding_form(padding, op: str) -> Padding | str:
         )
     if isinstance(padding, tuple):  # `static` made lists and arrays tuples
         nested = [isinstance(p, tuple) for p in padding]
-        if len(padding) != 2 or any(nested) != all(nested):
-            raise ValueError(f"{op}: `padding` must be {_PADDING_FORMS}, got {padding!r}.")
+        if len(padding) != rank or any(nested) != all(nested):
+            raise ValueError(f"{op}: `padding` must be {forms}, got {padding!r}.")
         if all(nested):
             pads = tuple(as_pair(p, op, "padding", minimum=-(2**62)) for p in padding)
         else:
-            ph, pw = as_pair(padding, op, "padding", minimum=-(2**62))
-            pads = ((ph, ph), (pw, pw))
+            pads = tuple((p, p) for p in as_tuple(padding, op, "padding", rank,
+                                                   minimum=-(2**62)))
     elif isinstance(padding, int) and not isinstance(padding, bool):
-        pads = ((padding, padding), (padding, padding))
+        pads = ((padding, padding),) * rank
     else:
         raise TypeError(
-            f"{op}: `padding` must be {_PADDING_FORMS}, got {type(padding).__name__} {padding!r}."
+            f"{op}: `padding` must be {forms}, got {type(padding).__name__} {padding!r}."
         )
     if min(min(p) for p in pads) < 0:
         raise ValueError(f"{op}: `padding` must be non-negative, got {padding!r}.")
-    return pads  # type: ignore[return-value]
+    return pads
 
 
-def as_padding(padding, op: str, spatial: Pair, windows: Pair, strides: Pair) -> Padding:
-    """Normalise ``padding`` to explicit ``((top, bottom), (left, right))``.
+def as_padding(padding, op: str, spatial, windows, strides):
+    """Normalise ``padding`` to explicit ``((low, high), ...)``, one pair per spatial axis
+    (``((top, bottom), (left, right))`` in 2-D); the rank is ``len(spatial)``.
 
     Args:
-      padding: an int, a pair ``(ph, pw)``, explicit ``((top, bottom), (left, right))`` (numpy
-        arrays of shape (2,) or (2, 2) as the pair and explicit forms), or the strings
+      padding: an int, one int per axis (``(ph, pw)`` in 2-D), explicit ``(low, high)`` pairs
+        per axis (numpy arrays of shape (rank,) or (rank, 2) as those forms), or the strings
         ``"SAME"`` / ``"VALID"`` (any case).
       op: op name for error messages.
-      spatial: input ``(H, W)``.
-      windows: effective window ``(F_eff_h, F_eff_w)`` (dilation included).
-      strides: ``(S_h, S_w)``.
+      spatial: the input's spatial sizes (``(H, W)`` in 2-D).
+      windows: effective window per axis (dilation included).
+      strides: stride per axis.
 
     Raises:
       ValueError: unknown string, negative padding, or a malformed sequence.
       TypeError: padding of a type that is none of the above.
     """
-    form = padding_form(padding, op)
+    form = padding_form(padding, op, len(spatial))
     if form == "VALID":
-        return ((0, 0), (0, 0))
+        return ((0, 0),) * len(spatial)
     if form == "SAME":
-        return tuple(  # type: ignore[return-value]
-            same_padding(n, f, s) for n, f, s in zip(spatial, windows, strides)
-        )
-    return form  # type: ignore[return-value]
+        return tuple(same_padding(n, f, s) for n, f, s in zip(spatial, windows, strides))
+    return form
 
 
 def as_choice(value, op: str, name: str, choices: Sequence[str]) -> str:
@@ -227,7 +243,9 @@ def check_fits(op: str, spatial: Pair, windows: Pair, pads: Padding, what: str =
                dilated: bool = True) -> None:
     """Raise if the (effective) window is larger than the padded input in some dimension;
     ``dilated=False`` for windows that have no dilation (pools), so the message does not say so."""
-    for axis, n, f, (lo, hi) in zip("HW", spatial, windows, pads):
+    names = "DHW"[-len(spatial):] if len(spatial) <= 3 else [f"axis {i + 1}" for i in
+                                                            range(len(spatial))]
+    for axis, n, f, (lo, hi) in zip(names, spatial, windows, pads):
         if n + lo + hi < f:
             span = f"{f} with dilation" if dilated else f"{f}"
             raise ValueError(

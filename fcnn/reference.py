@@ -13,60 +13,132 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-_DN = ("NHWC", "HWIO", "NHWC")
+_DN = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"),
+       3: ("NDHWC", "DHWIO", "NDHWC")}
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
+def _pair(v, rank=2):
+    return (v,) * rank if isinstance(v, int) else tuple(v)
 
 
-def _pads(padding):
+def _pads(padding, rank=2):
     if isinstance(padding, str):
         return padding.upper()
     if isinstance(padding, int):
-        return ((padding, padding), (padding, padding))
+        return ((padding, padding),) * rank
     if isinstance(padding[0], int):
-        return ((padding[0], padding[0]), (padding[1], padding[1]))
+        return tuple((p, p) for p in padding)
     return tuple(tuple(p) for p in padding)
 
 
-def _batched(fn, x, *args, **kwargs):
-    if x.ndim == 3:
+def _batched(fn, x, *args, rank=2, **kwargs):
+    if x.ndim == rank + 1:
         return fn(x[None], *args, **kwargs)[0]
     return fn(x, *args, **kwargs)
 
 
-def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None):
+def _conv(rank, x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None):
     if activation not in (None, "relu"):
-        raise ValueError(f"conv2d: `activation` must be None or 'relu', got {activation!r}.")
+        raise ValueError(f"conv{rank}d: `activation` must be None or 'relu', got "
+                         f"{activation!r}.")
+
+    def one(x, w):
+        return lax.conv_general_dilated(
+            x, w, _pair(stride, rank), _pads(padding, rank),
+            rhs_dilation=_pair(dilation, rank), dimension_numbers=_DN[rank])
 
     def f(x):
-        y = lax.conv_general_dilated(
-            x, w, _pair(stride), _pads(padding), rhs_dilation=_pair(dilation),
-            dimension_numbers=_DN, feature_group_count=groups,
-        )
-        y = y if b is None else y + b.reshape(1, 1, 1, -1)
+        # one convolution per group: XLA:CPU's float64 grouped convolution lets a NaN in one
+        # group reach every group's outputs (fcnn.ops._conv_algorithms.grouped)
+        cin, cout = x.shape[-1] // groups, w.shape[-1] // groups
+        y = jnp.concatenate([one(x[..., j * cin:(j + 1) * cin], w[..., j * cout:(j + 1) * cout])
+                             for j in range(groups)], axis=-1)
+        y = y if b is None else y + b.reshape((1,) * (rank + 1) + (-1,))
         return relu(y) if activation == "relu" else y
 
-    return _batched(f, x)
+    return _batched(f, x, rank=rank)
 
 
-def conv2d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, groups=1):
+def conv1d(x, w, b=None, **kwargs):
+    return _conv(1, x, w, b, **kwargs)
+
+
+def conv2d(x, w, b=None, **kwargs):
+    return _conv(2, x, w, b, **kwargs)
+
+
+def conv3d(x, w, b=None, **kwargs):
+    return _conv(3, x, w, b, **kwargs)
+
+
+def _grad_input(rank, g, w, input_shape, **kwargs):
     x = jnp.zeros(input_shape, g.dtype)
-    _, vjp = jax.vjp(
-        lambda x: conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups),
-        x,
-    )
+    _, vjp = jax.vjp(lambda x: _conv(rank, x, w, **kwargs), x)
     return vjp(g)[0]
 
 
-def conv2d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1):
+def _grad_kernel(rank, x, g, kernel_shape, **kwargs):
     w = jnp.zeros(kernel_shape, x.dtype)
-    _, vjp = jax.vjp(
-        lambda w: conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups),
-        w,
-    )
+    _, vjp = jax.vjp(lambda w: _conv(rank, x, w, **kwargs), w)
     return vjp(g)[0]
+
+
+def conv1d_grad_input(g, w, input_shape, **kwargs):
+    return _grad_input(1, g, w, input_shape, **kwargs)
+
+
+def conv2d_grad_input(g, w, input_shape, **kwargs):
+    return _grad_input(2, g, w, input_shape, **kwargs)
+
+
+def conv3d_grad_input(g, w, input_shape, **kwargs):
+    return _grad_input(3, g, w, input_shape, **kwargs)
+
+
+def conv1d_grad_kernel(x, g, kernel_shape, **kwargs):
+    return _grad_kernel(1, x, g, kernel_shape, **kwargs)
+
+
+def conv2d_grad_kernel(x, g, kernel_shape, **kwargs):
+    return _grad_kernel(2, x, g, kernel_shape, **kwargs)
+
+
+def conv3d_grad_kernel(x, g, kernel_shape, **kwargs):
+    return _grad_kernel(3, x, g, kernel_shape, **kwargs)
+
+
+def _conv_transpose(rank, x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
+                    groups=1):
+    """`lax.conv_transpose` (padding stated on the dilated input: F_eff - 1 - p_low before,
+    F_eff - 1 - p_high + output_padding after), one call per group."""
+    stride, dilation = _pair(stride, rank), _pair(dilation, rank)
+    extra = _pair(output_padding, rank)
+    k = w.shape[:rank]
+    pads = [((kk - 1) * d - lo, (kk - 1) * d - hi + e)
+            for kk, d, (lo, hi), e in zip(k, dilation, _pads(padding, rank), extra)]
+
+    def f(x):
+        cin_g = x.shape[-1] // groups
+        parts = [lax.conv_transpose(x[..., j * cin_g:(j + 1) * cin_g],
+                                    w[..., j * cin_g:(j + 1) * cin_g], stride, pads,
+                                    rhs_dilation=dilation, dimension_numbers=_DN[rank],
+                                    transpose_kernel=True) for j in range(groups)]
+        y = jnp.concatenate(parts, axis=-1)
+        return y if b is None else y + b.reshape((1,) * (rank + 1) + (-1,))
+
+    return _batched(f, x, rank=rank)
+
+
+def conv_transpose1d(x, w, b=None, **kwargs):
+    return _conv_transpose(1, x, w, b, **kwargs)
+
+
+def conv_transpose2d(x, w, b=None, **kwargs):
+    return _conv_transpose(2, x, w, b, **kwargs)
+
+
+def conv_transpose3d(x, w, b=None, **kwargs):
+    return _conv_transpose(3, x, w, b, **kwargs)
 
 
 def _window(x, init, op, window, stride, padding):

@@ -40,26 +40,27 @@ def costly(ci_examples: int) -> settings:
 
 
 @st.composite
-def paddings(draw, max_pad=2):
-    """A user-form padding and the explicit pads it means (None for 'SAME'); `max_pad` (int or
-    (rows, cols)) bounds each side. Explicit `((top, bottom), (left, right))`, mostly
-    asymmetric, comes first: hypothesis draws its first choices most often."""
-    mh, mw = (max_pad, max_pad) if isinstance(max_pad, int) else max_pad
+def paddings(draw, max_pad=2, rank=2):
+    """A user-form padding for `rank` spatial axes and the explicit pads it means (None for
+    'SAME'); `max_pad` (int or one per axis) bounds each side. Explicit `((low, high), ...)`,
+    mostly asymmetric, comes first: hypothesis draws its first choices most often."""
+    maxes = (max_pad,) * rank if isinstance(max_pad, int) else tuple(max_pad)
     kind = draw(st.sampled_from(["explicit", "SAME", "explicit", "int", "pair", "SAME", "VALID"]))
     if kind == "int":
-        p = draw(st.integers(0, min(mh, mw)))
-        return p, ((p, p), (p, p))
-    if kind == "pair":
-        ph, pw = draw(st.integers(0, mh)), draw(st.integers(0, mw))
-        return (ph, pw), ((ph, ph), (pw, pw))
+        p = draw(st.integers(0, min(maxes)))
+        return p, ((p, p),) * rank
+    if kind == "pair":  # one per axis
+        per = tuple(draw(st.integers(0, m)) for m in maxes)
+        return per, tuple((p, p) for p in per)
     if kind == "explicit":
-        pads = tuple((draw(st.integers(0, m)), draw(st.integers(0, m))) for m in (mh, mw))
+        pads = tuple((draw(st.integers(0, m)), draw(st.integers(0, m))) for m in maxes)
         return pads, pads
-    return kind, (None if kind == "SAME" else ((0, 0), (0, 0)))
+    return kind, (None if kind == "SAME" else ((0, 0),) * rank)
 
 
 def _int_or_pair(draw, pair):
-    if pair[0] == pair[1] and draw(st.booleans()):
+    """One value per axis, or the int itself when they are all equal (half the time)."""
+    if len(set(pair)) == 1 and draw(st.booleans()):
         return pair[0]
     return pair
 
@@ -79,26 +80,36 @@ def _batch(draw, hwc):
 MAX_CHANNELS_PER_GROUP, MAX_TAP_TERMS = TAPS_BROADCAST_MAX + 1, 24
 
 
+# The ranks a sweep draws: 2-D most often (the networks' case), 1-D and 3-D as often as each
+# other; `max_tap_terms` shrinks 3-D kernels (the taps forward unrolls every tap).
+RANKS = (2, 1, 2, 3)
+
+
 @st.composite
-def conv_cases(draw, max_kernel=4, max_stride=3, max_dilation=3, max_extra=4):
-    """A dict describing one convolution: shapes, configuration, batched or not, bias or not,
-    activation (None or "relu": with a bias or an activation conv2d is the fused op)."""
+def conv_cases(draw, max_kernel=4, max_stride=3, max_dilation=3, max_extra=4, rank=None):
+    """A dict describing one convolution: its rank (drawn from RANKS unless given), shapes,
+    configuration, batched or not, bias or not, activation (None or "relu": with a bias or an
+    activation the convolution is the fused op)."""
+    rank = draw(st.sampled_from(RANKS)) if rank is None else rank
     groups = draw(st.sampled_from([1, 2, 1, 3]))
     cig = draw(st.integers(1, MAX_CHANNELS_PER_GROUP))
     terms = 1 if cig > TAPS_BROADCAST_MAX else cig  # per tap, in the taps forward
-    kh = draw(st.integers(1, min(max_kernel, MAX_TAP_TERMS // terms)))
-    k = (kh, draw(st.integers(1, min(max_kernel, MAX_TAP_TERMS // (terms * kh)))))
+    k = []
+    for _ in range(rank):  # kernels drawn so that prod(k) * terms <= MAX_TAP_TERMS
+        room = MAX_TAP_TERMS // (terms * int(np.prod(k or [1])))
+        k.append(draw(st.integers(1, max(1, min(max_kernel, room)))))
     cin, cout = groups * cig, groups * draw(st.integers(1, 3))
-    s = (draw(st.integers(1, max_stride)), draw(st.integers(1, max_stride)))
-    d = (draw(st.integers(1, max_dilation)), draw(st.integers(1, max_dilation)))
-    padding, pads = draw(paddings())
-    hw = []
-    for axis in range(2):
+    s = tuple(draw(st.integers(1, max_stride)) for _ in range(rank))
+    d = tuple(draw(st.integers(1, max_dilation)) for _ in range(rank))
+    padding, pads = draw(paddings(rank=rank))
+    sizes = []
+    for axis in range(rank):
         f = _args.effective_window(k[axis], d[axis])
         lo = 1 if pads is None else max(1, f - sum(pads[axis]))
-        hw.append(draw(st.integers(lo, lo + max_extra)))
+        sizes.append(draw(st.integers(lo, lo + (max_extra if rank < 3 else 2))))
     return dict(
-        x_shape=_batch(draw, (*hw, cin)),
+        rank=rank,
+        x_shape=_batch(draw, (*sizes, cin)),
         w_shape=(*k, cig, cout),
         bias=draw(st.booleans()),
         activation=draw(st.sampled_from([None, "relu"])),

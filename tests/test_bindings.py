@@ -22,6 +22,7 @@ from tests.test_transforms import POOL_RULES, lax_rules_refused
 
 x4, w4, b4 = distinct(0, (2, 6, 6, 3)) / 10, normal(1, (3, 3, 3, 4)), normal(2, (4,))
 z, wz, bz = normal(3, (4, 5)), normal(4, (5, 3)), normal(5, (3,))
+x5, w5 = distinct(12, (2, 3, 6, 6, 1)) / 10, normal(13, (2, 3, 3, 1, 4))
 labels = jnp.array([0, 2, 1, 4])
 OPS = {  # name -> (function of differentiable arrays, those arrays)
     "conv2d": (lambda x, w, b: ops.conv2d(x, w, b, stride=2, padding=1), (x4, w4, b4)),
@@ -29,6 +30,26 @@ OPS = {  # name -> (function of differentiable arrays, those arrays)
                           (normal(6, (2, 6, 6, 4)), w4)),
     "conv2d_grad_kernel": (lambda x, g: ops.conv2d_grad_kernel(x, g, w4.shape, padding=1),
                            (x4, normal(6, (2, 6, 6, 4)))),
+    "conv1d": (lambda x, w, b: ops.conv1d(x, w, b, stride=2, padding=1, activation="relu"),
+               (x4[:, 0], w4[0], b4)),
+    "conv1d_grad_input": (lambda g, w: ops.conv1d_grad_input(g, w, x4[:, 0].shape, padding=1),
+                          (normal(6, (2, 6, 4)), w4[0])),
+    "conv1d_grad_kernel": (lambda x, g: ops.conv1d_grad_kernel(x, g, w4[0].shape, padding=1),
+                           (x4[:, 0], normal(6, (2, 6, 4)))),
+    "conv3d": (lambda x, w: ops.conv3d(x, w, stride=(1, 2, 1), padding=1),
+               (x5, w5)),
+    "conv3d_grad_input": (lambda g, w: ops.conv3d_grad_input(g, w, (2, 3, 6, 6, 1), padding=1),
+                          (normal(6, (2, 4, 6, 6, 4)), w5)),
+    "conv3d_grad_kernel": (lambda x, g: ops.conv3d_grad_kernel(x, g, (2, 3, 3, 1, 4),
+                                                               padding=1),
+                           (x5, normal(6, (2, 4, 6, 6, 4)))),
+    "conv_transpose1d": (lambda x, w, b: ops.conv_transpose1d(x, w, b, stride=2,
+                                                              output_padding=1),
+                         (x4[:, 0], w4[0, :, :3, :3], b4[:3])),
+    "conv_transpose2d": (lambda x, w: ops.conv_transpose2d(x, w, stride=2, padding=1),
+                         (x4, w4[..., :3])),
+    "conv_transpose3d": (lambda x, w: ops.conv_transpose3d(x, w, stride=(2, 1, 1)),
+                         (x5, w5[..., :1, :1])),
     "max_pool2d": (lambda x: ops.max_pool2d(x, 3, 2, 1), (x4,)),
     "avg_pool2d": (lambda x: ops.avg_pool2d(x, 3, 2, 1), (x4,)),
     "pad": (lambda x: ops.pad(x, ((1, 2), 1), "circular"), (x4,)),
@@ -63,8 +84,9 @@ def test_every_op_is_compared():
 
 
 # ops whose output keeps the examples of their first argument on axis 0
-PER_EXAMPLE = {"conv2d", "max_pool2d", "avg_pool2d", "pad", "pixel_shuffle", "adaptive_avg_pool",
-               "upsample",
+PER_EXAMPLE = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+               "conv_transpose3d", "max_pool2d", "avg_pool2d", "pad", "pixel_shuffle",
+               "adaptive_avg_pool", "upsample",
                "pixel_unshuffle", "dropout", "local_response_norm",
                "batch_norm_inference", "group_norm"}
 

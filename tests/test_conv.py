@@ -1,4 +1,5 @@
-"""conv2d and its gradients: the hand-written rules against autodiff of plain lax."""
+"""conv1d/2d/3d and their gradients: the hand-written rules against autodiff of plain lax. The
+sweeps draw the rank (tests/strategies.py, RANKS); named cases are 2-D unless they say."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from jax.test_util import check_grads
 
 from fcnn import ops
 from fcnn import reference as R
+from fcnn.ops import onednn
 from fcnn.ops._conv_algorithms import ALGORITHMS, TAPS_BROADCAST_MAX
 from fcnn.testing import assert_close, check_vjp, tolerance
 from tests.strategies import conv_cases, costly, dtype_for, normal
@@ -21,11 +23,19 @@ from tests.strategies import conv_cases, costly, dtype_for, normal
 MODES = ["fwd", "rev"] if ops.binding() == "primitive" else ["rev"]
 
 
-def _operands(case, dtype, seed=0):
+def _operands(case, dtype, seed=0, algorithm=None):
+    """The case's x, w and b (None unless the case has a bias); a 3-D case is skipped for
+    "onednn", which takes 1-D and 2-D (asking for it there is a ValueError, tested)."""
+    assume(algorithm != "onednn" or case["rank"] in onednn.RANKS)
     x = normal(seed, case["x_shape"], dtype)
     w = normal(seed + 1, case["w_shape"], dtype)
-    b = normal(seed + 2, (case["w_shape"][3],), dtype) if case["bias"] else None
+    b = normal(seed + 2, (case["w_shape"][-1],), dtype) if case["bias"] else None
     return x, w, b
+
+
+def _op(module, case, suffix=""):
+    """The case's rank's op from `module` (fcnn.ops or the oracle): conv{rank}d{suffix}."""
+    return getattr(module, f"conv{case['rank']}d{suffix}")
 
 
 def _pair(f, case, **extra):
@@ -38,9 +48,9 @@ algorithms = pytest.mark.parametrize("algorithm", ALGORITHMS)
 
 
 def _assert_value_and_vjp_match(case, dtype, algorithm):
-    x, w, b = _operands(case, dtype)
+    x, w, b = _operands(case, dtype, algorithm=algorithm)
     args = (x, w) if b is None else (x, w, b)
-    check_vjp(_pair(ops.conv2d, case, algorithm=algorithm), _pair(R.conv2d, case), *args)
+    check_vjp(_pair(_op(ops, case), case, algorithm=algorithm), _pair(_op(R, case), case), *args)
 
 
 @algorithms
@@ -61,17 +71,18 @@ def test_value_and_vjp_match_autodiff_in_float32(case, algorithm):
 @given(case=conv_cases())
 def test_grad_input_and_grad_kernel_match_autodiff(case, algorithm):
     """The dX and dK ops equal jax.vjp of lax's conv, and so do their own VJPs (2nd order)."""
-    x, w, _ = _operands(case, dtype_for(algorithm))
+    x, w, _ = _operands(case, dtype_for(algorithm), algorithm=algorithm)
     kw = case["kwargs"]
-    g = normal(7, jnp.shape(R.conv2d(x, w, **kw)), x.dtype)
+    g = normal(7, jnp.shape(_op(R, case)(x, w, **kw)), x.dtype)
+    dx, dk = "_grad_input", "_grad_kernel"
     check_vjp(
-        lambda g, w: ops.conv2d_grad_input(g, w, x.shape, **kw, algorithm=algorithm),
-        lambda g, w: R.conv2d_grad_input(g, w, x.shape, **kw),
+        lambda g, w: _op(ops, case, dx)(g, w, x.shape, **kw, algorithm=algorithm),
+        lambda g, w: _op(R, case, dx)(g, w, x.shape, **kw),
         g, w,
     )
     check_vjp(
-        lambda x, g: ops.conv2d_grad_kernel(x, g, w.shape, **kw, algorithm=algorithm),
-        lambda x, g: R.conv2d_grad_kernel(x, g, w.shape, **kw),
+        lambda x, g: _op(ops, case, dk)(x, g, w.shape, **kw, algorithm=algorithm),
+        lambda x, g: _op(R, case, dk)(x, g, w.shape, **kw),
         x, g,
     )
 
@@ -80,8 +91,8 @@ def test_grad_input_and_grad_kernel_match_autodiff(case, algorithm):
 @costly(ci_examples=7)
 @given(case=conv_cases())
 def test_grad_of_grad_matches_autodiff(case, algorithm):
-    x, w, b = _operands(case, dtype_for(algorithm))
-    b = normal(3, (w.shape[3],), x.dtype) if b is None else b
+    x, w, b = _operands(case, dtype_for(algorithm), algorithm=algorithm)
+    b = normal(3, (w.shape[-1],), x.dtype) if b is None else b
 
     def second(conv):
         def inner(x, w, b):
@@ -94,8 +105,8 @@ def test_grad_of_grad_matches_autodiff(case, algorithm):
 
         return jax.jit(jax.grad(outer, argnums=(0, 1, 2)))
 
-    ours = partial(ops.conv2d, algorithm=algorithm)
-    for got, want, name in zip(second(ours)(x, w, b), second(R.conv2d)(x, w, b), "xwb",
+    ours = partial(_op(ops, case), algorithm=algorithm)
+    for got, want, name in zip(second(ours)(x, w, b), second(_op(R, case))(x, w, b), "xwb",
                                 strict=True):
         assert_close(got, want, f"d2/d{name}")
 
@@ -126,16 +137,17 @@ def test_finite_differences_orders_1_and_2(kw, algorithm):
 def test_adjoint_identities(case, algorithm):
     """<conv(v, w), u> == <v, dX(u, w)> and <conv(x, v), u> == <v, dK(x, u)>: the dX/dK ops are
     the exact transposes of the forward, linear in x and in w."""
-    x, w, _ = _operands(case, dtype_for(algorithm))
+    x, w, _ = _operands(case, dtype_for(algorithm), algorithm=algorithm)
     kw = {**case["kwargs"], "algorithm": algorithm}
-    u = normal(5, jax.eval_shape(lambda x, w: ops.conv2d(x, w, **kw), x, w).shape, x.dtype)
+    conv = _op(ops, case)
+    u = normal(5, jax.eval_shape(lambda x, w: conv(x, w, **kw), x, w).shape, x.dtype)
 
     @jax.jit
     def products(x, w, u):
         return (
-            jnp.vdot(ops.conv2d(x, w, **kw), u),
-            jnp.vdot(x, ops.conv2d_grad_input(u, w, x.shape, **kw)),
-            jnp.vdot(w, ops.conv2d_grad_kernel(x, u, w.shape, **kw)),
+            jnp.vdot(conv(x, w, **kw), u),
+            jnp.vdot(x, _op(ops, case, "_grad_input")(u, w, x.shape, **kw)),
+            jnp.vdot(w, _op(ops, case, "_grad_kernel")(x, u, w.shape, **kw)),
         )
 
     lhs, via_dx, via_dk = products(x, w, u)

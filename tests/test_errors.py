@@ -18,7 +18,7 @@ w = jnp.zeros((3, 3, 3, 4))
 CASES = [
     # (call, exception, regex)
     (lambda: ops.conv2d(jnp.zeros((2, 8, 8, 4)), w), ValueError,
-     r"conv2d: x has 4 channels but w expects 3 \(w.shape\[2\] \* groups"),
+     r"conv2d: x has 4 channels but w expects 3 \(w.shape\[-2\] \* groups"),
     (lambda: ops.conv2d(jnp.zeros((8, 8)), w), ValueError,
      r"conv2d: `x` must have rank 3 \(H, W, C\) or 4 \(N, H, W, C\), got shape \(8, 8\)\. "
      r"Add a channel axis"),

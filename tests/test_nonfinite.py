@@ -19,6 +19,7 @@ import pytest
 
 from fcnn import ops
 from fcnn import reference as R
+from fcnn.ops import onednn
 from fcnn.ops._conv_algorithms import ALGORITHMS
 from fcnn.testing import assert_close, tolerance
 from tests.strategies import dtype_for, normal
@@ -55,6 +56,38 @@ CASES = {
         lambda x, g: ops.conv2d_grad_kernel(x, g, (3, 2, 3, 4), **_conv_kw()),
         lambda x, g: R.conv2d_grad_kernel(x, g, (3, 2, 3, 4), **_conv_kw()),
         (normal(0, (2, 6, 5, 3)), normal(3, (2, 3, 7, 4))), {}),
+    "conv1d": (ops.conv1d, R.conv1d,
+               (normal(0, (2, 7, 3)), normal(1, (3, 3, 4)), normal(2, (4,))),
+               dict(stride=2, padding=((2, 1),), activation="relu")),
+    "conv1d_grad_input": (
+        lambda g, w: ops.conv1d_grad_input(g, w, (2, 7, 3), stride=2, padding=1),
+        lambda g, w: R.conv1d_grad_input(g, w, (2, 7, 3), stride=2, padding=1),
+        (normal(3, (2, 4, 4)), normal(1, (3, 3, 4))), {}),
+    "conv1d_grad_kernel": (
+        lambda x, g: ops.conv1d_grad_kernel(x, g, (3, 3, 4), stride=2, padding=1),
+        lambda x, g: R.conv1d_grad_kernel(x, g, (3, 3, 4), stride=2, padding=1),
+        (normal(0, (2, 7, 3)), normal(3, (2, 4, 4))), {}),
+    "conv3d": (ops.conv3d, R.conv3d,
+               (normal(0, (1, 4, 3, 4, 2)), normal(1, (2, 2, 2, 1, 4)), normal(2, (4,))),
+               dict(stride=(1, 2, 1), padding=1, groups=2)),
+    "conv3d_grad_input": (
+        lambda g, w: ops.conv3d_grad_input(g, w, (1, 4, 3, 4, 2), stride=2),
+        lambda g, w: R.conv3d_grad_input(g, w, (1, 4, 3, 4, 2), stride=2),
+        (normal(3, (1, 2, 1, 2, 3)), normal(1, (2, 2, 2, 2, 3))), {}),
+    "conv3d_grad_kernel": (
+        lambda x, g: ops.conv3d_grad_kernel(x, g, (2, 2, 2, 2, 3), stride=2),
+        lambda x, g: R.conv3d_grad_kernel(x, g, (2, 2, 2, 2, 3), stride=2),
+        (normal(0, (1, 4, 3, 4, 2)), normal(3, (1, 2, 1, 2, 3))), {}),
+    "conv_transpose1d": (ops.conv_transpose1d, R.conv_transpose1d,
+                         (normal(0, (2, 4, 3)), normal(1, (3, 2, 3)), normal(2, (2,))),
+                         dict(stride=2, padding=1, output_padding=1)),
+    "conv_transpose2d": (ops.conv_transpose2d, R.conv_transpose2d,
+                         (normal(0, (2, 3, 2, 4)), normal(1, (3, 2, 1, 4))),
+                         dict(stride=(2, 1), padding=((1, 0), (0, 1)), output_padding=(1, 0),
+                              groups=2)),
+    "conv_transpose3d": (ops.conv_transpose3d, R.conv_transpose3d,
+                         (normal(0, (1, 2, 3, 2, 2)), normal(1, (2, 2, 2, 3, 2)),
+                          normal(2, (3,))), dict(stride=2, padding=(1, 0, 1))),
     "max_pool2d": (ops.max_pool2d, R.max_pool2d, (normal(4, (2, 5, 6, 3)),),
                    dict(window=(3, 2), stride=(2, 1), padding=((1, 1), (0, 1)))),
     "max_pool2d_tiled": (ops.max_pool2d, R.max_pool2d, (normal(4, (2, 6, 4, 3)),),
@@ -243,7 +276,7 @@ def _assert_swept(compared, args, u, modes):
     assert reverse == (set() if scalar else set(modes) - {"value", "jvp"}), reverse
 
 
-@pytest.mark.parametrize("name", sorted(n for n in CASES if not n.startswith("conv2d")))
+@pytest.mark.parametrize("name", sorted(n for n in CASES if not n.startswith("conv")))
 def test_special_values_match_the_oracle(name):
     fcnn_fn, ref_fn, args, _ = CASES[name]
     got_p, u = _programs(_bound(name, fcnn_fn), args)
@@ -259,17 +292,18 @@ def test_special_values_match_the_oracle(name):
 # with padding left out (lax's convolution in float64) or with it multiplied (lax's convolution
 # of the input padded first); which convention each algorithm follows is stated in
 # docs/correctness.md.
-def _explicit(conv_kw):
-    """The oracle's maps on the input padded first (VALID convolution of explicit zeros)."""
+def _explicit(conv_kw, rank):
+    """The oracle's maps on the input padded first (VALID convolution of explicit zeros), and
+    the transposed convolution as the VJP of that forward (on its output's shape)."""
     pads = conv_kw.get("padding", 0)
-    rest = {k: v for k, v in conv_kw.items() if k != "padding"}
+    rest = {k: v for k, v in conv_kw.items() if k not in ("padding", "output_padding")}
 
     def padded(x):  # the cases' padding is explicit or an int
         # the barrier keeps XLA from folding the pad into the convolution's own padding
-        return jax.lax.optimization_barrier(jnp.pad(x, ((0, 0), *R._pads(pads), (0, 0))))
+        return jax.lax.optimization_barrier(jnp.pad(x, ((0, 0), *R._pads(pads, rank), (0, 0))))
 
     def conv(x, w, b=None):
-        return R.conv2d(padded(x), w, b, **rest)
+        return R._conv(rank, padded(x), w, b, **rest)
 
     def grad_input(g, w, shape):
         return jax.vjp(lambda x: conv(x, w), jnp.zeros(shape, g.dtype))[1](g)[0]
@@ -277,35 +311,61 @@ def _explicit(conv_kw):
     def grad_kernel(x, g, shape):
         return jax.vjp(lambda w: conv(x, w), jnp.zeros(shape, x.dtype))[1](g)[0]
 
-    return conv, grad_input, grad_kernel
+    def transpose(shape):
+        def run(x, w, b=None):
+            y = grad_input(x, w, (x.shape[0], *shape[1:-1], w.shape[-2] * rest.get("groups", 1)))
+            return y if b is None else y + b.reshape((1,) * (rank + 1) + (-1,))
+        return run
+
+    return conv, grad_input, grad_kernel, transpose
 
 
 _X_SHAPE, _W_SHAPE = (2, 6, 5, 3), (3, 2, 3, 4)
+# the dX and dK cases' forward input and kernel shapes and configuration, per rank
+_GRADS = {1: ((2, 7, 3), (3, 3, 4), dict(stride=2, padding=1)),
+          2: (_X_SHAPE, _W_SHAPE, _conv_kw()),
+          3: ((1, 4, 3, 4, 2), (2, 2, 2, 2, 3), dict(stride=2))}
 
 
 def _conv_maps(name, algorithm):
     """`(fcnn's map under algorithm, lax's oracle, the oracle on the input padded first)`."""
-    kw = _conv_kw() if name.startswith("conv2d_grad") else CASES[name][3]
-    conv, grad_input, grad_kernel = _explicit(kw)
-    if name == "conv2d_grad_input":
-        return (lambda g, w: ops.conv2d_grad_input(g, w, _X_SHAPE, **kw, algorithm=algorithm),
-                lambda g, w: R.conv2d_grad_input(g, w, _X_SHAPE, **kw),
-                lambda g, w: grad_input(g, w, _X_SHAPE))
-    if name == "conv2d_grad_kernel":
-        return (lambda x, g: ops.conv2d_grad_kernel(x, g, _W_SHAPE, **kw, algorithm=algorithm),
-                lambda x, g: R.conv2d_grad_kernel(x, g, _W_SHAPE, **kw),
-                lambda x, g: grad_kernel(x, g, _W_SHAPE))
-    return (functools.partial(ops.conv2d, **kw, algorithm=algorithm),
-            functools.partial(R.conv2d, **kw), conv)
+    rank = int(name.split("d")[0][-1])
+    transposed = name.startswith("conv_transpose")
+    grads = name.endswith(("_grad_input", "_grad_kernel"))
+    x_shape, w_shape, kw = _GRADS[rank] if grads else (None, None, CASES[name][3])
+    conv, grad_input, grad_kernel, transpose = _explicit(kw, rank)
+    if name.endswith("_grad_input"):
+        return (lambda g, w: getattr(ops, name)(g, w, x_shape, **kw, algorithm=algorithm),
+                lambda g, w: getattr(R, name)(g, w, x_shape, **kw),
+                lambda g, w: grad_input(g, w, x_shape))
+    if name.endswith("_grad_kernel"):
+        return (lambda x, g: getattr(ops, name)(x, g, w_shape, **kw, algorithm=algorithm),
+                lambda x, g: getattr(R, name)(x, g, w_shape, **kw),
+                lambda x, g: grad_kernel(x, g, w_shape))
+    op = name.split("_relu")[0].removesuffix("_grouped")
+    f, oracle = getattr(ops, op), getattr(R, op)
+    if transposed:
+        out = jax.eval_shape(lambda *a: oracle(*a, **kw), *CASES[name][2]).shape
+        return functools.partial(f, **kw, algorithm=algorithm), functools.partial(
+            oracle, **kw), transpose(out)
+    return functools.partial(f, **kw, algorithm=algorithm), functools.partial(oracle, **kw), conv
 
 
-CONV_CASES = sorted(n for n in CASES if n.startswith("conv2d"))
+CONV_CASES = sorted(n for n in CASES if n.startswith("conv"))
+
+
+def _runs(algorithm, name):
+    """Whether `algorithm` may be named for the case: "onednn" takes 1-D and 2-D."""
+    return algorithm != "onednn" or int(name.split("d")[0][-1]) in onednn.RANKS
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("name", CONV_CASES)
 def test_conv_special_values_match_the_oracle(name, algorithm):
-    """Under every algorithm (oneDNN's in float32, its only dtype)."""
+    """Under every algorithm (oneDNN's in float32, its only dtype), every rank, and the
+    transposed convolution."""
+    if not _runs(algorithm, name):
+        pytest.skip("oneDNN's kernels take 1-D and 2-D convolutions")
     args = tuple(a.astype(dtype_for(algorithm)) for a in CASES[name][2])
     f, lax_oracle, padded_oracle = _conv_maps(name, algorithm)
     got_p, u = _programs(f, args)
@@ -346,6 +406,23 @@ def test_hidden_nan_regressions():
     z = jnp.array([[0.0, -np.inf, 1.0]])
     assert np.isfinite(ops.softmax_cross_entropy(z, jnp.array([0])))
     assert np.isnan(ops.softmax_cross_entropy(z.at[0, 1].set(np.inf), jnp.array([0])))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_nan_stays_in_its_group(algorithm):
+    """XLA:CPU's float64 grouped convolution sent a NaN of one group's input to every group's
+    outputs (jaxlib 0.10; its float32 one does not): fcnn's maps, the forward, dX and the
+    transposed convolution, keep it in its group in both dtypes."""
+    for dtype in {jnp.float32, dtype_for(algorithm)}:
+        x = jnp.ones((1, 4, 4, 4), dtype).at[0, 1, 1, 0].set(jnp.nan)  # group 0 of 2
+        w = jnp.ones((3, 3, 2, 4), dtype)
+        y = ops.conv2d(x, w, padding=1, groups=2, algorithm=algorithm)
+        assert np.isnan(y[..., :2]).any() and not np.isnan(y[..., 2:]).any(), dtype
+        dx = ops.conv2d_grad_input(y.at[..., 2:].set(1.0), w, x.shape, padding=1, groups=2,
+                                   algorithm=algorithm)
+        assert np.isnan(dx[..., :2]).any() and not np.isnan(dx[..., 2:]).any(), dtype
+        t = ops.conv_transpose2d(x, w, stride=2, groups=2, algorithm=algorithm)
+        assert np.isnan(t[..., :2]).any() and not np.isnan(t[..., 2:]).any(), dtype
 
 
 @pytest.mark.parametrize("channels,window,stride", [(3, 2, 2), (16, 2, 2), (32, 2, 2),

@@ -29,8 +29,8 @@ def _draws(strategy, n):
     return seen
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
+def _pair(v, rank=2):
+    return (v,) * rank if isinstance(v, int) else tuple(v)
 
 
 def _asymmetric(padding):
@@ -38,28 +38,34 @@ def _asymmetric(padding):
         lo != hi for lo, hi in padding)
 
 
-def _explicit(padding):
+def _explicit(padding, rank=2):
     """Explicit pads of a non-"SAME" padding."""
     if padding == "VALID":
-        return ((0, 0), (0, 0))
+        return ((0, 0),) * rank
     if isinstance(padding, int):
-        return ((padding, padding), (padding, padding))
+        return ((padding, padding),) * rank
     if isinstance(padding[0], int):
         return tuple((p, p) for p in padding)
     return padding
 
 
 def _conv_features(case):
-    kw, x_shape, (kh, kw_, cig, _) = case["kwargs"], case["x_shape"], case["w_shape"]
-    stride, dilation, padding = _pair(kw["stride"]), _pair(kw["dilation"]), kw["padding"]
+    kw, x_shape, rank = case["kwargs"], case["x_shape"], case["rank"]
+    k, cig = case["w_shape"][:-2], case["w_shape"][-2]
+    stride, dilation = _pair(kw["stride"], rank), _pair(kw["dilation"], rank)
+    padding = kw["padding"]
     remainder = padding != "SAME" and any(  # what the forward's floor drops
-        (n + lo + hi - (k - 1) * d - 1) % s
-        for n, k, d, s, (lo, hi) in zip(x_shape[-3:-1], (kh, kw_), dilation, stride,
-                                        _explicit(padding), strict=True))
+        (n + lo + hi - (k_ - 1) * d - 1) % s
+        for n, k_, d, s, (lo, hi) in zip(x_shape[-rank - 1:-1], k, dilation, stride,
+                                         _explicit(padding, rank), strict=True))
+    batched = len(x_shape) == rank + 2
     return {
-        "batch >= 2": len(x_shape) == 4 and x_shape[0] >= 2,
-        "batch 3": len(x_shape) == 4 and x_shape[0] == 3,
-        "unbatched": len(x_shape) == 3,
+        "1-D": rank == 1,
+        "3-D": rank == 3,
+        "3-D with stride 2 or 3": rank == 3 and max(stride) > 1,
+        "batch >= 2": batched and x_shape[0] >= 2,
+        "batch 3": batched and x_shape[0] == 3,
+        "unbatched": not batched,
         "asymmetric padding": _asymmetric(padding),
         "SAME": padding == "SAME",
         "C_in/groups > 2": cig > 2,

@@ -10,7 +10,20 @@ from fcnn.ops._binding import set_binding as set_binding
 from fcnn.ops._binding import using as using_binding  # noqa: F401 (public)
 from fcnn.ops.activations import elu, leaky_relu, relu, sigmoid, tanh
 from fcnn.ops.adaptive_pool import adaptive_avg_pool
-from fcnn.ops.conv import conv2d, conv2d_grad_input, conv2d_grad_kernel
+from fcnn.ops.conv import (
+    conv1d,
+    conv1d_grad_input,
+    conv1d_grad_kernel,
+    conv2d,
+    conv2d_grad_input,
+    conv2d_grad_kernel,
+    conv3d,
+    conv3d_grad_input,
+    conv3d_grad_kernel,
+    conv_transpose1d,
+    conv_transpose2d,
+    conv_transpose3d,
+)
 from fcnn.ops.dense import dense
 from fcnn.ops.dropout import dropout
 from fcnn.ops.losses import hinge, mse, softmax_cross_entropy
@@ -26,9 +39,18 @@ __all__ = [
     "avg_pool2d",
     "batch_norm",
     "batch_norm_inference",
+    "conv1d",
+    "conv1d_grad_input",
+    "conv1d_grad_kernel",
     "conv2d",
     "conv2d_grad_input",
     "conv2d_grad_kernel",
+    "conv3d",
+    "conv3d_grad_input",
+    "conv3d_grad_kernel",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
     "dense",
     "dropout",
     "elu",

@@ -17,16 +17,28 @@ def floating(op: str, name: str, a) -> jnp.ndarray:
     return a
 
 
-def image(op: str, name: str, a) -> tuple[jnp.ndarray, bool]:
-    """Validate an NHWC / HWC image; return it batched and whether it was batched."""
+SPATIAL = {1: "W", 2: "H, W", 3: "D, H, W"}
+
+
+def layout(rank: int) -> str:
+    """The unbatched channels-last layout of `rank` spatial axes, for messages: `(H, W, C)`."""
+    spatial = SPATIAL[rank] if rank in SPATIAL else ", ".join(f"S{i}" for i in range(rank))
+    return f"({spatial}, C)"
+
+
+def image(op: str, name: str, a, rank: int = 2) -> tuple[jnp.ndarray, bool]:
+    """Validate a channels-last array of `rank` spatial axes, batched `(N, *spatial, C)` or not
+    (`(*spatial, C)`: NHWC / HWC in 2-D); return it batched and whether it was batched."""
     a = floating(op, name, a)
-    if a.ndim == 4:
+    if a.ndim == rank + 2:
         return a, True
-    if a.ndim == 3:
+    if a.ndim == rank + 1:
         return a[None], False
-    hint = " Add a channel axis: x[..., None]." if a.ndim == 2 else ""
+    hint = " Add a channel axis: x[..., None]." if a.ndim == rank else ""
+    unbatched = layout(rank)
+    batched = "(N, " + unbatched[1:]
     raise ValueError(
-        f"{op}: `{name}` must have rank 3 (H, W, C) or 4 (N, H, W, C), "
+        f"{op}: `{name}` must have rank {rank + 1} {unbatched} or {rank + 2} {batched}, "
         f"got shape {tuple(a.shape)}.{hint}"
     )
 

@@ -40,6 +40,7 @@ from jax.interpreters import ad, batching, mlir
 from fcnn import tuning
 from fcnn.ops import _conv_act_algorithms as compute
 from fcnn.ops import _conv_primitives as cp
+from fcnn.ops import _conv_rules as rules
 from fcnn.ops._bilinear import ShapedArray, front, into_n, out_of_n, zero_like
 
 conv_act_p = Primitive("fcnn_conv_act")  # (x, w[, b]; cfg, relu) -> y
@@ -74,7 +75,7 @@ def _cotangent(g, x, w, y, cfg, relu, wants):
 
 def _composed_forward(x, w, b, *, cfg, relu):
     z = cp.conv(x, w, cfg)
-    return compute.act(z if b is None else z + b.reshape(1, 1, 1, -1), relu)
+    return compute.act(z if b is None else z + compute.channels(b, z.ndim), relu)
 
 
 def _composed_tangent(dx, dw, db, x, w, y, *, cfg, relu):
@@ -83,9 +84,9 @@ def _composed_tangent(dx, dw, db, x, w, y, *, cfg, relu):
 
 def _composed_cotangent(g, x, w, y, *, cfg, relu, wants):
     gm = compute.mask(y, g, relu)
-    return (cp.conv_dx(gm, w, x.shape[1:3], cfg) if wants[0] else None,
-            cp.conv_dk(x, gm, w.shape[:2], cfg) if wants[1] else None,
-            jnp.sum(gm, axis=(0, 1, 2)) if wants[2] else None)
+    return (cp.conv_dx(gm, w, rules.spatial(x.shape), cfg) if wants[0] else None,
+            cp.conv_dk(x, gm, rules.spatial(w.shape, True), cfg) if wants[1] else None,
+            jnp.sum(gm, axis=tuple(range(gm.ndim - 1))) if wants[2] else None)
 
 
 # ----------------------------------------------------------------------------- registration
@@ -131,7 +132,7 @@ def _tangent_shape(*args, cfg, relu, has):
 
 @cotangent_p.def_abstract_eval
 def _cotangent_shape(g, x, w, y, *, cfg, relu, wants):
-    shapes = (x.shape, w.shape, w.shape[3:])
+    shapes = (x.shape, w.shape, w.shape[-1:])
     return [ShapedArray(s, g.dtype) for s, want in zip(shapes, wants) if want]
 
 
@@ -167,9 +168,10 @@ def _cotangent_jvp(primals, tangents, *, cfg, relu, wants):
     outs = cotangent_p.bind(g, x, w, y, cfg=cfg, relu=relu, wants=wants)
     terms = [list(_cotangent(dg, x, w, y, cfg, relu, wants))] if type(dg) is not ad.Zero else []
     gm = compute.mask(y, g, relu)
-    extra = [cp.conv_dx(gm, dw, x.shape[1:3], cfg) if wants[0] and type(dw) is not ad.Zero
-             else None,
-             cp.conv_dk(dx, gm, w.shape[:2], cfg) if wants[1] and type(dx) is not ad.Zero
+    extra = [cp.conv_dx(gm, dw, rules.spatial(x.shape), cfg)
+             if wants[0] and type(dw) is not ad.Zero else None,
+             cp.conv_dk(dx, gm, rules.spatial(w.shape, True), cfg)
+             if wants[1] and type(dx) is not ad.Zero
              else None, None]
     terms.append(extra)
     result = []

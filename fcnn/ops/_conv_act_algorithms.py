@@ -36,19 +36,24 @@ def mask(y, t, relu):
     return jnp.where(y <= 0, jnp.zeros((), t.dtype), t) if relu else t
 
 
+def channels(b, ndim):
+    """The bias `(C,)` shaped to broadcast over a channels-last array of rank `ndim`."""
+    return b.reshape((1,) * (ndim - 1) + (-1,))
+
+
 def epilogue(bias, relu) -> str:
     return "+".join(name for name, on in (("bias", bias), ("relu", relu)) if on)
 
 
 def forward(x, w, b, cfg, relu):
-    out_hw = algo._out_hw(x.shape[1:3], w.shape[:2], cfg)
+    out_hw = algo._out_hw(x.shape[1:-1], w.shape[:-2], cfg)
 
     def run(algorithm, x, w, *b):
         b = b[0] if b else None
-        if algorithm == "onednn" and algo._onednn_runs(x.dtype):
+        if algorithm == "onednn" and algo._onednn_runs(x.dtype, cfg):
             return onednn.conv_act(x, w, b, out_hw, cfg, relu)
         z = algo._forward(algorithm, x, w, cfg)
-        return algo.held(algorithm, act(z if b is None else z + b.reshape(1, 1, 1, -1), relu))
+        return algo.held(algorithm, act(z if b is None else z + channels(b, z.ndim), relu))
 
     operands = (x, w) if b is None else (x, w, b)
     return algo._per_platform(cfg, 0, run, operands, (), epilogue(b is not None, relu))
@@ -59,7 +64,7 @@ def tangent(dx, dw, db, x, w, y, cfg, relu, conv=algo.forward):
     computes the convolution (the algorithms here, the primitives under vmap)."""
     terms = [t for t in (None if dx is None else conv(dx, w, cfg),
                          None if dw is None else conv(x, dw, cfg),
-                         None if db is None else db.reshape(1, 1, 1, -1)) if t is not None]
+                         None if db is None else channels(db, y.ndim)) if t is not None]
     total = terms[0]
     for t in terms[1:]:
         total = total + t
@@ -67,17 +72,17 @@ def tangent(dx, dw, db, x, w, y, cfg, relu, conv=algo.forward):
 
 
 def cotangent(g, x, w, y, cfg, relu, wants):
-    in_hw, k_hw = x.shape[1:3], w.shape[:2]
+    in_hw, k_hw = x.shape[1:-1], w.shape[:-2]
     gm = mask(y, g, relu)  # by XLA, fused into what computes g (a max pool's backward reads y)
 
     def composed(gm, x, w):
         return (algo.grad_input(gm, w, in_hw, cfg) if wants[0] else None,
                 algo.grad_kernel(x, gm, k_hw, cfg) if wants[1] else None,
-                jnp.sum(gm, axis=(0, 1, 2)) if wants[2] else None)
+                jnp.sum(gm, axis=tuple(range(gm.ndim - 1))) if wants[2] else None)
 
     maps = ([algo.choice_dx(g, w, in_hw, cfg)] if wants[0] else []) + (
         [algo.choice_dk(x, g, k_hw, cfg)] if wants[1] else [])
-    if not maps or any(m != "onednn" for m in maps) or not algo._onednn_runs(g.dtype):
+    if not maps or any(m != "onednn" for m in maps) or not algo._onednn_runs(g.dtype, cfg):
         return composed(gm, x, w)
 
     def native(gm, x, w):

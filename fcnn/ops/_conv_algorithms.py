@@ -46,10 +46,24 @@ from jax import lax
 from fcnn import _args, tuning
 from fcnn.ops import _taps, onednn
 
-NHWC = ("NHWC", "HWIO", "NHWC")
-# dK as one convolution: the batch is the contraction axis ("C" of the lhs, "I" of g), the input
-# channels ride in the lhs batch slot and come out as the kernel's I axis.
-DK = ("CHWN", "IHWO", "HWNC")
+
+def dimension_numbers(rank):
+    """Channels-last activations `(N, *spatial, C)`, kernels `(*spatial, I, O)`: lax's
+    `ConvDimensionNumbers` for `rank` spatial axes (`NHWC, HWIO, NHWC` in 2-D)."""
+    sp = tuple(range(1, rank + 1))
+    return lax.ConvDimensionNumbers((0, rank + 1, *sp), (rank + 1, rank, *range(rank)),
+                                    (0, rank + 1, *sp))
+
+
+def dk_dimension_numbers(rank):
+    """dK as one convolution: the batch is the contraction axis (the lhs's feature axis, g's
+    input axis), the input channels ride in the lhs batch slot and come out as the kernel's I
+    axis (`CHWN, IHWO, HWNC` in 2-D)."""
+    sp = tuple(range(1, rank + 1))
+    return lax.ConvDimensionNumbers((rank + 1, 0, *sp), (rank + 1, 0, *sp),
+                                    (rank, rank + 1, *range(rank)))
+
+
 ALGORITHMS = ("xla", "phase", "im2col", "taps") + (("onednn",) if onednn.AVAILABLE else ())
 ONEDNN_DTYPES = (jnp.float32,)
 # taps: input channels up to this are broadcast multiply-adds; beyond, one GEMM per tap
@@ -58,28 +72,31 @@ TAPS_BROADCAST_MAX = 8
 IM2COL_CHUNK_BYTES = 3 << 20
 
 
-def choose(w_shape, groups, in_hw=(1, 1)) -> tuple[str, str, str]:
+def choose(w_shape, groups, in_hw=None) -> tuple[str, str, str]:
     """The algorithms "auto" picks for (forward, dX, dK) on a CPU (other platforms run "xla",
-    see `_per_platform`), by shape alone. The rules are tabulated in docs/design.md; the
-    measurements behind each (per map, on a 2-core AVX-512 CPU, jaxlib 0.10) are in
-    docs/performance.md, "What auto picks and why".
+    see `_per_platform`), by shape alone, for any rank (a kernel's taps are the product of its
+    spatial sizes). The rules are tabulated in docs/design.md; the measurements behind each
+    (per map, on a 2-core AVX-512 CPU, jaxlib 0.10) are in docs/performance.md, "What auto
+    picks and why".
 
     - one input channel (a grey image): taps forward, col2im dX, XLA's dK;
     - 2-4 input channels (RGB) and at most 48 taps x channels: taps forward, im2col dX and dK
       (XLA's CPU conv is memory-bound with 3 channels);
     - 16+ channels in and out: phase forward and dX (multi-threaded, no zero multiplies);
       cache-blocked im2col dK (XLA's runs on about one core) while one image's patch matrix
-      fits in 2 x IM2COL_CHUNK_BYTES (`in_hw` is the input's H, W), else XLA's;
+      fits in 2 x IM2COL_CHUNK_BYTES (`in_hw` is the input's spatial size), else XLA's;
     - 5-8 input channels (e.g. LeNet's 6 -> 16): XLA's forward, col2im dX, cache-blocked
       im2col dK under the same size rule;
     - otherwise: XLA's convolutions.
     """
-    kh, kw, cig, cout = w_shape
-    patch_bytes = in_hw[0] * in_hw[1] * kh * kw * cig * groups * 4
+    *k_sp, cig, cout = w_shape
+    taps = math.prod(k_sp)
+    in_hw = (1,) * len(k_sp) if in_hw is None else in_hw
+    patch_bytes = math.prod(in_hw) * taps * cig * groups * 4
     blocked_dk = "im2col" if patch_bytes <= 2 * IM2COL_CHUNK_BYTES else "xla"
     if groups == 1 and cig == 1:
         return ("taps", "im2col", "xla")
-    if groups == 1 and cig <= 4 and kh * kw * cig <= 48:
+    if groups == 1 and cig <= 4 and taps * cig <= 48:
         return ("taps", "im2col", "im2col")
     if min(cig, cout // groups) >= 16:
         return ("phase", "phase", blocked_dk)
@@ -88,47 +105,79 @@ def choose(w_shape, groups, in_hw=(1, 1)) -> tuple[str, str, str]:
     return ("xla", "xla", "xla")
 
 
-def _conv(lhs, rhs, pads, *, lhs_dilation=(1, 1), rhs_dilation=(1, 1), groups=1,
-          all_cores=False):
-    """Stride-1 NHWC x HWIO convolution; `all_cores` steers XLA:CPU to its Eigen kernel by
-    padding the bottom until the total exceeds F_eff - 1 and cropping those extra rows."""
+def grouped(lhs, rhs, strides, pads, *, groups, lhs_dilation=None, rhs_dilation=None):
+    """`lax.conv_general_dilated` channels-last with `groups` feature groups. In float64 each
+    group is its own convolution, concatenated: XLA:CPU's float64 grouped convolution multiplies
+    every group's inputs into every output (zeros off the groups' blocks), so one NaN or inf
+    input made every group's outputs NaN (measured, jaxlib 0.10: a NaN in channel 0 of a
+    2-group convolution reached all 4 outputs in float64, 2 of 4 in float32, float16 and
+    bfloat16; docs/correctness.md)."""
+    r = len(pads)
+    conv = partial(lax.conv_general_dilated, window_strides=strides, padding=pads,
+                   lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                   dimension_numbers=dimension_numbers(r))
+    if groups == 1 or lhs.dtype != jnp.float64:
+        return conv(lhs, rhs, feature_group_count=groups)
+    cin, cout = lhs.shape[-1] // groups, rhs.shape[-1] // groups
+    return jnp.concatenate([
+        conv(lax.slice_in_dim(lhs, j * cin, (j + 1) * cin, axis=r + 1),
+             lax.slice_in_dim(rhs, j * cout, (j + 1) * cout, axis=r + 1))
+        for j in range(groups)], axis=r + 1)
 
-    def plain(lhs, rhs):
-        return lax.conv_general_dilated(
-            lhs, rhs, (1, 1), pads, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-            dimension_numbers=NHWC, feature_group_count=groups,
-        )
+
+def rank(cfg) -> int:
+    """The number of spatial axes of a convolution's configuration."""
+    return len(cfg.stride)
+
+
+def _ones(n):
+    return (1,) * n
+
+
+def _conv(lhs, rhs, pads, *, lhs_dilation=None, rhs_dilation=None, groups=1, all_cores=False):
+    """Stride-1 channels-last convolution; `all_cores` steers XLA:CPU to its Eigen kernel by
+    padding the high end of the first spatial axis until its total exceeds F_eff - 1 and
+    cropping those extra rows."""
+    r = len(pads)
+    lhs_dilation = lhs_dilation or _ones(r)
+    rhs_dilation = rhs_dilation or _ones(r)
+
+    def run(lhs, rhs, pads):
+        return grouped(lhs, rhs, _ones(r), pads, groups=groups, lhs_dilation=lhs_dilation,
+                       rhs_dilation=rhs_dilation)
 
     if not all_cores:
-        return plain(lhs, rhs)
+        return run(lhs, rhs, pads)
     f = _args.effective_window(rhs.shape[0], rhs_dilation[0])
     extra = max(1, f - sum(pads[0]))
 
     def cpu(lhs, rhs):
-        y = lax.conv_general_dilated(
-            lhs, rhs, (1, 1), ((pads[0][0], pads[0][1] + extra), pads[1]),
-            lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-            dimension_numbers=NHWC, feature_group_count=groups,
-        )
+        y = run(lhs, rhs, ((pads[0][0], pads[0][1] + extra), *pads[1:]))
         return y[:, : y.shape[1] - extra]
 
-    return lax.platform_dependent(lhs, rhs, cpu=cpu, default=plain)
+    return lax.platform_dependent(lhs, rhs, cpu=cpu, default=partial(run, pads=pads))
+
+
+def _unit_stride(cfg) -> bool:
+    return all(s == 1 for s in cfg.stride)
 
 
 def candidates(which, cfg, dtype) -> tuple[str, ...]:
     """The algorithms that compute map `which` (0 forward, 1 dX, 2 dK) of `cfg` in `dtype`
     differently: a strided forward's "phase" is XLA's convolution, dX's "taps" is im2col's
-    col2im, dK's "phase" is XLA's; "onednn" where it is built, in float32."""
+    col2im, dK's "phase" is XLA's; "onednn" where it is built, in float32, for the ranks its
+    handlers take (`onednn.RANKS`)."""
     if which == 0:
-        own = ("xla", "phase", "im2col", "taps") if cfg.stride == (1, 1) else (
+        own = ("xla", "phase", "im2col", "taps") if _unit_stride(cfg) else (
             "xla", "im2col", "taps")
     else:
         own = ("xla", "phase", "im2col") if which == 1 else ("xla", "im2col", "taps")
-    return own + (("onednn",) if _onednn_runs(dtype) else ())
+    return own + (("onednn",) if _onednn_runs(dtype, cfg) else ())
 
 
-def _onednn_runs(dtype) -> bool:
-    return onednn.AVAILABLE and jnp.dtype(dtype) in ONEDNN_DTYPES
+def _onednn_runs(dtype, cfg) -> bool:
+    return (onednn.AVAILABLE and jnp.dtype(dtype) in ONEDNN_DTYPES
+            and rank(cfg) in onednn.RANKS)
 
 
 def _same(which, cfg, dtype, algorithm) -> str:
@@ -140,7 +189,7 @@ def _same(which, cfg, dtype, algorithm) -> str:
 
 def _per_platform(cfg, which, run, operands, size, epilogue=None):
     """`run(algorithm, *operands)` for map `which` (0 forward, 1 dX, 2 dK) of `cfg`; `size` is the
-    input's H, W (dX) or the kernel's (dK), () for the forward.
+    input's spatial size (dX) or the kernel's (dK), () for the forward.
 
     Under "auto" the CPU's algorithm is measured once per shape and machine and kept on disk
     (fcnn.tuning; `choose` is the table it falls back on), and it sits behind
@@ -154,7 +203,8 @@ def _per_platform(cfg, which, run, operands, size, epilogue=None):
     """
     algorithm = choice(cfg, which, run, operands, size, epilogue)
     dtype = operands[0].dtype
-    if algorithm == "xla" or (not cfg.auto and (algorithm != "onednn" or not _onednn_runs(dtype))):
+    if algorithm == "xla" or (not cfg.auto and (algorithm != "onednn"
+                                                or not _onednn_runs(dtype, cfg))):
         return run(algorithm, *operands)  # named explicitly: as named on every platform
     return lax.platform_dependent(*operands, cpu=partial(run, algorithm),
                                   default=partial(run, "xla"))
@@ -180,7 +230,7 @@ def choice(cfg, which, run, operands, size, epilogue=None) -> str:
 def runs_onednn(which, a, b, size, cfg) -> bool:
     """Whether map `which` of the single problem (a, b) runs oneDNN's kernel on this CPU (its
     `choice`, measured under "auto" as its lowering will be)."""
-    if not _onednn_runs(a.dtype) or tuning.exporting():
+    if not _onednn_runs(a.dtype, cfg) or tuning.exporting():
         return False
     return choice(cfg, which, _run(which, size, cfg), (a, b), size) == "onednn"
 
@@ -204,8 +254,10 @@ def members(which, a, b, size, cfg, one):
 
     if not runs_onednn(which, a[0], b[0], size, cfg):
         return unrolled(a, b)
-    hw = _out_hw(a.shape[2:4], b.shape[1:3], cfg) if which == 0 else size  # the result's
-    return lax.platform_dependent(a, b, cpu=partial(onednn.members, which, size=hw, cfg=cfg),
+    r = rank(cfg)
+    # the result's spatial size
+    out = _out_hw(a.shape[2:2 + r], b.shape[1:1 + r], cfg) if which == 0 else size
+    return lax.platform_dependent(a, b, cpu=partial(onednn.members, which, size=out, cfg=cfg),
                                   default=unrolled)
 
 
@@ -227,11 +279,26 @@ def _out_hw(in_hw, k_hw, cfg):
     )
 
 
+def out_shape(x_shape, w_shape, cfg):
+    """The forward's output shape for a batched input of `x_shape` and a kernel of `w_shape`."""
+    return (x_shape[0], *_out_hw(x_shape[1:-1], w_shape[:-2], cfg), w_shape[-1])
+
+
+def dx_shape(g_shape, w_shape, in_sizes, cfg):
+    return (g_shape[0], *in_sizes, w_shape[-2] * cfg.groups)
+
+
+def dk_shape(x_shape, g_shape, k_sizes, cfg):
+    return (*k_sizes, x_shape[-1] // cfg.groups, g_shape[-1])
+
+
 def _transposed_kernel(w, groups):
-    """(kh, kw, C_in/G, C_out) -> (kh, kw, C_out/G, C_in): in/out swapped within each group."""
-    kh, kw, cig, cout = w.shape
-    wt = w.reshape(kh, kw, cig, groups, cout // groups).transpose(0, 1, 4, 3, 2)
-    return wt.reshape(kh, kw, cout // groups, groups * cig)
+    """(*k, C_in/G, C_out) -> (*k, C_out/G, C_in): in/out swapped within each group."""
+    *k, cig, cout = w.shape
+    r = len(k)
+    wt = w.reshape(*k, cig, groups, cout // groups)
+    wt = wt.transpose(*range(r), r + 2, r + 1, r)
+    return wt.reshape(*k, cout // groups, groups * cig)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -242,61 +309,58 @@ def forward(x, w, cfg):
 
 
 def _forward(algorithm, x, w, cfg):
-    if algorithm == "onednn" and _onednn_runs(x.dtype):
-        return onednn.forward(x, w, _out_hw(x.shape[1:3], w.shape[:2], cfg), cfg)
+    r = rank(cfg)
+    if algorithm == "onednn" and _onednn_runs(x.dtype, cfg):
+        return onednn.forward(x, w, _out_hw(x.shape[1:-1], w.shape[:-2], cfg), cfg)
     if algorithm == "im2col":
         return _forward_im2col(x, w, cfg)
     if algorithm == "taps":
         return _forward_taps(x, w, cfg)
-    if algorithm == "phase" and cfg.stride == (1, 1):
+    if algorithm == "phase" and _unit_stride(cfg):
         return _conv(x, w, cfg.padding, rhs_dilation=cfg.dilation, groups=cfg.groups,
                      all_cores=True)
-    return lax.conv_general_dilated(
-        x, w, cfg.stride, cfg.padding, rhs_dilation=cfg.dilation,
-        dimension_numbers=NHWC, feature_group_count=cfg.groups,
-    )
+    return grouped(x, w, cfg.stride, cfg.padding, groups=cfg.groups, rhs_dilation=cfg.dilation)
 
 
-def _patches(x, k_hw, cfg):
-    """`(N*H_out*W_out, kh*kw, G, C_in/G)` patches of the padded input, tap-major."""
-    n, h, w, cin = x.shape
-    out_hw = _out_hw((h, w), k_hw, cfg)
+def _patches(x, k_sp, cfg):
+    """`(N*prod(out), prod(k), G, C_in/G)` patches of the padded input, tap-major."""
+    cin = x.shape[-1]
+    out = _out_hw(x.shape[1:-1], k_sp, cfg)
     xp = _taps.pad(x, cfg.padding)
-    taps = [
-        _taps.read(xp, a, b, out_hw, cfg.stride, cfg.dilation)
-        for a in range(k_hw[0]) for b in range(k_hw[1])
-    ]
-    cols = jnp.stack(taps, axis=3)  # (N, Ho, Wo, T, C_in)
-    return cols.reshape(-1, k_hw[0] * k_hw[1], cfg.groups, cin // cfg.groups), out_hw
+    taps = [_taps.read(xp, t, out, cfg.stride, cfg.dilation) for t in _taps.all_taps(k_sp)]
+    cols = jnp.stack(taps, axis=-2)  # (N, *out, T, C_in)
+    rows = x.shape[0] * math.prod(out)
+    return cols.reshape(rows, math.prod(k_sp), cfg.groups, cin // cfg.groups), out
 
 
 def _forward_im2col(x, w, cfg):
-    kh, kw, cig, cout = w.shape
-    cols, (ho, wo) = _patches(x, (kh, kw), cfg)
-    wm = w.reshape(kh * kw, cig, cfg.groups, cout // cfg.groups)
+    *k_sp, cig, cout = w.shape
+    cols, out = _patches(x, k_sp, cfg)
+    wm = w.reshape(math.prod(k_sp), cig, cfg.groups, cout // cfg.groups)
     y = jnp.einsum("mtgc,tcgo->mgo", cols, wm)
-    return y.reshape(x.shape[0], ho, wo, cout)
+    return y.reshape(x.shape[0], *out, cout)
 
 
 def _forward_taps(x, w, cfg):
-    kh, kw, cig, cout = w.shape
-    n, h, wd, _ = x.shape
-    out_hw = _out_hw((h, wd), (kh, kw), cfg)
+    *k_sp, cig, cout = w.shape
+    n = x.shape[0]
+    out = _out_hw(x.shape[1:-1], k_sp, cfg)
     xp = _taps.pad(x, cfg.padding)
     groups, cog = cfg.groups, cout // cfg.groups
+    r = len(k_sp)
     y = None
-    for a in range(kh):
-        for b in range(kw):
-            tap = _taps.read(xp, a, b, out_hw, cfg.stride, cfg.dilation)  # (N, Ho, Wo, C_in)
-            if cig > TAPS_BROADCAST_MAX:  # one small GEMM per tap keeps the program short
-                terms = [jnp.einsum("nhwgc,gco->nhwgo", tap.reshape(n, *out_hw, groups, cig),
-                                    w[a, b].reshape(cig, groups, cog).transpose(1, 0, 2))]
-            else:  # input channel c of every group times that group's output filters
-                terms = [lax.slice_in_dim(tap, c, tap.shape[3], cig, axis=3)[..., None]
-                         * w[a, b, c].reshape(1, 1, 1, groups, cog) for c in range(cig)]
-            for term in terms:
-                y = term if y is None else y + term
-    return y.reshape(n, *out_hw, cout)
+    for t in _taps.all_taps(k_sp):
+        tap = _taps.read(xp, t, out, cfg.stride, cfg.dilation)  # (N, *out, C_in)
+        wt = w[t]  # (C_in/G, C_out)
+        if cig > TAPS_BROADCAST_MAX:  # one small GEMM per tap keeps the program short
+            terms = [jnp.einsum("...gc,gco->...go", tap.reshape(n, *out, groups, cig),
+                                wt.reshape(cig, groups, cog).transpose(1, 0, 2))]
+        else:  # input channel c of every group times that group's output filters
+            terms = [lax.slice_in_dim(tap, c, tap.shape[-1], cig, axis=r + 1)[..., None]
+                     * wt[c].reshape(*_ones(r + 1), groups, cog) for c in range(cig)]
+        for term in terms:
+            y = term if y is None else y + term
+    return y.reshape(n, *out, cout)
 
 
 def held(algorithm, y):
@@ -311,7 +375,8 @@ def materialized(y):
     mask each recomputed it (LeNet-5's step with `taps` for its first layer 15.8 against 6.1
     ms, docs/performance.md). A native call's result is opaque to XLA, so its readers read it.
     Without the native kernels the max pool keeps it in memory itself (`pool._max_pool_impl`)."""
-    if not (_onednn_runs(y.dtype) and not tuning.exporting()):
+    if not (onednn.AVAILABLE and jnp.dtype(y.dtype) in ONEDNN_DTYPES
+            and not tuning.exporting()):
         return y
     return lax.platform_dependent(y, cpu=onednn.materialize, default=lambda y: y)
 
@@ -333,40 +398,39 @@ def choice_dx(g, w, in_hw, cfg) -> str:
 
 
 def _grad_input(algorithm, g, w, in_hw, cfg):
-    if algorithm == "onednn" and _onednn_runs(g.dtype):
+    if algorithm == "onednn" and _onednn_runs(g.dtype, cfg):
         return onednn.grad_input(g, w, in_hw, cfg)
     if algorithm in ("im2col", "taps"):  # the adjoint of reading taps is writing them back
         return _grad_input_col2im(g, w, in_hw, cfg)
-    kh, kw = w.shape[:2]
+    r = rank(cfg)
+    k_sp = w.shape[:-2]
     pads = tuple(
-        (f - 1 - lo, f - 1 - hi + r)
-        for f, (lo, hi), r in zip(_windows((kh, kw), cfg), cfg.padding,
-                                  _remainders(in_hw, (kh, kw), cfg))
+        (f - 1 - lo, f - 1 - hi + rem)
+        for f, (lo, hi), rem in zip(_windows(k_sp, cfg), cfg.padding,
+                                    _remainders(in_hw, k_sp, cfg))
     )
-    flipped = jnp.flip(_transposed_kernel(w, cfg.groups), (0, 1))
-    if algorithm == "phase" and cfg.stride == (1, 1):
+    flipped = jnp.flip(_transposed_kernel(w, cfg.groups), tuple(range(r)))
+    if algorithm == "phase" and _unit_stride(cfg):
         # one phase: the full convolution itself, only the rows of dX (not of the padded
         # input), routed to all cores (the CIFAR net's 16x16 layers: 17x16 rows, not 19x18)
         return _conv(g, flipped, pads, rhs_dilation=cfg.dilation, groups=cfg.groups,
                      all_cores=True)
     if algorithm == "phase":
         return _grad_input_phases(g, w, in_hw, cfg)
-    return lax.conv_general_dilated(
-        g, flipped, (1, 1), pads,
-        lhs_dilation=cfg.stride, rhs_dilation=cfg.dilation,
-        dimension_numbers=NHWC, feature_group_count=cfg.groups,
-    )
+    return grouped(g, flipped, _ones(r), pads, groups=cfg.groups, lhs_dilation=cfg.stride,
+                   rhs_dilation=cfg.dilation)
 
 
 def _grad_input_col2im(g, w, in_hw, cfg):
-    kh, kw, cig, cout = w.shape
-    n, ho, wo, _ = g.shape
-    gm = g.reshape(n, ho, wo, cfg.groups, cout // cfg.groups)
-    wm = w.reshape(kh, kw, cig, cfg.groups, cout // cfg.groups)
-    # (N, Ho, Wo, kh, kw, C_in): every tap's contribution, before it is written back
-    cols = jnp.einsum("nhwgo,abcgo->nhwabgc", gm, wm).reshape(n, ho, wo, kh, kw, cfg.groups * cig)
-    taps = [cols[:, :, :, a, b] for a in range(kh) for b in range(kw)]
-    return _taps.write_all(taps, (kh, kw), in_hw, cfg.padding, cfg.stride, cfg.dilation)
+    *k_sp, cig, cout = w.shape
+    n, out = g.shape[0], g.shape[1:-1]
+    taps = _taps.all_taps(k_sp)
+    gm = g.reshape(n, math.prod(out), cfg.groups, cout // cfg.groups)
+    wm = w.reshape(len(taps), cig, cfg.groups, cout // cfg.groups)
+    # (N, prod(out), T, C_in): every tap's contribution, before it is written back
+    cols = jnp.einsum("nmgo,tcgo->nmtgc", gm, wm).reshape(n, *out, len(taps), cfg.groups * cig)
+    values = [cols[..., i, :] for i in range(len(taps))]
+    return _taps.write_all(values, k_sp, in_hw, cfg.padding, cfg.stride, cfg.dilation)
 
 
 def _phase_taps(k, d, s, r):
@@ -380,33 +444,40 @@ def _phase_taps(k, d, s, r):
 
 
 def _grad_input_phases(g, w, in_hw, cfg):
-    n, ho, wo, _ = g.shape
-    kh, kw = w.shape[:2]
+    """dX by output phase, along every spatial axis at once: phase `p` (one residue per axis)
+    is a stride-1 full convolution of g with the kernel taps that land on it; the phases are
+    then interleaved (a stack and a reshape) and the padding cropped."""
+    n, out = g.shape[0], g.shape[1:-1]
+    k_sp = w.shape[:-2]
+    r = len(k_sp)
     wt = _transposed_kernel(w, cfg.groups)
-    cin = wt.shape[3]
-    sh, sw = cfg.stride
-    # every phase has M = ceil(H_padded / s) rows so the phases interleave into M*s rows
+    cin = wt.shape[-1]
+    # every phase has M = ceil(padded / s) rows per axis so the phases interleave into M*s
     m = [-(-(n_ + lo + hi) // s) for n_, (lo, hi), s in zip(in_hw, cfg.padding, cfg.stride)]
-    rows = []
-    for rh in range(sh):
-        cols = []
-        for rw in range(sw):
-            th = _phase_taps(kh, cfg.dilation[0], sh, rh)
-            tw = _phase_taps(kw, cfg.dilation[1], sw, rw)
-            if th is None or tw is None:  # no tap lands on this phase (even dilation)
-                cols.append(jnp.zeros((n, m[0], m[1], cin), g.dtype))
-                continue
-            sub = wt[th[0]::th[1], tw[0]::tw[1]][: th[2], : tw[2]]
-            pads = []
-            for (_, _, count, offset, dil), mi, oi in ((th, m[0], ho), (tw, m[1], wo)):
-                span = offset + (count - 1) * dil
-                pads.append((span, mi - oi - offset))
-            cols.append(_conv(g, jnp.flip(sub, (0, 1)), pads, rhs_dilation=(th[4], tw[4]),
-                              groups=cfg.groups, all_cores=True))
-        rows.append(jnp.stack(cols, axis=3))  # (N, Mh, Mw, sw, C)
-    full = jnp.stack(rows, axis=2).reshape(n, m[0] * sh, m[1] * sw, cin)
-    (pt, _), (pl, _) = cfg.padding
-    return full[:, pt: pt + in_hw[0], pl: pl + in_hw[1]]
+
+    def phase(residues):
+        per_axis = [_phase_taps(k, d, s, q)
+                    for k, d, s, q in zip(k_sp, cfg.dilation, cfg.stride, residues)]
+        if any(t is None for t in per_axis):  # no tap lands on this phase (even dilation)
+            return jnp.zeros((n, *m, cin), g.dtype)
+        sub = wt[tuple(slice(t[0], None, t[1]) for t in per_axis)]
+        sub = sub[tuple(slice(0, t[2]) for t in per_axis)]
+        pads = [(t[3] + (t[2] - 1) * t[4], mi - oi - t[3])
+                for t, mi, oi in zip(per_axis, m, out)]
+        return _conv(g, jnp.flip(sub, tuple(range(r))), pads,
+                     rhs_dilation=tuple(t[4] for t in per_axis), groups=cfg.groups,
+                     all_cores=True)
+
+    # phases[q_1][q_2]... stacked so that axis k's residue sits right after axis k's M
+    def nest(axis, prefix):
+        if axis == r:
+            return phase(prefix)
+        parts = [nest(axis + 1, (*prefix, q)) for q in range(cfg.stride[axis])]
+        return jnp.stack(parts, axis=axis + 2)  # right after this axis's M (the earlier axes
+        # are not interleaved yet; the later ones carry their residue after their M already)
+
+    full = nest(0, ()).reshape(n, *(mi * s for mi, s in zip(m, cfg.stride)), cin)
+    return full[(slice(None), *(slice(lo, lo + n_) for (lo, _), n_ in zip(cfg.padding, in_hw)))]
 
 
 # ----------------------------------------------------------------------------- dK
@@ -426,17 +497,17 @@ def choice_dk(x, g, k_hw, cfg) -> str:
 
 
 def _grad_kernel(algorithm, x, g, k_hw, cfg):
-    if algorithm == "onednn" and _onednn_runs(x.dtype):
+    if algorithm == "onednn" and _onednn_runs(x.dtype, cfg):
         return onednn.grad_kernel(x, g, k_hw, cfg)
     if algorithm == "taps":
         return _grad_kernel_taps(x, g, k_hw, cfg)
     if algorithm == "im2col":
         return _grad_kernel_im2col(x, g, k_hw, cfg)
-    pads = tuple((lo, hi - r) for (lo, hi), r in zip(cfg.padding,
-                                                     _remainders(x.shape[1:3], k_hw, cfg)))
+    pads = tuple((lo, hi - rem) for (lo, hi), rem in zip(cfg.padding,
+                                                         _remainders(x.shape[1:-1], k_hw, cfg)))
     return lax.conv_general_dilated(
         x, g, cfg.dilation, pads, rhs_dilation=cfg.stride,
-        dimension_numbers=DK, batch_group_count=cfg.groups,
+        dimension_numbers=dk_dimension_numbers(rank(cfg)), batch_group_count=cfg.groups,
     )
 
 
@@ -452,17 +523,18 @@ def _grad_kernel_im2col(x, g, k_hw, cfg):
     """dK = patches^T @ G, cache-blocked: the batch is cut into chunks whose patch matrix is
     about IM2COL_CHUNK_BYTES, and a scan accumulates one GEMM per chunk, so the 9x patch matrix
     of a 3x3 layer is never written out whole (its speed against XLA's dK: docs/performance.md)."""
-    n, cin = x.shape[0], x.shape[3]
-    _, ho, wo, cout = g.shape
+    n, cin = x.shape[0], x.shape[-1]
+    cout = g.shape[-1]
     groups = cfg.groups
-    per_image = ho * wo * k_hw[0] * k_hw[1] * cin * x.dtype.itemsize
+    taps = math.prod(k_hw)
+    per_image = math.prod(g.shape[1:-1]) * taps * cin * x.dtype.itemsize
     size = _chunk_size(n, max(1, min(n, IM2COL_CHUNK_BYTES // per_image)))
     chunks = -(-n // size)
     acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
 
     def chunk_dk(xc, gc):
         cols, _ = _patches(xc, k_hw, cfg)
-        gm = gc.reshape(-1, groups, cout // groups)
+        gm = gc.reshape(gc.shape[0] * math.prod(gc.shape[1:-1]), groups, cout // groups)
         return jnp.einsum("mtgc,mgo->tcgo", cols, gm, preferred_element_type=acc_dtype)
 
     if chunks == 1:
@@ -470,25 +542,25 @@ def _grad_kernel_im2col(x, g, k_hw, cfg):
     else:
         extra = chunks * size - n  # zero images add nothing to dK
         if extra:
-            x = jnp.pad(x, ((0, extra), (0, 0), (0, 0), (0, 0)))
-            g = jnp.pad(g, ((0, extra), (0, 0), (0, 0), (0, 0)))
+            x = jnp.pad(x, ((0, extra),) + ((0, 0),) * (x.ndim - 1))
+            g = jnp.pad(g, ((0, extra),) + ((0, 0),) * (g.ndim - 1))
         xs = x.reshape(chunks, size, *x.shape[1:])
         gs = g.reshape(chunks, size, *g.shape[1:])
-        zero = jnp.zeros((k_hw[0] * k_hw[1], cin // groups, groups, cout // groups), acc_dtype)
+        zero = jnp.zeros((taps, cin // groups, groups, cout // groups), acc_dtype)
         dw, _ = lax.scan(lambda acc, xg: (acc + chunk_dk(*xg), None), zero, (xs, gs))
     return dw.astype(x.dtype).reshape(*k_hw, cin // groups, cout)
 
 
 def _grad_kernel_taps(x, g, k_hw, cfg):
-    """dK[a, b] = x_tap(a, b)^T g, contracted over (N, H_out, W_out) within each group."""
-    n, ho, wo, cout = g.shape
-    cin, groups = x.shape[3], cfg.groups
+    """dK[t] = x_tap(t)^T g, contracted over (N, *out) within each group."""
+    n, out, cout = g.shape[0], g.shape[1:-1], g.shape[-1]
+    cin, groups = x.shape[-1], cfg.groups
     xp = _taps.pad(x, cfg.padding)
-    gm = g.reshape(n, ho, wo, groups, cout // groups)
+    m = math.prod(out)
+    gm = g.reshape(n, m, groups, cout // groups)
     rows = []
-    for a in range(k_hw[0]):
-        for b in range(k_hw[1]):
-            tap = _taps.read(xp, a, b, (ho, wo), cfg.stride, cfg.dilation)
-            tap = tap.reshape(n, ho, wo, groups, cin // groups)
-            rows.append(jnp.einsum("nhwgc,nhwgo->cgo", tap, gm).reshape(cin // groups, cout))
+    for t in _taps.all_taps(k_hw):
+        tap = _taps.read(xp, t, out, cfg.stride, cfg.dilation)
+        tap = tap.reshape(n, m, groups, cin // groups)
+        rows.append(jnp.einsum("nmgc,nmgo->cgo", tap, gm).reshape(cin // groups, cout))
     return jnp.stack(rows).reshape(*k_hw, cin // groups, cout)

@@ -7,13 +7,10 @@ transpose) and its batching rule under `vmap`, and lowers it through the computa
 (`_conv_algorithms`, the same algorithms as the custom_vjp binding). Every rule below is written
 with these three primitives, so no transformation ever reaches lax's own convolution rules.
 
-The maps are bilinear, so their derivatives are the product rule and their transposes are each
-other:
-
-    map            JVP                              transpose (cotangent ct)
-    conv(x, w)     conv(x', w) + conv(x, w')        x: conv_dx(ct, w)   w: conv_dk(x, ct)
-    conv_dx(g, w)  conv_dx(g', w) + conv_dx(g, w')  g: conv(ct, w)      w: conv_dk(ct, g)
-    conv_dk(x, g)  conv_dk(x', g) + conv_dk(x, g')  x: conv_dx(g, ct)   g: conv(x, ct)
+The maps are bilinear, so their JVPs are the product rule (`bilinear_jvp`) and their transposes
+are each other: the table in `_conv_rules`, which both bindings' rules call. Every rule here is
+the same for any number of spatial axes (1-D, 2-D, 3-D...): shapes are channels-last,
+activations `(N, *spatial, C)` and kernels `(*spatial, C_in/groups, C_out)`.
 
 Batching (see the section below): an axis mapped over the operand that carries the batch alone
 folds into the batch N; members of an ensemble run one convolution each (or, sharing the input,
@@ -23,11 +20,13 @@ primitive with a members axis.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching
 
 from fcnn import tuning
 from fcnn.ops import _conv_algorithms as algo
+from fcnn.ops import _conv_rules as rules
 from fcnn.ops._bilinear import (
     bilinear_jvp,
     each,
@@ -37,7 +36,6 @@ from fcnn.ops._bilinear import (
     out_of_n,
     register,
     shape_rule,
-    zero_or,
 )
 
 # ----------------------------------------------------------------------------- the primitives
@@ -47,6 +45,7 @@ from fcnn.ops._bilinear import (
 conv_p = Primitive("fcnn_conv")  # (x, w; cfg, members) -> y
 conv_dx_p = Primitive("fcnn_conv_dx")  # (g, w; in_hw, cfg, members) -> dX
 conv_dk_p = Primitive("fcnn_conv_dk")  # (x, g; k_hw, cfg, members) -> dK
+# (`in_hw`: the forward input's spatial size, `k_hw` the kernel's, one entry per axis)
 
 
 def conv(x, w, cfg, members=0):
@@ -86,15 +85,15 @@ def _together_dk(x, g, one, *, k_hw, cfg):
 
 
 def _conv_shape(x, w, *, cfg):
-    return (x[0], *algo._out_hw(x[1:3], w[:2], cfg), w[3])
+    return algo.out_shape(x, w, cfg)
 
 
 def _conv_dx_shape(g, w, *, in_hw, cfg):
-    return (g[0], *in_hw, w[2] * cfg.groups)
+    return algo.dx_shape(g, w, in_hw, cfg)
 
 
 def _conv_dk_shape(x, g, *, k_hw, cfg):
-    return (*k_hw, x[3] // cfg.groups, g[3])
+    return algo.dk_shape(x, g, k_hw, cfg)
 
 
 for _p, _compute, _together, _shape, _static in (
@@ -117,32 +116,39 @@ ad.primitive_jvps[conv_dk_p] = bilinear_jvp(conv_dk_p.bind)
 # ----------------------------------------------------------------------------- reverse mode
 
 
-def _hw(a, start, members):
-    """Two spatial sizes of `a` (its abstract value if undefined) from axis `start`, past the
-    members axis."""
+def _sizes(a, kernel, members):
+    """The spatial sizes of `a` (its abstract value if undefined), past the members axis."""
     shape = a.aval.shape if ad.is_undefined_primal(a) else a.shape
-    return tuple(shape[start + (1 if members else 0):][:2])
+    return rules.spatial(shape[1:] if members else shape, kernel)
+
+
+def _maps(cfg, members):
+    return rules.Maps(lambda a, b: conv(a, b, cfg, members),
+                      lambda a, b, size: conv_dx(a, b, size, cfg, members),
+                      lambda a, b, size: conv_dk(a, b, size, cfg, members))
+
+
+def _transpose(which, ct, a, b, a_sizes, b_sizes, cfg, members):
+    """The cotangent of whichever operand is undefined, from `_conv_rules.cotangents`."""
+    wants = (ad.is_undefined_primal(a), not ad.is_undefined_primal(a))
+    if type(ct) is ad.Zero:
+        undefined = a if wants[0] else b
+        zero = ad.Zero(undefined.aval)
+        return (zero, None) if wants[0] else (None, zero)
+    return rules.cotangents(which, _maps(cfg, members), ct, a, b, a_sizes, b_sizes, wants)
 
 
 def _conv_transpose(ct, x, w, *, cfg, members):
-    """<conv(x, w), ct> = <x, conv_dx(ct, w)> = <w, conv_dk(x, ct)>."""
-    if ad.is_undefined_primal(x):
-        return zero_or(ct, x, lambda: conv_dx(ct, w, _hw(x, 1, members), cfg, members)), None
-    return None, zero_or(ct, w, lambda: conv_dk(x, ct, _hw(w, 0, members), cfg, members))
+    return _transpose(rules.FORWARD, ct, x, w, _sizes(x, False, members),
+                      _sizes(w, True, members), cfg, members)
 
 
 def _conv_dx_transpose(ct, g, w, *, in_hw, cfg, members):
-    """<conv_dx(g, w), ct> = <g, conv(ct, w)> = <w, conv_dk(ct, g)>."""
-    if ad.is_undefined_primal(g):
-        return zero_or(ct, g, lambda: conv(ct, w, cfg, members)), None
-    return None, zero_or(ct, w, lambda: conv_dk(ct, g, _hw(w, 0, members), cfg, members))
+    return _transpose(rules.DX, ct, g, w, None, _sizes(w, True, members), cfg, members)
 
 
 def _conv_dk_transpose(ct, x, g, *, k_hw, cfg, members):
-    """<conv_dk(x, g), ct> = <x, conv_dx(g, ct)> = <g, conv(x, ct)>."""
-    if ad.is_undefined_primal(x):
-        return zero_or(ct, x, lambda: conv_dx(g, ct, _hw(x, 1, members), cfg, members)), None
-    return None, zero_or(ct, g, lambda: conv(x, ct, cfg, members))
+    return _transpose(rules.DK, ct, x, g, _sizes(x, False, members), None, cfg, members)
 
 
 ad.primitive_transposes[conv_p] = _conv_transpose
@@ -168,11 +174,13 @@ def _conv_batch(args, dims, *, cfg, members):
         xb = front(x, dx_)
         return out_of_n(conv(into_n(xb), w, cfg), xb.shape[0]), 0
     if dx_ is None and not members and cfg.groups == 1:  # members share the input
-        wb = front(w, dw_)
-        k, (kh, kw, cin, cout) = wb.shape[0], wb.shape[1:]
-        y = conv(x, wb.transpose(1, 2, 3, 0, 4).reshape(kh, kw, cin, k * cout), cfg)
-        n, ho, wo, _ = y.shape
-        return y.reshape(n, ho, wo, k, cout).transpose(3, 0, 1, 2, 4), 0
+        wb = front(w, dw_)  # (K, *k, C_in, C_out) -> (*k, C_in, K * C_out)
+        k, kernel = wb.shape[0], wb.shape[1:]
+        r = len(kernel) - 2
+        wk = wb.transpose(*range(1, r + 2), 0, r + 2).reshape(*kernel[:-1], k * kernel[-1])
+        y = conv(x, wk, cfg)
+        y = y.reshape(*y.shape[:-1], k, kernel[-1])
+        return jnp.moveaxis(y, -2, 0), 0
     return independent(lambda x, w, m: conv(x, w, cfg, m), x, dx_, w, dw_, members,
                        together=True), 0
 

@@ -1,6 +1,7 @@
 """The convolution maps under the custom_vjp binding (`_binding`): each a `jax.custom_vjp` whose
-backward is written with the other two, as the primitives' transposes are (`_conv_primitives`;
-conv.py's docstring has the table). Reverse mode only; every order of it runs these rules."""
+backward is written with the other two, by the same table the primitives' transposes use
+(`_conv_rules.cotangents`). Reverse mode only; every order of it runs these rules, in any
+number of spatial axes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ from jax.custom_derivatives import SymbolicZero
 
 from fcnn.ops import _conv_act_algorithms as compute
 from fcnn.ops import _conv_algorithms as algo
+from fcnn.ops import _conv_rules as rules
+
+
+def _maps(cfg):
+    return rules.Maps(lambda a, b: conv(a, b, cfg),
+                      lambda a, b, size: conv_dx(a, b, size, cfg),
+                      lambda a, b, size: conv_dk(a, b, size, cfg))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -33,10 +41,11 @@ def _conv_bwd(cfg, res, g):
     group) dilated by d; r = (H + p_lo + p_hi - F_eff) mod s is what the forward floor dropped.
     dK: dw[a,b,c,o] = sum_{n,i,j} g[n,i,j,o] x[n, i*s+a*d, j*s+b*d, c], one convolution with the
     batch contracted, g as a kernel dilated by s, window step d, high padding p_hi - r.
-    Residuals: x and w.
+    (Per spatial axis in any rank.) Residuals: x and w.
     """
     x, w = res
-    return conv_dx(g, w, x.shape[1:3], cfg), conv_dk(x, g, w.shape[:2], cfg)
+    return rules.cotangents(rules.FORWARD, _maps(cfg), g, x, w, rules.spatial(x.shape),
+                            rules.spatial(w.shape, kernel=True))
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
@@ -52,10 +61,10 @@ def _conv_dx_fwd(g, w, in_hw, cfg):
 
 
 def _conv_dx_bwd(in_hw, cfg, res, ct):
-    """dX is bilinear in (g, w): <conv_dx(g, w), ct> = <g, conv(ct, w)>, so
-    d/dg = conv(ct, w) and d/dw = conv_dk(ct, g). Residuals: g and w."""
+    """dX is bilinear in (g, w). Residuals: g and w."""
     g, w = res
-    return conv(ct, w, cfg), conv_dk(ct, g, w.shape[:2], cfg)
+    return rules.cotangents(rules.DX, _maps(cfg), ct, g, w, None,
+                            rules.spatial(w.shape, kernel=True))
 
 
 conv_dx.defvjp(_conv_dx_fwd, _conv_dx_bwd)
@@ -71,10 +80,9 @@ def _conv_dk_fwd(x, g, k_hw, cfg):
 
 
 def _conv_dk_bwd(k_hw, cfg, res, ct):
-    """dK is bilinear in (x, g): <conv_dk(x, g), ct> = <g, conv(x, ct)>, so
-    d/dx = conv_dx(g, ct) and d/dg = conv(x, ct). Residuals: x and g."""
+    """dK is bilinear in (x, g). Residuals: x and g."""
     x, g = res
-    return conv_dx(g, ct, x.shape[1:3], cfg), conv(x, ct, cfg)
+    return rules.cotangents(rules.DK, _maps(cfg), ct, x, g, rules.spatial(x.shape), None)
 
 
 conv_dk.defvjp(_conv_dk_fwd, _conv_dk_bwd)
@@ -139,8 +147,8 @@ def _cotangent_bwd(cfg, relu, bias, res, cts):
     gm = compute.mask(y, g, relu)
     dg = None if cdx is None and cdw is None and cdb is None else compute.tangent(
         cdx, cdw, cdb, x, w, y, cfg, relu, conv=conv)
-    return (dg, None if cdw is None else conv_dx(gm, cdw, x.shape[1:3], cfg),
-            None if cdx is None else conv_dk(cdx, gm, w.shape[:2], cfg), None)
+    return (dg, None if cdw is None else conv_dx(gm, cdw, rules.spatial(x.shape), cfg),
+            None if cdx is None else conv_dk(cdx, gm, rules.spatial(w.shape, True), cfg), None)
 
 
 conv_act_cotangent.defvjp(_cotangent_fwd, _cotangent_bwd, symbolic_zeros=True)

@@ -1,6 +1,8 @@
-"""2-D convolution (cross-correlation) and its two gradients, each with a hand-written rule.
+"""Convolution (cross-correlation) in 1, 2 or 3 spatial axes, its two gradients and the
+transposed convolution, each with a hand-written rule.
 
-Three linear maps close under differentiation, so each rule is written with the other two:
+Three linear maps close under differentiation, so each rule is written with the other two
+(`_conv_rules` has the table; shown here in 2-D, every spatial axis alike in any rank):
 
     conv(x, w)    = y     y[n,i,j,o] = sum_{a,b,c} x[n, i*s + a*d, j*s + b*d, c] w[a,b,c,o]
     conv_dx(g, w) = dX    full convolution of g with the kernel (flipped, in/out swapped)
@@ -10,9 +12,11 @@ Three linear maps close under differentiation, so each rule is written with the 
     d conv_dx: dg = conv(ct, w),     dw = conv_dk(ct, g)
     d conv_dk: dx = conv_dx(g, ct),  dg = conv(x, ct)
 
-so ``grad(grad(f))`` runs through hand-written rules at every order. How each map is computed
-(XLA's convolution, phase-split strided dX, im2col, taps) is chosen per shape in
-_conv_algorithms (docs/design.md, "Convolution algorithms and how auto chooses").
+so ``grad(grad(f))`` runs through hand-written rules at every order. The transposed convolution
+is conv_dx run forward (its VJP: the forward convolution for x, conv_dk with the roles swapped
+for w), not a fourth map. How each map is computed (XLA's convolution, phase-split strided dX,
+im2col, taps, oneDNN) is chosen per shape in _conv_algorithms (docs/design.md, "Convolution
+algorithms and how auto chooses").
 """
 
 from __future__ import annotations
@@ -23,15 +27,16 @@ from fcnn import _args
 from fcnn.ops import _binding, _checks, onednn
 from fcnn.ops import _conv_algorithms as algo
 from fcnn.ops import _conv_vjp as V
-from fcnn.ops._bias import check_bias
+from fcnn.ops._bias import bias_add, check_bias
 
 
 class ConvConfig(NamedTuple):
-    """Static, hashable configuration of a convolution (explicit padding)."""
+    """Static, hashable configuration of a convolution (explicit padding), one entry per
+    spatial axis in `stride`, `padding` and `dilation`."""
 
-    stride: _args.Pair
-    padding: _args.Padding
-    dilation: _args.Pair
+    stride: tuple[int, ...]
+    padding: tuple[_args.Pair, ...]
+    dilation: tuple[int, ...]
     groups: int
     algorithm: tuple[str, str, str]  # resolved for (forward, dX, dK), from algo.ALGORITHMS
     # "auto": `algorithm` is the CPU's measured choice; other platforms run XLA's convolution
@@ -44,6 +49,27 @@ class ConvConfig(NamedTuple):
 ACTIVATIONS = (None, "relu")
 
 
+def conv1d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
+           algorithm="auto", activation=None):
+    """1-D cross-correlation, NWC x WIO: `conv2d` over one spatial axis (a sequence, a signal).
+
+    Args:
+      x: `(N, W, C_in)` or `(W, C_in)`.
+      w: `(k, C_in // groups, C_out)`; PyTorch's `Conv1d.weight` `(C_out, C_in // groups, k)`
+        is `w.transpose(2, 1, 0)`.
+      b: optional `(C_out,)`.
+      stride, dilation: int or 1-tuple, >= 1.
+      padding: int, `(p,)`, `((low, high),)`, "SAME" or "VALID".
+      groups, algorithm, activation: as `conv2d`'s (oneDNN runs a 1-D problem as a 2-D one
+        with a unit height).
+
+    Returns:
+      `(N, W_out, C_out)` (or unbatched), `W_out = floor((W + p_lo + p_hi - F_eff) / s) + 1`.
+    """
+    return _convolve("conv1d", 1, x, w, b, stride, padding, dilation, groups, algorithm,
+                     activation)
+
+
 def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
            algorithm="auto", activation=None):
     """2-D cross-correlation, NHWC x HWIO, with a hand-written backward rule; with a bias or an
@@ -52,7 +78,8 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
 
     Args:
       x: `(N, H, W, C_in)` or `(H, W, C_in)`.
-      w: `(kh, kw, C_in // groups, C_out)`.
+      w: `(kh, kw, C_in // groups, C_out)`; PyTorch's `Conv2d.weight` (OIHW) is
+        `w.transpose(2, 3, 1, 0)`.
       b: optional `(C_out,)`.
       stride, dilation: int or pair, >= 1.
       padding: int, pair `(ph, pw)`, `((top, bottom), (left, right))`, "SAME" or "VALID".
@@ -62,7 +89,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
       algorithm: "auto" (default: measured per shape on a CPU and cached, fcnn.tuning; XLA's
         native convolution when lowered for CUDA, ROCm or TPU), "xla", "phase", "im2col" or
         "taps" (on every platform), or "onednn" where the native part is built (oneDNN's
-        kernels on a CPU, float32): how the forward, dX and dK are computed (see
+        kernels on a CPU, float32, 1-D and 2-D): how the forward, dX and dK are computed (see
         fcnn.ops._conv_algorithms). Same maths, same rule.
       activation: None (the identity) or "relu": `relu(conv(x, w) + b)`, equal to
         `relu(conv2d(x, w, b))` value for value and in every derivative (ReLU's slope is 0 at 0
@@ -76,9 +103,34 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
         than the padded input, bias of the wrong length.
       TypeError: non-floating inputs or configuration of the wrong type.
     """
-    op = "conv2d"
-    x, batched = _checks.image(op, "x", x)
-    w = _kernel(op, w)
+    return _convolve("conv2d", 2, x, w, b, stride, padding, dilation, groups, algorithm,
+                     activation)
+
+
+def conv3d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
+           algorithm="auto", activation=None):
+    """3-D cross-correlation, NDHWC x DHWIO: `conv2d` over three spatial axes (a volume, a clip).
+
+    Args:
+      x: `(N, D, H, W, C_in)` or `(D, H, W, C_in)`.
+      w: `(kd, kh, kw, C_in // groups, C_out)`; PyTorch's `Conv3d.weight` (OIDHW) is
+        `w.transpose(2, 3, 4, 1, 0)`.
+      b: optional `(C_out,)`.
+      stride, dilation: int or triple, >= 1.
+      padding: int, triple `(pd, ph, pw)`, three `(low, high)` pairs, "SAME" or "VALID".
+      groups, algorithm, activation: as `conv2d`'s ("onednn" is not offered in 3-D: fcnn's own
+        algorithms and XLA's).
+
+    Returns:
+      `(N, D_out, H_out, W_out, C_out)` (or unbatched), each size as `conv2d`'s.
+    """
+    return _convolve("conv3d", 3, x, w, b, stride, padding, dilation, groups, algorithm,
+                     activation)
+
+
+def _convolve(op, rank, x, w, b, stride, padding, dilation, groups, algorithm, activation):
+    x, batched = _checks.image(op, "x", x, rank)
+    w = _kernel(op, w, rank)
     cfg = _config(op, x.shape, w.shape, stride, padding, dilation, groups, algorithm)
     if activation not in ACTIVATIONS:
         raise ValueError(f"{op}: `activation` must be one of {ACTIVATIONS}, got {activation!r}.")
@@ -87,9 +139,17 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
         y = _conv(x, w, cfg)
     else:
         if b is not None:
-            b = check_bias(op, _checks.floating(op, "b", b), w.shape[3]).astype(x.dtype)
+            b = check_bias(op, _checks.floating(op, "b", b), w.shape[-1]).astype(x.dtype)
         y = _conv_act(x, w, b, cfg, activation == "relu")
     return y if batched else y[0]
+
+
+def conv1d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, groups=1,
+                      algorithm="auto"):
+    """dX of `conv1d` (as `conv2d_grad_input`, one spatial axis): `input_shape` is `(N, W,
+    C_in)` or `(W, C_in)` like `g`."""
+    return _grad_input("conv1d_grad_input", 1, g, w, input_shape, stride, padding, dilation,
+                       groups, algorithm)
 
 
 def conv2d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, groups=1,
@@ -106,17 +166,37 @@ def conv2d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, gro
     Returns:
       `input_shape`-shaped gradient with respect to the input.
     """
-    op = "conv2d_grad_input"
-    g, batched = _checks.image(op, "g", g)
-    w = _kernel(op, w)
-    rank, lows = (4, (0, 1, 1, 1)) if batched else (3, 1)  # an empty batch, as `conv2d` allows
-    shape = _args.as_shape(input_shape, op, "input_shape", rank, minimum=lows)
-    x_shape = shape if batched else (g.shape[0], *shape)
+    return _grad_input("conv2d_grad_input", 2, g, w, input_shape, stride, padding, dilation,
+                       groups, algorithm)
+
+
+def conv3d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, groups=1,
+                      algorithm="auto"):
+    """dX of `conv3d` (as `conv2d_grad_input`, three spatial axes): `input_shape` is `(N, D,
+    H, W, C_in)` or `(D, H, W, C_in)` like `g`."""
+    return _grad_input("conv3d_grad_input", 3, g, w, input_shape, stride, padding, dilation,
+                       groups, algorithm)
+
+
+def _grad_input(op, rank, g, w, input_shape, stride, padding, dilation, groups, algorithm):
+    g, batched = _checks.image(op, "g", g, rank)
+    w = _kernel(op, w, rank)
+    full, lows = (rank + 2, (0,) + (1,) * (rank + 1)) if batched else (rank + 1, 1)
+    shape = _args.as_shape(input_shape, op, "input_shape", full, minimum=lows)
+    x_shape = shape if batched else (g.shape[0], *shape)  # an empty batch, as the forward allows
     cfg = _config(op, x_shape, w.shape, stride, padding, dilation, groups, algorithm)
-    _check_g(op, g.shape, _out_shape(x_shape, w.shape, cfg))
+    _check_g(op, g.shape, algo.out_shape(x_shape, w.shape, cfg))
     g, w = _checks.same_dtype(g, w)
-    dx = _conv_dx(g, w, x_shape[1:3], cfg)
+    dx = _conv_dx(g, w, x_shape[1:-1], cfg)
     return dx if batched else dx[0]
+
+
+def conv1d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1,
+                       algorithm="auto"):
+    """dK of `conv1d` (as `conv2d_grad_kernel`, one spatial axis): `kernel_shape` is `(k,
+    C_in // groups, C_out)`."""
+    return _grad_kernel("conv1d_grad_kernel", 1, x, g, kernel_shape, stride, padding, dilation,
+                        groups, algorithm)
 
 
 def conv2d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1,
@@ -132,47 +212,196 @@ def conv2d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, g
     Returns:
       `kernel_shape`-shaped gradient with respect to the kernel.
     """
-    op = "conv2d_grad_kernel"
-    x, batched = _checks.image(op, "x", x)
-    g, g_batched = _checks.image(op, "g", g)
+    return _grad_kernel("conv2d_grad_kernel", 2, x, g, kernel_shape, stride, padding, dilation,
+                        groups, algorithm)
+
+
+def conv3d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1,
+                       algorithm="auto"):
+    """dK of `conv3d` (as `conv2d_grad_kernel`, three spatial axes): `kernel_shape` is `(kd,
+    kh, kw, C_in // groups, C_out)`."""
+    return _grad_kernel("conv3d_grad_kernel", 3, x, g, kernel_shape, stride, padding, dilation,
+                        groups, algorithm)
+
+
+def _grad_kernel(op, rank, x, g, kernel_shape, stride, padding, dilation, groups, algorithm):
+    x, batched = _checks.image(op, "x", x, rank)
+    g, g_batched = _checks.image(op, "g", g, rank)
     if batched != g_batched:
         raise ValueError(
             f"{op}: `x` and `g` must both be batched or both unbatched, got shapes "
             f"{tuple(x.shape)} and {tuple(g.shape)}."
         )
-    k_shape = _args.as_shape(kernel_shape, op, "kernel_shape", 4)
+    k_shape = _args.as_shape(kernel_shape, op, "kernel_shape", rank + 2)
     cfg = _config(op, x.shape, k_shape, stride, padding, dilation, groups, algorithm)
-    _check_g(op, g.shape, _out_shape(x.shape, k_shape, cfg))
+    _check_g(op, g.shape, algo.out_shape(x.shape, k_shape, cfg))
     x, g = _checks.same_dtype(x, g)
-    return _conv_dk(x, g, k_shape[:2], cfg)
+    return _conv_dk(x, g, k_shape[:-2], cfg)
+
+
+# ----------------------------------------------------------------------------- transposed
+
+
+def conv_transpose1d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
+                     groups=1, algorithm="auto"):
+    """1-D transposed convolution (`conv_transpose2d` over one spatial axis).
+
+    x: `(N, W, C_in)` or `(W, C_in)`; w: `(k, C_out // groups, C_in)` (PyTorch's
+    `ConvTranspose1d.weight` `(C_in, C_out // groups, k)` is `w.transpose(2, 1, 0)`); the output
+    is `(N, W_out, C_out)`, `W_out = (W - 1) s - p_lo - p_hi + d (k - 1) + output_padding + 1`.
+    """
+    return _transposed("conv_transpose1d", 1, x, w, b, stride, padding, output_padding,
+                       dilation, groups, algorithm)
+
+
+def conv_transpose2d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
+                     groups=1, algorithm="auto"):
+    """2-D transposed convolution ("deconvolution", fractionally strided convolution), PyTorch's
+    `ConvTranspose2d`: the gradient of `conv2d` with respect to its input, run forward.
+
+    It is the dX map (`conv2d_grad_input`) of the `conv2d` with the same kernel, stride,
+    padding and dilation whose input has the transposed output's size, so its rules are that
+    map's: its VJP for `x` is that forward `conv2d`, for `w` its dK with the roles swapped
+    (`conv2d_grad_kernel(ct, x)`), and "auto" measures dX's algorithms for it (the phase
+    split, im2col's col2im, oneDNN's backward-data kernel, XLA's).
+
+    Args:
+      x: `(N, H, W, C_in)` or `(H, W, C_in)`.
+      w: `(kh, kw, C_out // groups, C_in)`: the kernel of the `conv2d` it transposes (HWIO of
+        a convolution from C_out to C_in channels). PyTorch's `ConvTranspose2d.weight`
+        `(C_in, C_out // groups, kh, kw)` is `w.transpose(2, 3, 1, 0)`. lax's
+        `conv_transpose(x, w, ..., dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        transpose_kernel=True)` takes this `w` as it is (with padding stated on the dilated
+        input, see docs/design.md).
+      b: optional `(C_out,)`, added after.
+      stride, dilation: int or pair, >= 1.
+      padding: int, pair `(ph, pw)` or `((top, bottom), (left, right))`: cells removed from
+        each side of the full transposed output (PyTorch's `padding`, which is symmetric;
+        explicit pairs may differ). Non-negative; no strings.
+      output_padding: int or pair, cells added at the high end of each axis, each below the
+        stride or the dilation of its axis (PyTorch's rule): it resolves which input size of
+        the forward convolution the output is, when several map to the input's size.
+      groups: feature groups; C_in and C_out divisible by it.
+      algorithm: as `conv2d`'s; names the dX map's algorithm.
+
+    Returns:
+      `(N, H_out, W_out, C_out)` (or unbatched),
+      `H_out = (H - 1) s - p_top - p_bottom + d (kh - 1) + output_padding + 1`.
+
+    Raises:
+      ValueError: channel mismatch, wrong rank, bad stride/dilation/padding/groups, an
+        output_padding too large, an output size below 1, a bias of the wrong length.
+      TypeError: non-floating inputs or configuration of the wrong type.
+    """
+    return _transposed("conv_transpose2d", 2, x, w, b, stride, padding, output_padding,
+                       dilation, groups, algorithm)
+
+
+def conv_transpose3d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
+                     groups=1, algorithm="auto"):
+    """3-D transposed convolution (`conv_transpose2d` over three spatial axes).
+
+    x: `(N, D, H, W, C_in)` or unbatched; w: `(kd, kh, kw, C_out // groups, C_in)` (PyTorch's
+    `ConvTranspose3d.weight` `(C_in, C_out // groups, kd, kh, kw)` is
+    `w.transpose(2, 3, 4, 1, 0)`); each output size as `conv_transpose2d`'s.
+    """
+    return _transposed("conv_transpose3d", 3, x, w, b, stride, padding, output_padding,
+                       dilation, groups, algorithm)
+
+
+def transposed_size(size, k, stride, pads, output_padding, dilation):
+    """The transposed convolution's output size along one axis."""
+    return (size - 1) * stride - pads[0] - pads[1] + dilation * (k - 1) + output_padding + 1
+
+
+def _transposed(op, rank, x, w, b, stride, padding, output_padding, dilation, groups,
+                algorithm):
+    x, batched = _checks.image(op, "x", x, rank)
+    w = _kernel(op, w, rank, transposed=True)
+    if isinstance(_args.static(padding, op, "padding"), str):
+        raise ValueError(f"{op}: `padding` must be an int, one int per axis or (low, high) "
+                         f"pairs per axis; strings are for the forward convolution, got "
+                         f"{padding!r}.")
+    pads = _args.padding_form(padding, op, rank)
+    stride_ = _args.as_tuple(stride, op, "stride", rank)
+    dilation_ = _args.as_tuple(dilation, op, "dilation", rank)
+    extra = _args.as_tuple(output_padding, op, "output_padding", rank, minimum=0)
+    for e, s, d in zip(extra, stride_, dilation_):
+        if e >= max(s, d):
+            raise ValueError(f"{op}: `output_padding` must be smaller than the stride or the "
+                             f"dilation of its axis, got {extra} with stride {stride_} and "
+                             f"dilation {dilation_}.")
+    cin, groups = x.shape[-1], _args.as_int(groups, op, "groups", minimum=1)
+    if cin % groups or (w.shape[-2] * groups) % groups:
+        raise ValueError(f"{op}: `groups` (={groups}) must divide the input channels (={cin}).")
+    if w.shape[-1] != cin:
+        raise ValueError(f"{op}: x has {cin} channels but w expects {w.shape[-1]} (w.shape[-1]; "
+                         f"w is (*k, C_out // groups, C_in)).")
+    k_sp = w.shape[:-2]
+    out = tuple(transposed_size(n, k, s, p, e, d)
+                for n, k, s, p, e, d in zip(x.shape[1:-1], k_sp, stride_, pads, extra, dilation_))
+    if min(out) < 1:
+        raise ValueError(f"{op}: the output would have size {out} (input {x.shape[1:-1]}, "
+                         f"kernel {k_sp}, padding {pads}): reduce the padding.")
+    # the forward convolution it transposes: padding (p_lo, p_hi - s * floor(e / s)); where
+    # that high side is negative (output_padding >= stride, possible when the dilation is
+    # larger) the forward reads none of the last cells: run it on the shorter input and append
+    # the zeros
+    highs = tuple(hi - s * (e // s) for (_, hi), s, e in zip(pads, stride_, extra))
+    cut = tuple(max(0, -h) for h in highs)
+    fwd_pads = tuple((lo, max(h, 0)) for (lo, _), h in zip(pads, highs))
+    in_sizes = tuple(n - c for n, c in zip(out, cut))
+    x_shape = (x.shape[0], *in_sizes, w.shape[-2] * groups)
+    cfg = _config(op, x_shape, w.shape, stride_, fwd_pads, dilation_, groups, algorithm)
+    x, w = _checks.same_dtype(x, w)
+    y = _conv_dx(x, w, in_sizes, cfg)
+    if any(cut):
+        y = _pad_high(y, cut)
+    if b is not None:
+        b = check_bias(op, _checks.floating(op, "b", b), y.shape[-1]).astype(y.dtype)
+        y = bias_add(y, b)
+    return y if batched else y[0]
+
+
+def _pad_high(y, cut):
+    import jax.numpy as jnp
+
+    return jnp.pad(y, ((0, 0), *((0, c) for c in cut), (0, 0)))
 
 
 # ----------------------------------------------------------------------------- validation
 
 
-def _kernel(op, w):
+def _kernel(op, w, rank=2, transposed=False):
     w = _checks.floating(op, "w", w)
-    if w.ndim != 4:
+    if w.ndim != rank + 2:
+        spatial = _checks.layout(rank)[1:-4]
+        channels = "C_out // groups, C_in" if transposed else "C_in // groups, C_out"
         raise ValueError(
-            f"{op}: `w` must have rank 4 (kh, kw, C_in // groups, C_out), got shape "
+            f"{op}: `w` must have rank {rank + 2} ({spatial}, {channels}), got shape "
             f"{tuple(w.shape)}."
         )
     return w
 
 
 def _config(op, x_shape, w_shape, stride, padding, dilation, groups, algorithm) -> ConvConfig:
-    """Validate shapes and normalise configuration; `x_shape` is batched NHWC."""
+    """Validate shapes and normalise configuration; `x_shape` is the batched channels-last
+    input's, `(N, *spatial, C_in)`."""
+    rank = len(x_shape) - 2
     if algorithm == "onednn" and "onednn" not in algo.ALGORITHMS:
         raise ValueError(f"{op}: `algorithm` 'onednn' is unavailable: {onednn.WHY_NOT}.")
+    if algorithm == "onednn" and rank not in onednn.RANKS:
+        raise ValueError(f"{op}: `algorithm` 'onednn' takes 1-D and 2-D convolutions; this is "
+                         f"{rank}-D.")
     if algorithm != "auto" and algorithm not in algo.ALGORITHMS:
         raise ValueError(
             f"{op}: `algorithm` must be 'auto' or one of {algo.ALGORITHMS}, got {algorithm!r}."
         )
-    stride = _args.as_pair(stride, op, "stride")
-    dilation = _args.as_pair(dilation, op, "dilation")
+    stride = _args.as_tuple(stride, op, "stride", rank)
+    dilation = _args.as_tuple(dilation, op, "dilation", rank)
     groups = _args.as_int(groups, op, "groups", minimum=1)
-    kh, kw, cig, cout = w_shape
-    cin = x_shape[3]
+    k_sp, (cig, cout) = w_shape[:-2], w_shape[-2:]
+    cin = x_shape[-1]
     if cin % groups or cout % groups:
         raise ValueError(
             f"{op}: `groups` (={groups}) must divide both the input channels (={cin}) and the "
@@ -181,22 +410,14 @@ def _config(op, x_shape, w_shape, stride, padding, dilation, groups, algorithm) 
     if cin != cig * groups:
         raise ValueError(
             f"{op}: x has {cin} channels but w expects {cig * groups} "
-            f"(w.shape[2] * groups = {cig} * {groups})."
+            f"(w.shape[-2] * groups = {cig} * {groups})."
         )
-    windows = (_args.effective_window(kh, dilation[0]), _args.effective_window(kw, dilation[1]))
-    pads = _args.as_padding(padding, op, x_shape[1:3], windows, stride)
-    _args.check_fits(op, x_shape[1:3], windows, pads, "kernel")
-    chosen = (algo.choose(w_shape, groups, x_shape[1:3]) if algorithm == "auto"
+    windows = tuple(_args.effective_window(k, d) for k, d in zip(k_sp, dilation))
+    pads = _args.as_padding(padding, op, x_shape[1:-1], windows, stride)
+    _args.check_fits(op, x_shape[1:-1], windows, pads, "kernel")
+    chosen = (algo.choose(w_shape, groups, x_shape[1:-1]) if algorithm == "auto"
               else (algorithm,) * 3)
     return ConvConfig(stride, pads, dilation, groups, chosen, auto=algorithm == "auto")
-
-
-def _out_shape(x_shape, w_shape, cfg):
-    hw = (
-        _args.output_size(n, _args.effective_window(k, d), s, p)
-        for n, k, d, s, p in zip(x_shape[1:3], w_shape[:2], cfg.dilation, cfg.stride, cfg.padding)
-    )
-    return (x_shape[0], *hw, w_shape[3])
 
 
 def _check_g(op, g_shape, expected):

@@ -155,6 +155,29 @@ def export_checks():
     return [jax.export.DisabledSafetyCheck.custom_call(t) for t in TARGETS.values()]
 
 
+# The handlers take 2-D problems; a 1-D one runs as 2-D with a unit height (its stride 1,
+# padding 0, dilation 1 there): the same sums, the same kernels (oneDNN itself treats a 1-D
+# convolution as a 2-D one). 3-D problems run fcnn's own algorithms.
+RANKS = (1, 2)
+
+
+def _lift(cfg):
+    """A 1-D configuration as the 2-D one with a unit height; a 2-D one as it is."""
+    if len(cfg.stride) == 2:
+        return cfg
+    return cfg._replace(stride=(1, *cfg.stride), padding=((0, 0), *cfg.padding),
+                        dilation=(1, *cfg.dilation))
+
+
+def _up(a, cfg, axis):
+    """`a` with a unit height inserted at `axis` for a 1-D problem."""
+    return a if len(cfg.stride) == 2 else a.reshape(*a.shape[:axis], 1, *a.shape[axis:])
+
+
+def _down(a, cfg, axis):
+    return a if len(cfg.stride) == 2 else a.reshape(*a.shape[:axis], *a.shape[axis + 1:])
+
+
 def _attrs(cfg):
     (top, bottom), (left, right) = cfg.padding
     return dict(window_strides=np.asarray(cfg.stride, np.int64),
@@ -174,14 +197,20 @@ def _call(which, out_shape, a, b, cfg):
 
 
 def forward(x, w, out_hw, cfg):
+    if len(cfg.stride) == 1:
+        return _down(forward(_up(x, cfg, 1), _up(w, cfg, 0), (1, *out_hw), _lift(cfg)), cfg, 1)
     return _call("forward", (x.shape[0], *out_hw, w.shape[3]), x, w, cfg)
 
 
 def grad_input(g, w, in_hw, cfg):
+    if len(cfg.stride) == 1:
+        return _down(grad_input(_up(g, cfg, 1), _up(w, cfg, 0), (1, *in_hw), _lift(cfg)), cfg, 1)
     return _call("dx", (g.shape[0], *in_hw, w.shape[2] * cfg.groups), g, w, cfg)
 
 
 def grad_kernel(x, g, k_hw, cfg):
+    if len(cfg.stride) == 1:
+        return _down(grad_kernel(_up(x, cfg, 1), _up(g, cfg, 1), (1, *k_hw), _lift(cfg)), cfg, 0)
     return _call("dk", (*k_hw, x.shape[3] // cfg.groups, g.shape[3]), x, g, cfg)
 
 
@@ -193,6 +222,11 @@ def members(which, a, b, size, cfg):
     split over XLA's threads as one batch."""
     import jax
 
+    if len(cfg.stride) == 1:  # activations gain the unit height after (K, N), kernels after K
+        a2 = _up(a, cfg, 2)
+        b2 = _up(b, cfg, 2 if which == 2 else 1)
+        out = members(which, a2, b2, (1, *size), _lift(cfg))
+        return _down(out, cfg, 1 if which == 2 else 2)
     k = a.shape[0]
     if which == 0:
         shape = (k, a.shape[1], *size, b.shape[4])
@@ -210,6 +244,9 @@ def conv_act(x, w, b, out_hw, cfg, relu):
     import jax
     import jax.numpy as jnp
 
+    if len(cfg.stride) == 1:
+        y = conv_act(_up(x, cfg, 1), _up(w, cfg, 0), b, (1, *out_hw), _lift(cfg), relu)
+        return _down(y, cfg, 1)
     b = jnp.zeros((0,), x.dtype) if b is None else b
     return jax.ffi.ffi_call(
         TARGETS["act_forward"], jax.ShapeDtypeStruct((x.shape[0], *out_hw, w.shape[3]), x.dtype),
@@ -223,6 +260,11 @@ def conv_act_backward(gm, x, w, cfg, wants):
     results named in `wants` (a tuple of three bools) are computed; the others are None."""
     import jax
 
+    if len(cfg.stride) == 1:
+        dx, dw, db = conv_act_backward(_up(gm, cfg, 1), _up(x, cfg, 1), _up(w, cfg, 0),
+                                       _lift(cfg), wants)
+        return (None if dx is None else _down(dx, cfg, 1),
+                None if dw is None else _down(dw, cfg, 0), db)
     shapes = (x.shape, w.shape, (w.shape[3],))
     zeros = ((0, 0, 0, 0), (0, 0, 0, 0), (0,))
     outs = [jax.ShapeDtypeStruct(s if want else z, gm.dtype)

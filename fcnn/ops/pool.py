@@ -99,9 +99,8 @@ def _taps(x, cfg, fill):
     """Yield `(a, b, x_ab)`: tap (a, b) of every window, `x_ab: (N, H_out, W_out, C)`."""
     xp = _taps_mod.pad(x, cfg.padding, fill)
     out_hw = _out_hw(x.shape[1:3], cfg)
-    for a in range(cfg.window[0]):
-        for b in range(cfg.window[1]):
-            yield a, b, _taps_mod.read(xp, a, b, out_hw, cfg.stride)
+    for a, b in _taps_mod.all_taps(cfg.window):
+        yield a, b, _taps_mod.read(xp, (a, b), out_hw, cfg.stride)
 
 
 def _untile(tiled, in_hw, cfg):
