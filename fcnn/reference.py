@@ -59,16 +59,19 @@ def _conv(rank, x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, acti
     return _batched(f, x, rank=rank)
 
 
-def conv1d(x, w, b=None, **kwargs):
-    return _conv(1, x, w, b, **kwargs)
+def conv1d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None):
+    return _conv(1, x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                 activation=activation)
 
 
-def conv2d(x, w, b=None, **kwargs):
-    return _conv(2, x, w, b, **kwargs)
+def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None):
+    return _conv(2, x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                 activation=activation)
 
 
-def conv3d(x, w, b=None, **kwargs):
-    return _conv(3, x, w, b, **kwargs)
+def conv3d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None):
+    return _conv(3, x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                 activation=activation)
 
 
 def _grad_input(rank, g, w, input_shape, **kwargs):
@@ -83,28 +86,34 @@ def _grad_kernel(rank, x, g, kernel_shape, **kwargs):
     return vjp(g)[0]
 
 
-def conv1d_grad_input(g, w, input_shape, **kwargs):
-    return _grad_input(1, g, w, input_shape, **kwargs)
+def conv1d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, groups=1):
+    return _grad_input(1, g, w, input_shape, stride=stride, padding=padding,
+                       dilation=dilation, groups=groups)
 
 
-def conv2d_grad_input(g, w, input_shape, **kwargs):
-    return _grad_input(2, g, w, input_shape, **kwargs)
+def conv2d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, groups=1):
+    return _grad_input(2, g, w, input_shape, stride=stride, padding=padding,
+                       dilation=dilation, groups=groups)
 
 
-def conv3d_grad_input(g, w, input_shape, **kwargs):
-    return _grad_input(3, g, w, input_shape, **kwargs)
+def conv3d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, groups=1):
+    return _grad_input(3, g, w, input_shape, stride=stride, padding=padding,
+                       dilation=dilation, groups=groups)
 
 
-def conv1d_grad_kernel(x, g, kernel_shape, **kwargs):
-    return _grad_kernel(1, x, g, kernel_shape, **kwargs)
+def conv1d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1):
+    return _grad_kernel(1, x, g, kernel_shape, stride=stride, padding=padding,
+                        dilation=dilation, groups=groups)
 
 
-def conv2d_grad_kernel(x, g, kernel_shape, **kwargs):
-    return _grad_kernel(2, x, g, kernel_shape, **kwargs)
+def conv2d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1):
+    return _grad_kernel(2, x, g, kernel_shape, stride=stride, padding=padding,
+                        dilation=dilation, groups=groups)
 
 
-def conv3d_grad_kernel(x, g, kernel_shape, **kwargs):
-    return _grad_kernel(3, x, g, kernel_shape, **kwargs)
+def conv3d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1):
+    return _grad_kernel(3, x, g, kernel_shape, stride=stride, padding=padding,
+                        dilation=dilation, groups=groups)
 
 
 def _conv_transpose(rank, x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
@@ -129,16 +138,22 @@ def _conv_transpose(rank, x, w, b=None, *, stride=1, padding=0, output_padding=0
     return _batched(f, x, rank=rank)
 
 
-def conv_transpose1d(x, w, b=None, **kwargs):
-    return _conv_transpose(1, x, w, b, **kwargs)
+def conv_transpose1d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
+                     groups=1):
+    return _conv_transpose(1, x, w, b, stride=stride, padding=padding,
+                           output_padding=output_padding, dilation=dilation, groups=groups)
 
 
-def conv_transpose2d(x, w, b=None, **kwargs):
-    return _conv_transpose(2, x, w, b, **kwargs)
+def conv_transpose2d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
+                     groups=1):
+    return _conv_transpose(2, x, w, b, stride=stride, padding=padding,
+                           output_padding=output_padding, dilation=dilation, groups=groups)
 
 
-def conv_transpose3d(x, w, b=None, **kwargs):
-    return _conv_transpose(3, x, w, b, **kwargs)
+def conv_transpose3d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
+                     groups=1):
+    return _conv_transpose(3, x, w, b, stride=stride, padding=padding,
+                           output_padding=output_padding, dilation=dilation, groups=groups)
 
 
 def _window(x, init, op, window, stride, padding):

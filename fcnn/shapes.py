@@ -44,10 +44,12 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding=0, dilatio
     return _args.output_size(size, window, stride, pad)
 
 
-def receptive_field(layer, input_shape) -> tuple[int, int]:
-    """Receptive field `(h, w)`, in input pixels, of one output unit of `layer` on an input of
-    `input_shape` (H, W, C). After a Flatten or Dense every unit sees the whole input; a user's
-    bare `Layer(init, apply)` is taken not to grow it (see `fcnn.summary`)."""
+def receptive_field(layer, input_shape) -> tuple[int, ...]:
+    """Receptive field, in input cells per spatial axis (`(h, w)` for an image `(H, W, C)`, one
+    number for a signal `(L, C)`, three for a volume), of one output unit of `layer` on an
+    input of `input_shape`. After a Flatten or Dense every unit sees the whole input; a user's
+    bare `Layer(init, apply)` is taken not to grow it; after upsampling it is rounded up to
+    whole cells (see `fcnn.summary`)."""
     from fcnn.summary import summary  # the walk lives there; one source of truth
 
     return summary(layer, input_shape).rows[-1].receptive_field

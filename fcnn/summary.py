@@ -10,11 +10,17 @@ its output shape and parameters (from `jax.eval_shape` of its init); what it com
 so it counts no activations or FLOPs and is assumed not to grow the receptive field (its row's
 note says so). A ReLU that `serial` runs inside the Conv2D before it (one op) is named so:
 "1 ReLU (fused into 0)"; its row counts as before.
+
+Any number of spatial axes: a signal's receptive field is one number, a volume's three. Layers
+that resample (a transposed convolution, `Upsample`, `PixelShuffle`, adaptive pooling) make the
+distance between neighbouring units a fraction of an input cell: the field is tracked exactly
+(fractions) and shown rounded up to whole input cells.
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import NamedTuple
 
 import jax
@@ -22,7 +28,11 @@ import jax
 from fcnn import _args
 from fcnn.layers.combinators import fusions
 
-_COUNTED = ("Conv2D", "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D")
+_CONVS = ("Conv1D", "Conv2D", "Conv3D")
+_TRANSPOSED = ("ConvTranspose1D", "ConvTranspose2D", "ConvTranspose3D")
+_COUNTED = (*_CONVS, *_TRANSPOSED, "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D")
+_RESAMPLING = ("Upsample", "PixelShuffle", "PixelUnshuffle", "AdaptiveAvgPool1D",
+               "AdaptiveAvgPool2D", "AdaptiveAvgPool3D")
 
 
 class Row(NamedTuple):
@@ -31,7 +41,7 @@ class Row(NamedTuple):
     params: int
     activations: int
     flops: int
-    receptive_field: tuple[int, int]
+    receptive_field: tuple[int, ...]
     note: str  # non-empty when a window does not tile its input (cells dropped by the floor)
     state: int = 0  # state entries (batch norm's running statistics), apart from params
 
@@ -76,8 +86,36 @@ def _flat(shape):
 
 
 class _Field(NamedTuple):
-    size: tuple[int, int]  # receptive field, input pixels
-    jump: tuple[int, int]  # input pixels between neighbouring units
+    size: tuple[Fraction, ...]  # receptive field, input cells, per spatial axis
+    jump: tuple[Fraction, ...]  # input cells between neighbouring units
+
+    @property
+    def cells(self) -> tuple[int, ...]:
+        """The field in whole input cells (rounded up)."""
+        return tuple(math.ceil(v) for v in self.size)
+
+    def grow(self, spans, steps):
+        """Each unit reads `spans[i]` units of the layer before along axis i (1: the same
+        field), `steps[i]` of them apart from its neighbour's (fractions for upsampling)."""
+        return _Field(tuple(r + (f - 1) * j for r, f, j in zip(self.size, spans, self.jump)),
+                      tuple(j * Fraction(s) for j, s in zip(self.jump, steps)))
+
+
+def _resampled(kind, config, shape, out, field):
+    """The field after a resampling layer (see the module docstring)."""
+    spatial, out_spatial = shape[:-1], out[:-1]
+    if len(spatial) != len(field.size):
+        return field
+    ratio = [Fraction(n, m) for n, m in zip(spatial, out_spatial)]  # input cells per output
+    if kind == "Upsample":  # nearest reads one cell, linear interpolation two neighbours
+        span = 1 if config["method"] == "nearest" else 2
+        return field.grow([span] * len(ratio), ratio)
+    if kind == "PixelShuffle":
+        return field.grow([1] * len(ratio), ratio)
+    # space to depth and adaptive bins: each output reads a block of up to ceil(n / m) + 1
+    # cells (PyTorch's bins overlap where m does not divide n)
+    spans = [math.ceil(r) + (0 if r.denominator == 1 else 1) for r in ratio]
+    return field.grow(spans, ratio)
 
 
 def _entries(structs) -> int:
@@ -100,33 +138,46 @@ def _leaf(layer, shape, name, field, input_hw):
         flops, note = 0, "user Layer: receptive field taken as unchanged, FLOPs not counted"
     else:
         flops, note = math.prod(out), ""  # elementwise: one op per output
-    if window is not None:  # conv / pool: the field grows by (F_eff - 1) jumps, jumps by S
+    rank = len(window.kernel) if window is not None else 0
+    taps = math.prod(window.kernel) if window is not None else 0
+    if window is not None and window.transposed:
+        # output q reads the input cells i with i*S + a*d - p = q: at most
+        # floor((F_eff - 1) / S) + 1 of them, 1/S of an input cell from its neighbour's
+        spans = [(f - 1) // s + 1 for f, s in zip(window.effective, window.stride)]
+        field = field.grow(spans, [Fraction(1, s) for s in window.stride])
+        # each input cell scatters its taps x C_out/groups multiply-adds
+        flops = 2 * math.prod(shape) * taps * out[-1] // info.config["groups"]
+    elif window is not None:  # conv / pool: the field grows by (F_eff - 1) jumps, jumps by S
         eff, stride = window.effective, window.stride
+        spatial = shape[:rank]
         dropped = [_args.remainder(n, f, s, p) for n, f, s, p in
-                   zip(shape[:2], eff, stride, window.pads(shape[:2], kind))]
+                   zip(spatial, eff, stride, window.pads(spatial, kind))]
         if any(dropped):
-            note = (f"window {eff[0]}x{eff[1]} stride {stride[0]}x{stride[1]} does "
-                    f"not tile {shape[0]}x{shape[1]} (+padding): drops {dropped[0]} row(s), "
-                    f"{dropped[1]} col(s)")
-        field = _Field(tuple(r + (f - 1) * j for r, f, j in zip(field.size, eff, field.jump)),
-                       tuple(j * s for j, s in zip(field.jump, stride)))
-        taps = math.prod(window.kernel)
-        flops = 2 * math.prod(out) * taps * shape[2] // info.config["groups"] \
-            if kind == "Conv2D" else math.prod(out) * taps
+            drops = (f"{dropped[0]} row(s), {dropped[1]} col(s)" if rank == 2
+                     else f"{', '.join(map(str, dropped))} cell(s) along its axes")
+            note = (f"window {'x'.join(map(str, eff))} stride {'x'.join(map(str, stride))} "
+                    f"does not tile {'x'.join(map(str, spatial))} (+padding): drops {drops}")
+        field = field.grow(eff, stride)
+        flops = 2 * math.prod(out) * taps * shape[-1] // info.config["groups"] \
+            if kind in _CONVS else math.prod(out) * taps
+    elif kind in _RESAMPLING:
+        field = _resampled(kind, info.config, shape, out, field)
+        flops = math.prod(out) * (0 if kind.startswith("Pixel") else 1)
     elif kind in ("Dense", "Flatten", "GlobalAvgPool2D"):  # every unit sees the whole input
-        field = _Field(input_hw, field.jump)
+        field = _Field(tuple(Fraction(n) for n in input_hw), field.jump)
         flops = {"Dense": 2 * shape[0] * out[0], "Flatten": 0}.get(kind, math.prod(shape))
     elif kind in ("Dropout", "Concat", "PadChannels"):  # no arithmetic
         flops = 0
     activations = math.prod(out) if kind in _COUNTED else 0
-    row = Row(name, tuple(out), _param_count(layer, shape), activations, flops, field.size, note,
-              _state_count(layer, shape))
+    row = Row(name, tuple(out), _param_count(layer, shape), activations, flops, field.cells,
+              note, _state_count(layer, shape))
     return out, field, [row]
 
 
 def _widest(fields):
-    return _Field(tuple(max(f.size[i] for f in fields) for i in range(2)),
-                  tuple(max(f.jump[i] for f in fields) for i in range(2)))
+    rank = len(fields[0].size)
+    return _Field(tuple(max(f.size[i] for f in fields) for i in range(rank)),
+                  tuple(max(f.jump[i] for f in fields) for i in range(rank)))
 
 
 def _fused_into(layer, name):
@@ -188,8 +239,12 @@ def summary(layer, input_shape) -> Summary:
     """
     input_shape = tuple(input_shape)
     layer.info.shape(input_shape)  # position-naming errors before anything else
-    input_hw = tuple(input_shape[:2]) if len(input_shape) == 3 else (1, 1)
-    _, _, rows = _walk(layer, input_shape, "", _Field((1, 1), (1, 1)), input_hw)
-    rows = [Row("Input", input_shape, 0, math.prod(input_shape), 0, (1, 1), ""), *rows]
+    # an example's spatial axes: all but the channels (an image's H, W; a signal's L); a
+    # vector (an MLP's input) is shown as an image of one pixel
+    input_hw = tuple(input_shape[:-1]) if len(input_shape) >= 2 else (1, 1)
+    ones = (Fraction(1),) * len(input_hw)
+    _, _, rows = _walk(layer, input_shape, "", _Field(ones, ones), input_hw)
+    rows = [Row("Input", input_shape, 0, math.prod(input_shape), 0, (1,) * len(input_hw), ""),
+            *rows]
     return Summary(rows, sum(r.params for r in rows), sum(r.activations for r in rows),
                    sum(r.flops for r in rows), sum(r.state for r in rows))

@@ -53,25 +53,29 @@ class LayerError(ValueError):
 class Window(NamedTuple):
     """Geometry of a conv or pool window, normalised at construction.
 
-    `padding` is explicit ``((top, bottom), (left, right))`` ints, or "SAME" / "VALID", which
-    depend on the input size (`pads` resolves them). Along each axis the window spans
+    One entry per spatial axis (two for an image, one for a signal, three for a volume).
+    `padding` is explicit ``((low, high), ...)`` ints, or "SAME" / "VALID", which depend on the
+    input size (`pads` resolves them). Along each axis the window spans
     ``F_eff = (F - 1) * d + 1`` input cells and the output has
-    ``floor((W + p_lo + p_hi - F_eff) / S) + 1`` cells.
+    ``floor((W + p_lo + p_hi - F_eff) / S) + 1`` cells. A transposed convolution's window
+    (`transposed`) runs the other way: ``(W - 1) * S - p_lo - p_hi + F_eff + output_padding``
+    output cells, each reading about ``ceil(F_eff / S)`` input cells.
     """
 
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[tuple[int, int], tuple[int, int]] | str
-    dilation: tuple[int, int] = (1, 1)
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...] | str
+    dilation: tuple[int, ...] = (1, 1)
+    transposed: bool = False
+    output_padding: tuple[int, ...] = ()
 
     @property
-    def effective(self) -> tuple[int, int]:
-        """The span `(F_eff_h, F_eff_w)` of the (dilated) window, in input cells."""
-        return tuple(_args.effective_window(k, d)  # type: ignore[return-value]
-                     for k, d in zip(self.kernel, self.dilation))
+    def effective(self) -> tuple[int, ...]:
+        """The span `F_eff` per axis of the (dilated) window, in input cells."""
+        return tuple(_args.effective_window(k, d) for k, d in zip(self.kernel, self.dilation))
 
-    def pads(self, spatial: tuple[int, int], op: str = "Window") -> _args.Padding:
-        """Explicit padding on an input of `spatial` = (H, W)."""
+    def pads(self, spatial: tuple[int, ...], op: str = "Window") -> tuple:
+        """Explicit padding on an input of `spatial` sizes."""
         return _args.as_padding(self.padding, op, spatial, self.effective, self.stride)
 
 
@@ -295,10 +299,14 @@ def as_shape(layer: str, input_shape) -> tuple[int, ...]:
                         catch=(TypeError, ValueError))
 
 
-def image_shape(layer: str, input_shape) -> tuple[int, int, int]:
+def image_shape(layer: str, input_shape, rank: int = 2) -> tuple[int, ...]:
+    """`input_shape` checked to be one example of `rank` spatial axes and the channels
+    (`(H, W, C)` for an image)."""
     shape = as_shape(layer, input_shape)
-    if len(shape) != 3:
-        raise LayerError(layer, f"expects (H, W, C) input, got {shape}.")
+    if len(shape) != rank + 1:
+        from fcnn.ops._checks import layout
+
+        raise LayerError(layer, f"expects {layout(rank)} input, got {shape}.")
     return shape
 
 

@@ -33,14 +33,23 @@ CONV_ALGORITHMS = ("auto", *ALGORITHMS)
 
 
 def _window_shape(layer, input_shape, window: Window, out_channels=None):
-    """Output (H, W, C) of `window` over `input_shape`; errors as LayerErrors."""
-    h, w, c = image_shape(layer, input_shape)
-    pads = window.pads((h, w), layer)
-    config_error(layer, _args.check_fits, layer, (h, w), window.effective, pads,
+    """Output `(*spatial, C)` of `window` over `input_shape`; errors as LayerErrors."""
+    rank = len(window.kernel)
+    *spatial, c = image_shape(layer, input_shape, rank)
+    pads = window.pads(tuple(spatial), layer)
+    config_error(layer, _args.check_fits, layer, tuple(spatial), window.effective, pads,
                  "kernel" if out_channels else "window", dilated=out_channels is not None)
-    ho, wo = (_args.output_size(n, f, s, p)
-              for n, f, s, p in zip((h, w), window.effective, window.stride, pads))
-    return (ho, wo, c if out_channels is None else out_channels)
+    out = (_args.output_size(n, f, s, p)
+           for n, f, s, p in zip(spatial, window.effective, window.stride, pads))
+    return (*out, c if out_channels is None else out_channels)
+
+
+def Conv1D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, use_bias=True,
+           w_init=None, b_init=None, algorithm="auto", padding_mode="zeros") -> Layer:
+    """1-D convolution of a signal `(L, C)`; params `{"w": (k, C_in // groups, out_channels),
+    "b": (out,)}`; everything else as `Conv2D` (`fcnn.ops.conv1d`)."""
+    return _conv("Conv1D", 1, out_channels, kernel_size, stride, padding, dilation, groups,
+                 use_bias, w_init, b_init, algorithm, padding_mode)
 
 
 def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, use_bias=True,
@@ -59,12 +68,26 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
     `w_init` defaults to he_normal, `b_init` to zeros. `algorithm` is one of `CONV_ALGORITHMS`
     ("auto" or as `fcnn.ops.conv2d`); it is passed to the op only when not "auto", so any
     module's `conv2d` serves an "auto" layer (`with_ops`)."""
-    name = "Conv2D"
+    return _conv("Conv2D", 2, out_channels, kernel_size, stride, padding, dilation, groups,
+                 use_bias, w_init, b_init, algorithm, padding_mode)
+
+
+def Conv3D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, use_bias=True,
+           w_init=None, b_init=None, algorithm="auto", padding_mode="zeros") -> Layer:
+    """3-D convolution of a volume `(D, H, W, C)`; params `{"w": (kd, kh, kw, C_in // groups,
+    out_channels), "b": (out,)}`; everything else as `Conv2D` (`fcnn.ops.conv3d`)."""
+    return _conv("Conv3D", 3, out_channels, kernel_size, stride, padding, dilation, groups,
+                 use_bias, w_init, b_init, algorithm, padding_mode)
+
+
+def _conv(name, rank, out_channels, kernel_size, stride, padding, dilation, groups, use_bias,
+          w_init, b_init, algorithm, padding_mode) -> Layer:
+    op_name = f"conv{rank}d"
     out_channels = _args.as_int(out_channels, name, "out_channels", minimum=1)
-    window = Window(_args.as_pair(kernel_size, name, "kernel_size"),
-                    _args.as_pair(stride, name, "stride"),
-                    _args.padding_form(padding, name),
-                    _args.as_pair(dilation, name, "dilation"))
+    window = Window(_args.as_tuple(kernel_size, name, "kernel_size", rank),
+                    _args.as_tuple(stride, name, "stride", rank),
+                    _args.padding_form(padding, name, rank),
+                    _args.as_tuple(dilation, name, "dilation", rank))
     groups = _args.as_int(groups, name, "groups", minimum=1)
     algorithm = _args.as_choice(algorithm, name, "algorithm", CONV_ALGORITHMS)
     padding_mode = _args.as_choice(padding_mode, name, "padding_mode", PAD_MODES)
@@ -75,7 +98,7 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
     b_init = b_init or initializers.zeros()
 
     def shape(input_shape):
-        c = image_shape(name, input_shape)[2]
+        c = image_shape(name, input_shape, rank)[-1]
         if c % groups:
             raise LayerError(name, f"`groups` (={groups}) must divide the input channels "
                                    f"(={c}), got input shape {tuple(input_shape)}.")
@@ -84,7 +107,7 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
     def init(key, input_shape):
         out = shape(input_shape)
         k_w, k_b = jax.random.split(key)
-        params = {"w": w_init(k_w, (*window.kernel, input_shape[2] // groups, out_channels),
+        params = {"w": w_init(k_w, (*window.kernel, input_shape[-1] // groups, out_channels),
                               groups=groups)}
         if use_bias:
             params["b"] = b_init(k_b, (out_channels,))
@@ -94,29 +117,29 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
         extra = {} if algorithm == "auto" else {"algorithm": algorithm}
         kwargs = dict(stride=window.stride, padding=window.padding, dilation=window.dilation,
                       groups=groups, **extra)
-        conv2d = op(module, "conv2d", name, kwargs)
+        conv = op(module, op_name, name, kwargs)
         if padding_mode != "zeros":
             pad = op(module, "pad", name, {"mode": padding_mode})
             kwargs["padding"] = 0
-            conv_zeros = conv2d
+            conv_zeros = conv
 
-            def conv2d(x, w, b, **kw):  # the border filled by `pad`, then no padding
+            def conv(x, w, b, **kw):  # the border filled by `pad`, then no padding
                 xb = jnp.asarray(x)
-                xb = xb if xb.ndim == 4 else xb[None]
-                pads = window.pads(xb.shape[1:3], name)
+                xb = xb if xb.ndim == rank + 2 else xb[None]
+                pads = window.pads(xb.shape[1:-1], name)
                 y = conv_zeros(pad(xb, pads, mode=padding_mode), w, b, **kw)
-                return y if jnp.ndim(x) == 4 else y[0]
+                return y if jnp.ndim(x) == rank + 2 else y[0]
 
         def apply(params, x, *, key=None, train=False):
-            return conv2d(x, params["w"], params.get("b"), **kwargs)
+            return conv(x, params["w"], params.get("b"), **kwargs)
 
-        try:  # a module whose conv2d takes `activation` runs Conv2D -> ReLU as one op
-            op(module, "conv2d", name, {**kwargs, "activation": "relu"})
+        try:  # a module whose conv takes `activation` runs Conv -> ReLU as one op
+            op(module, op_name, name, {**kwargs, "activation": "relu"})
         except LayerError:
             return apply
 
         def apply_relu(params, x, *, key=None, train=False):
-            return conv2d(x, params["w"], params.get("b"), activation="relu", **kwargs)
+            return conv(x, params["w"], params.get("b"), activation="relu", **kwargs)
 
         return apply, {"ReLU": apply_relu}
 
@@ -125,6 +148,105 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                   groups=groups, use_bias=use_bias, algorithm=algorithm)
     if padding_mode != "zeros":  # (configs recorded before the argument stay the same)
         config["padding_mode"] = padding_mode
+    return leaf(name, config, shape, init, bind, window=window)
+
+
+def ConvTranspose1D(out_channels, kernel_size, stride=1, padding=0, output_padding=0,
+                    dilation=1, groups=1, use_bias=True, w_init=None, b_init=None,
+                    algorithm="auto") -> Layer:
+    """1-D transposed convolution (`fcnn.ops.conv_transpose1d`); as `ConvTranspose2D`."""
+    return _conv_transpose("ConvTranspose1D", 1, out_channels, kernel_size, stride, padding,
+                           output_padding, dilation, groups, use_bias, w_init, b_init, algorithm)
+
+
+def ConvTranspose2D(out_channels, kernel_size, stride=1, padding=0, output_padding=0,
+                    dilation=1, groups=1, use_bias=True, w_init=None, b_init=None,
+                    algorithm="auto") -> Layer:
+    """2-D transposed convolution (PyTorch's ConvTranspose2d; `fcnn.ops.conv_transpose2d`):
+    params `{"w": (kh, kw, out_channels // groups, C_in), "b": (out_channels,)}`, the kernel of
+    the convolution it transposes. Output `(H - 1) S - p_lo - p_hi + d (k - 1) +
+    output_padding + 1` per axis: a DCGAN generator's 4x4, stride 2, padding 1 doubles the
+    size. `padding`: an int, one per axis or `(low, high)` pairs (no strings).
+    `w_init` defaults to he_normal over fan_in = kh·kw·out_channels/groups (PyTorch's fan for
+    this weight), `b_init` to zeros."""
+    return _conv_transpose("ConvTranspose2D", 2, out_channels, kernel_size, stride, padding,
+                           output_padding, dilation, groups, use_bias, w_init, b_init, algorithm)
+
+
+def ConvTranspose3D(out_channels, kernel_size, stride=1, padding=0, output_padding=0,
+                    dilation=1, groups=1, use_bias=True, w_init=None, b_init=None,
+                    algorithm="auto") -> Layer:
+    """3-D transposed convolution (`fcnn.ops.conv_transpose3d`); as `ConvTranspose2D`."""
+    return _conv_transpose("ConvTranspose3D", 3, out_channels, kernel_size, stride, padding,
+                           output_padding, dilation, groups, use_bias, w_init, b_init, algorithm)
+
+
+def _conv_transpose(name, rank, out_channels, kernel_size, stride, padding, output_padding,
+                    dilation, groups, use_bias, w_init, b_init, algorithm) -> Layer:
+    from fcnn.ops.conv import transposed_size
+
+    op_name = f"conv_transpose{rank}d"
+    out_channels = _args.as_int(out_channels, name, "out_channels", minimum=1)
+    if isinstance(_args.static(padding, name, "padding"), str):
+        raise ValueError(f"{name}: `padding` must be an int, one int per axis or (low, high) "
+                         f"pairs per axis, got {padding!r}.")
+    window = Window(_args.as_tuple(kernel_size, name, "kernel_size", rank),
+                    _args.as_tuple(stride, name, "stride", rank),
+                    _args.padding_form(padding, name, rank),
+                    _args.as_tuple(dilation, name, "dilation", rank), transposed=True,
+                    output_padding=_args.as_tuple(output_padding, name, "output_padding", rank,
+                                                  minimum=0))
+    for e, s, d in zip(window.output_padding, window.stride, window.dilation):
+        if e >= max(s, d):
+            raise ValueError(f"{name}: `output_padding` must be smaller than the stride or the "
+                             f"dilation of its axis, got {window.output_padding} with stride "
+                             f"{window.stride} and dilation {window.dilation}.")
+    groups = _args.as_int(groups, name, "groups", minimum=1)
+    algorithm = _args.as_choice(algorithm, name, "algorithm", CONV_ALGORITHMS)
+    if out_channels % groups:
+        raise ValueError(f"{name}: `groups` (={groups}) must divide `out_channels` "
+                         f"(={out_channels}).")
+    w_init = w_init or initializers.he_normal()
+    b_init = b_init or initializers.zeros()
+
+    def shape(input_shape):
+        *spatial, c = image_shape(name, input_shape, rank)
+        if c % groups:
+            raise LayerError(name, f"`groups` (={groups}) must divide the input channels "
+                                   f"(={c}), got input shape {tuple(input_shape)}.")
+        out = tuple(transposed_size(n, k, s, p, e, d) for n, k, s, p, e, d in zip(
+            spatial, window.kernel, window.stride, window.padding, window.output_padding,
+            window.dilation))
+        if min(out) < 1:
+            raise LayerError(name, f"the output would have size {out} on input "
+                                   f"{tuple(input_shape)}: reduce the padding.")
+        return (*out, out_channels)
+
+    def init(key, input_shape):
+        out = shape(input_shape)
+        k_w, k_b = jax.random.split(key)
+        params = {"w": w_init(k_w, (*window.kernel, out_channels // groups, input_shape[-1]),
+                              groups=groups)}
+        if use_bias:
+            params["b"] = b_init(k_b, (out_channels,))
+        return params, out
+
+    def bind(module):
+        extra = {} if algorithm == "auto" else {"algorithm": algorithm}
+        kwargs = dict(stride=window.stride, padding=window.padding,
+                      output_padding=window.output_padding, dilation=window.dilation,
+                      groups=groups, **extra)
+        fn = op(module, op_name, name, kwargs)
+
+        def apply(params, x, *, key=None, train=False):
+            return fn(x, params["w"], params.get("b"), **kwargs)
+
+        return apply
+
+    config = dict(out_channels=out_channels, kernel_size=window.kernel, stride=window.stride,
+                  padding=window.padding, output_padding=window.output_padding,
+                  dilation=window.dilation, groups=groups, use_bias=use_bias,
+                  algorithm=algorithm)
     return leaf(name, config, shape, init, bind, window=window)
 
 

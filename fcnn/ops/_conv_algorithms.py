@@ -309,7 +309,6 @@ def forward(x, w, cfg):
 
 
 def _forward(algorithm, x, w, cfg):
-    r = rank(cfg)
     if algorithm == "onednn" and _onednn_runs(x.dtype, cfg):
         return onednn.forward(x, w, _out_hw(x.shape[1:-1], w.shape[:-2], cfg), cfg)
     if algorithm == "im2col":
