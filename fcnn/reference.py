@@ -156,16 +156,23 @@ def conv_transpose3d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dil
                            output_padding=output_padding, dilation=dilation, groups=groups)
 
 
-def _window(x, init, op, window, stride, padding):
-    window = _pair(window)
-    stride = window if stride is None else _pair(stride)
-    pads = _pads(padding)
+def _geometry(x, window, stride, padding, rank):
+    window = _pair(window, rank)
+    stride = window if stride is None else _pair(stride, rank)
+    pads = _pads(padding, rank)
     if isinstance(pads, str):
-        pads = lax.padtype_to_pads(x.shape[1:3], window, stride, pads)
-    return lax.reduce_window(
-        x, init, op, (1, *window, 1), (1, *stride, 1),
-        ((0, 0), *pads, (0, 0)),
-    )
+        pads = lax.padtype_to_pads(x.shape[1:-1], window, stride, pads)
+    return window, stride, pads
+
+
+def _window(x, init, op, window, stride, padding, rank=2):
+    window, stride, pads = _geometry(x, window, stride, padding, rank)
+    return lax.reduce_window(x, init, op, (1, *window, 1), (1, *stride, 1),
+                             ((0, 0), *pads, (0, 0)))
+
+
+def max_pool1d(x, window, stride=None, padding=0):
+    return _batched(_max_by_argmax, x, window, stride, padding, 1, rank=1)
 
 
 def max_pool2d(x, window, stride=None, padding=0):
@@ -173,27 +180,41 @@ def max_pool2d(x, window, stride=None, padding=0):
     (`jnp.argmax`, as numpy's), gathered from the window's taps: autodiff sends the gradient
     there. (XLA's `reduce_window` max is no oracle here: its autodiff sends the gradient to the
     window's largest number, and on the CPU, fused into YNNPACK, its value is that number too.)"""
-    return _batched(_max_by_argmax, x, window, stride, padding)
+    return _batched(_max_by_argmax, x, window, stride, padding, 2)
 
 
-def _max_by_argmax(x, window, stride, padding):
-    kh, kw = _pair(window)
-    sh, sw = (kh, kw) if stride is None else _pair(stride)
-    pads = _pads(padding)
-    if isinstance(pads, str):
-        pads = lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), pads)
+def max_pool3d(x, window, stride=None, padding=0):
+    return _batched(_max_by_argmax, x, window, stride, padding, 3, rank=3)
+
+
+def _max_by_argmax(x, window, stride, padding, rank):
+    import itertools
+
+    window, stride, pads = _geometry(x, window, stride, padding, rank)
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-    ho = (xp.shape[1] - kh) // sh + 1
-    wo = (xp.shape[2] - kw) // sw + 1
-    taps = jnp.stack([xp[:, a: a + (ho - 1) * sh + 1: sh, b: b + (wo - 1) * sw + 1: sw]
-                      for a in range(kh) for b in range(kw)], axis=-1)
+    out = [(n - k) // s + 1 for n, k, s in zip(xp.shape[1:-1], window, stride)]
+    taps = jnp.stack([xp[(slice(None), *(slice(t, t + (o - 1) * s + 1, s)
+                                         for t, o, s in zip(tap, out, stride)))]
+                      for tap in itertools.product(*map(range, window))], axis=-1)
     first = jnp.argmax(taps, axis=-1)
     return jnp.take_along_axis(taps, first[..., None], axis=-1)[..., 0]
 
 
+def _avg(x, window, stride, padding, rank):
+    area = int(np.prod(_pair(window, rank)))
+    return _batched(_window, x, 0.0, lax.add, window, stride, padding, rank, rank=rank) / area
+
+
+def avg_pool1d(x, window, stride=None, padding=0):
+    return _avg(x, window, stride, padding, 1)
+
+
 def avg_pool2d(x, window, stride=None, padding=0):
-    kh, kw = _pair(window)
-    return _batched(_window, x, 0.0, lax.add, window, stride, padding) / (kh * kw)
+    return _avg(x, window, stride, padding, 2)
+
+
+def avg_pool3d(x, window, stride=None, padding=0):
+    return _avg(x, window, stride, padding, 3)
 
 
 def pad(x, padding, mode="zeros"):

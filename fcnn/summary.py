@@ -30,7 +30,9 @@ from fcnn.layers.combinators import fusions
 
 _CONVS = ("Conv1D", "Conv2D", "Conv3D")
 _TRANSPOSED = ("ConvTranspose1D", "ConvTranspose2D", "ConvTranspose3D")
-_COUNTED = (*_CONVS, *_TRANSPOSED, "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D")
+_POOLS = tuple(f"{kind}Pool{r}D" for kind in ("Max", "Avg") for r in (1, 2, 3))
+_GLOBAL = tuple(f"Global{kind}Pool{r}D" for kind in ("Max", "Avg") for r in (1, 2, 3))
+_COUNTED = (*_CONVS, *_TRANSPOSED, "Dense", *_POOLS, *_GLOBAL)
 _RESAMPLING = ("Upsample", "PixelShuffle", "PixelUnshuffle", "AdaptiveAvgPool1D",
                "AdaptiveAvgPool2D", "AdaptiveAvgPool3D")
 
@@ -163,7 +165,7 @@ def _leaf(layer, shape, name, field, input_hw):
     elif kind in _RESAMPLING:
         field = _resampled(kind, info.config, shape, out, field)
         flops = math.prod(out) * (0 if kind.startswith("Pixel") else 1)
-    elif kind in ("Dense", "Flatten", "GlobalAvgPool2D"):  # every unit sees the whole input
+    elif kind in ("Dense", "Flatten", *_GLOBAL):  # every unit sees the whole input
         field = _Field(tuple(Fraction(n) for n in input_hw), field.jump)
         flops = {"Dense": 2 * shape[0] * out[0], "Flatten": 0}.get(kind, math.prod(shape))
     elif kind in ("Dropout", "Concat", "PadChannels"):  # no arithmetic

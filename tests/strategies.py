@@ -123,20 +123,22 @@ def conv_cases(draw, max_kernel=4, max_stride=3, max_dilation=3, max_extra=4, ra
 
 
 @st.composite
-def pool_cases(draw, max_window=3, max_stride=3, max_extra=4):
-    """A dict describing one pooling: shape, window, stride (None = window), padding. Channels
-    1, 3, 8 or 32 (where max pool's backward with stride == window takes its tiled path)."""
-    window = (draw(st.integers(1, max_window)), draw(st.integers(1, max_window)))
-    stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, max_stride),
-                                                 st.integers(1, max_stride))))
-    padding, pads = draw(paddings(max_pad=(window[0] - 1, window[1] - 1)))  # < window
-    hw = []
-    for axis in range(2):
+def pool_cases(draw, max_window=3, max_stride=3, max_extra=4, rank=None):
+    """A dict describing one pooling: rank (drawn from RANKS unless given), shape, window,
+    stride (None = window), padding. Channels 1, 3, 8 or 32 (where max pool's backward with
+    stride == window takes its tiled path, in 2-D)."""
+    rank = draw(st.sampled_from(RANKS)) if rank is None else rank
+    window = tuple(draw(st.integers(1, max_window)) for _ in range(rank))
+    stride = draw(st.one_of(st.none(), st.tuples(*[st.integers(1, max_stride)] * rank)))
+    padding, pads = draw(paddings(max_pad=tuple(k - 1 for k in window), rank=rank))  # < window
+    sizes = []
+    for axis in range(rank):
         lo = 1 if pads is None else max(1, window[axis] - sum(pads[axis]))
-        hw.append(draw(st.integers(lo, lo + max_extra)))
+        sizes.append(draw(st.integers(lo, lo + (max_extra if rank < 3 else 2))))
     c = draw(st.sampled_from([3, 32, 8, 1]))
     return dict(
-        shape=_batch(draw, (*hw, c)),
+        rank=rank,
+        shape=_batch(draw, (*sizes, c)),
         window=_int_or_pair(draw, window),
         stride=stride if stride is None else _int_or_pair(draw, stride),
         padding=padding,

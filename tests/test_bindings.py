@@ -52,6 +52,10 @@ OPS = {  # name -> (function of differentiable arrays, those arrays)
                          (x5, w5[..., :1, :1])),
     "max_pool2d": (lambda x: ops.max_pool2d(x, 3, 2, 1), (x4,)),
     "avg_pool2d": (lambda x: ops.avg_pool2d(x, 3, 2, 1), (x4,)),
+    "max_pool1d": (lambda x: ops.max_pool1d(x, 3, 2, 1), (x4[:, 0],)),
+    "avg_pool1d": (lambda x: ops.avg_pool1d(x, 2), (x4[:, 0],)),
+    "max_pool3d": (lambda x: ops.max_pool3d(x, 2, 1, ((1, 0), (0, 0), (0, 1))), (x5,)),
+    "avg_pool3d": (lambda x: ops.avg_pool3d(x, (1, 3, 3), 2, ((0, 0), (1, 1), (1, 1))), (x5,)),
     "pad": (lambda x: ops.pad(x, ((1, 2), 1), "circular"), (x4,)),
     "adaptive_avg_pool": (lambda x: ops.adaptive_avg_pool(x, (4, 2)), (x4,)),
     "upsample": (lambda x: ops.upsample(x, 1.5, method="linear"), (x4,)),
@@ -85,7 +89,8 @@ def test_every_op_is_compared():
 
 # ops whose output keeps the examples of their first argument on axis 0
 PER_EXAMPLE = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-               "conv_transpose3d", "max_pool2d", "avg_pool2d", "pad", "pixel_shuffle",
+               "conv_transpose3d", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
+               "avg_pool3d", "avg_pool2d", "pad", "pixel_shuffle",
                "adaptive_avg_pool", "upsample",
                "pixel_unshuffle", "dropout", "local_response_norm",
                "batch_norm_inference", "group_norm"}

@@ -1,4 +1,5 @@
-"""The transposed convolution (the dX map run forward) and the convolution layers of every rank:
+"""The transposed convolution (the dX map run forward), and the convolution and pooling layers of
+every rank:
 against lax.conv_transpose's autodiff, PyTorch in float64, and their own transposition
 identities. (The 1-D/3-D maps themselves are swept with the 2-D ones in test_conv.py.)"""
 
@@ -205,6 +206,14 @@ def test_bad_input_is_refused_with_a_clear_message(call, pattern):
     (L.ConvTranspose2D(3, 4, stride=2, padding=1), (4, 4, 8), (8, 8, 3)),
     (L.ConvTranspose3D(2, 2, stride=2, groups=2), (2, 3, 4, 4), (4, 6, 8, 2)),
     (L.Conv1D(4, 5, padding=2, padding_mode="circular"), (9, 2), (9, 4)),
+    (L.serial(L.MaxPool1D(3, 2, 1), L.AvgPool1D(2)), (9, 2), (2, 2)),
+    (L.serial(L.MaxPool3D(2), L.AvgPool3D((1, 2, 2), padding=((0, 0), (1, 1), (1, 1)))),
+     (4, 6, 4, 3), (2, 2, 2, 3)),
+    (L.serial(L.parallel(L.GlobalMaxPool1D(), L.GlobalAvgPool1D()), L.Concat()), (7, 3),
+     (6,)),
+    (L.serial(L.GlobalMaxPool3D()), (3, 2, 4, 5), (5,)),
+    (L.serial(L.Conv3D(2, 3, padding=1), L.GlobalAvgPool3D()), (3, 2, 4, 5), (2,)),
+    (L.GlobalMaxPool2D(), (3, 4, 5), (5,)),
 ])
 def test_layers_match_the_oracle_in_value_and_gradient(layer, shape, out):
     params, got = layer.init(jax.random.key(0), shape)

@@ -1,6 +1,9 @@
-"""max_pool2d / avg_pool2d: hand-written rules against autodiff of the plain-lax oracle."""
+"""max_pool{1,2,3}d / avg_pool{1,2,3}d: hand-written rules against autodiff of the plain-lax oracle
+(the sweeps draw the rank; the named cases are 2-D)."""
 
 from __future__ import annotations
+
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +25,9 @@ MODES = ["fwd", "rev"] if ops.binding() == "primitive" else ["rev"]
 
 
 def _bind(f, case):
-    return lambda x: f(x, case["window"], case["stride"], case["padding"])
+    """`f` (a 2-D pool of fcnn or the oracle) as the case's rank's pool, on its geometry."""
+    ranked = getattr(inspect.getmodule(f), f.__name__.replace("2d", f"{case['rank']}d"))
+    return lambda x: ranked(x, case["window"], case["stride"], case["padding"])
 
 
 @pytest.mark.parametrize("pool", POOLS, ids=IDS)

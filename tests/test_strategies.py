@@ -81,17 +81,21 @@ def _conv_features(case):
 
 
 def _pool_features(case):
-    shape, window = case["shape"], _pair(case["window"])
-    tiles = case["stride"] is None or _pair(case["stride"]) == window
+    rank = case["rank"]
+    shape, window = case["shape"], _pair(case["window"], rank)
+    tiles = case["stride"] is None or _pair(case["stride"], rank) == window
     return {
-        "batch >= 2": len(shape) == 4 and shape[0] >= 2,
-        "unbatched": len(shape) == 3,
+        "1-D": rank == 1,
+        "3-D": rank == 3,
+        "batch >= 2": len(shape) == rank + 2 and shape[0] >= 2,
+        "unbatched": len(shape) == rank + 1,
         "asymmetric padding": _asymmetric(case["padding"]),
         "channels > 3": shape[-1] > 3,
         "channels >= 8": shape[-1] >= 8,
-        "tiled max-pool backward (stride == window, 32+ channels)": tiles and shape[-1] >= 32,
-        "overlapping windows": any(s < k for s, k in zip(_pair(case["stride"] or window), window,
-                                                          strict=True)),
+        "tiled max-pool backward (stride == window, 32+ channels)":
+            tiles and shape[-1] >= 32 and rank == 2,
+        "overlapping windows": any(s < k for s, k in zip(_pair(case["stride"] or window, rank),
+                                                          window, strict=True)),
     }
 
 

@@ -250,11 +250,12 @@ def _conv_transpose(name, rank, out_channels, kernel_size, stride, padding, outp
     return leaf(name, config, shape, init, bind, window=window)
 
 
-def _pool(name, op_name, window, stride, padding) -> Layer:
+def _pool(name, op_name, window, stride, padding, rank=2) -> Layer:
     """A pooling leaf calling `op_name` of its ops module as `fn(x, window, stride, padding)`."""
-    kernel = _args.as_pair(window, name, "window")
-    geometry = Window(kernel, kernel if stride is None else _args.as_pair(stride, name, "stride"),
-                      _args.padding_form(padding, name))
+    kernel = _args.as_tuple(window, name, "window", rank)
+    geometry = Window(kernel, kernel if stride is None else _args.as_tuple(stride, name, "stride",
+                                                                           rank),
+                      _args.padding_form(padding, name, rank), (1,) * rank)
 
     def shape(input_shape):
         return _window_shape(name, input_shape, geometry)
@@ -274,9 +275,25 @@ def _pool(name, op_name, window, stride, padding) -> Layer:
     return leaf(name, config, shape, init, bind, window=geometry)
 
 
+def MaxPool1D(window, stride=None, padding=0) -> Layer:
+    """Max pooling of a signal `(L, C)`; `stride` defaults to `window`."""
+    return _pool("MaxPool1D", "max_pool1d", window, stride, padding, 1)
+
+
 def MaxPool2D(window, stride=None, padding=0) -> Layer:
     """Max pooling; `stride` defaults to `window`."""
     return _pool("MaxPool2D", "max_pool2d", window, stride, padding)
+
+
+def MaxPool3D(window, stride=None, padding=0) -> Layer:
+    """Max pooling of a volume `(D, H, W, C)`; `stride` defaults to `window`."""
+    return _pool("MaxPool3D", "max_pool3d", window, stride, padding, 3)
+
+
+def AvgPool1D(window, stride=None, padding=0) -> Layer:
+    """Average pooling of a signal `(L, C)` (padded zeros count); `stride` defaults to
+    `window`."""
+    return _pool("AvgPool1D", "avg_pool1d", window, stride, padding, 1)
 
 
 def AvgPool2D(window, stride=None, padding=0) -> Layer:
@@ -284,26 +301,61 @@ def AvgPool2D(window, stride=None, padding=0) -> Layer:
     return _pool("AvgPool2D", "avg_pool2d", window, stride, padding)
 
 
+def AvgPool3D(window, stride=None, padding=0) -> Layer:
+    """Average pooling of a volume `(D, H, W, C)` (padded zeros count)."""
+    return _pool("AvgPool3D", "avg_pool3d", window, stride, padding, 3)
+
+
+def GlobalAvgPool1D() -> Layer:
+    """The mean of each channel over a whole signal: `(L, C) -> (C,)`."""
+    return _global("GlobalAvgPool1D", "avg", 1)
+
+
 def GlobalAvgPool2D() -> Layer:
     """The mean of each channel over the whole (H, W) map: `(H, W, C) -> (C,)`, whatever the
     input size (ResNet's and GoogLeNet's last pooling, as torchvision's AdaptiveAvgPool2d(1)
     followed by a flatten). It runs the average pool of its ops module with the window and
     stride equal to the map's size."""
-    name = "GlobalAvgPool2D"
+    return _global("GlobalAvgPool2D", "avg", 2)
+
+
+def GlobalAvgPool3D() -> Layer:
+    """The mean of each channel over a whole volume: `(D, H, W, C) -> (C,)`."""
+    return _global("GlobalAvgPool3D", "avg", 3)
+
+
+def GlobalMaxPool1D() -> Layer:
+    """The maximum of each channel over a whole signal: `(L, C) -> (C,)` (a NaN wins; the
+    gradient goes to the first maximum, as `max_pool1d`'s)."""
+    return _global("GlobalMaxPool1D", "max", 1)
+
+
+def GlobalMaxPool2D() -> Layer:
+    """The maximum of each channel over the whole (H, W) map: `(H, W, C) -> (C,)`."""
+    return _global("GlobalMaxPool2D", "max", 2)
+
+
+def GlobalMaxPool3D() -> Layer:
+    """The maximum of each channel over a whole volume: `(D, H, W, C) -> (C,)`."""
+    return _global("GlobalMaxPool3D", "max", 3)
+
+
+def _global(name, kind, rank) -> Layer:
+    """The `kind` pool of its ops module with the window and stride equal to the map's size."""
 
     def shape(input_shape):
-        return (image_shape(name, input_shape)[2],)
+        return (image_shape(name, input_shape, rank)[-1],)
 
     def init(key, input_shape):
         return {}, shape(input_shape)
 
     def bind(module):
-        pool = op(module, "avg_pool2d", name)
+        pool = op(module, f"{kind}_pool{rank}d", name)
 
         def apply(params, x, *, key=None, train=False):
-            xb, was_batched = batched(jnp.asarray(x), 3, name)
-            window = xb.shape[1:3]
-            y = pool(xb, window, window, 0).reshape(xb.shape[0], xb.shape[3])
+            xb, was_batched = batched(jnp.asarray(x), rank + 1, name)
+            window = xb.shape[1:-1]
+            y = pool(xb, window, window, 0).reshape(xb.shape[0], xb.shape[-1])
             return y if was_batched else y[0]
 
         return apply

@@ -30,13 +30,22 @@ from fcnn.ops.losses import hinge, mse, softmax_cross_entropy
 from fcnn.ops.lrn import local_response_norm
 from fcnn.ops.norm import batch_norm, batch_norm_inference, group_norm
 from fcnn.ops.pad import pad
-from fcnn.ops.pool import avg_pool2d, max_pool2d
+from fcnn.ops.pool import (
+    avg_pool1d,
+    avg_pool2d,
+    avg_pool3d,
+    max_pool1d,
+    max_pool2d,
+    max_pool3d,
+)
 from fcnn.ops.shuffle import pixel_shuffle, pixel_unshuffle
 from fcnn.ops.upsample import upsample
 
 __all__ = [
     "adaptive_avg_pool",
+    "avg_pool1d",
     "avg_pool2d",
+    "avg_pool3d",
     "batch_norm",
     "batch_norm_inference",
     "conv1d",
@@ -58,7 +67,9 @@ __all__ = [
     "hinge",
     "leaky_relu",
     "local_response_norm",
+    "max_pool1d",
     "max_pool2d",
+    "max_pool3d",
     "mse",
     "pad",
     "pixel_shuffle",

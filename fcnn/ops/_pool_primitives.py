@@ -59,12 +59,12 @@ def max_scatter(x, g, cfg):
 
 
 def _pooled(x, cfg):
-    return ShapedArray((x.shape[0], *pool._out_hw(x.shape[1:3], cfg), x.shape[3]), x.dtype)
+    return ShapedArray((x.shape[0], *pool._out_hw(x.shape[1:-1], cfg), x.shape[-1]), x.dtype)
 
 
 register(avg_pool_p, lambda x, *, cfg: pool._avg_pool_impl(x, cfg), _pooled, ("cfg",))
 register(avg_pool_t_p, lambda g, *, in_hw, cfg: pool._avg_pool_t_impl(g, in_hw, cfg),
-         lambda g, *, in_hw, cfg: ShapedArray((g.shape[0], *in_hw, g.shape[3]), g.dtype),
+         lambda g, *, in_hw, cfg: ShapedArray((g.shape[0], *in_hw, g.shape[-1]), g.dtype),
          ("in_hw", "cfg"))
 register(max_pool_p, lambda x, *, cfg: pool._max_pool_impl(x, cfg), _pooled, ("cfg",))
 register(max_gather_p, lambda x, t, *, cfg: pool._max_gather_impl(x, t, cfg),
@@ -108,7 +108,7 @@ ad.primitive_jvps[max_scatter_p] = _linear_jvp(max_scatter_p.bind)
 
 
 def _avg_pool_transpose(ct, x, *, cfg):
-    return [zero_or(ct, x, lambda: avg_pool_t(ct, x.aval.shape[1:3], cfg))]
+    return [zero_or(ct, x, lambda: avg_pool_t(ct, x.aval.shape[1:-1], cfg))]
 
 
 def _avg_pool_t_transpose(ct, g, *, in_hw, cfg):

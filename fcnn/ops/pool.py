@@ -1,4 +1,5 @@
-"""Max and average pooling with hand-written rules.
+"""Max and average pooling with hand-written rules, in 1, 2 or 3 spatial axes (`max_pool1d`...
+`avg_pool3d`; the same maps and rules in every rank, the fast 2-D paths below in 2-D only).
 
 When the windows tile the input (stride == window, the common 2x2/2 case) the backward writes
 every window's block at once with one reshape (`_untile`); overlapping windows take the general
@@ -17,6 +18,7 @@ differentiation:
 from __future__ import annotations
 
 import functools
+import math
 from functools import partial
 from typing import NamedTuple
 
@@ -33,9 +35,15 @@ from fcnn.ops import _taps as _taps_mod
 class PoolConfig(NamedTuple):
     """Static, hashable configuration of a pooling window (explicit padding)."""
 
-    window: _args.Pair
-    stride: _args.Pair
-    padding: _args.Padding
+    window: tuple[int, ...]  # one entry per spatial axis
+    stride: tuple[int, ...]
+    padding: tuple[_args.Pair, ...]
+
+
+def max_pool1d(x, window, stride=None, padding=0):
+    """`max_pool2d` of a signal: x `(N, W, C)` or `(W, C)`; window, stride an int or 1-tuple,
+    padding an int, `(p,)`, `((low, high),)`, "SAME" or "VALID"."""
+    return _max("max_pool1d", 1, x, window, stride, padding)
 
 
 def max_pool2d(x, window, stride=None, padding=0):
@@ -53,9 +61,18 @@ def max_pool2d(x, window, stride=None, padding=0):
       `(N, H_out, W_out, C)` (or unbatched). The backward sends each window's gradient to its
       maximum; on ties to the first in row-major window order.
     """
-    x, batched, cfg = _prepare("max_pool2d", x, window, stride, padding)
-    y = _max_pool(x, cfg)
-    return y if batched else y[0]
+    return _max("max_pool2d", 2, x, window, stride, padding)
+
+
+def max_pool3d(x, window, stride=None, padding=0):
+    """`max_pool2d` of a volume: x `(N, D, H, W, C)` or `(D, H, W, C)`; window, stride an int
+    or triple, padding as `conv3d`'s. Ties and NaN: the first in row-major window order."""
+    return _max("max_pool3d", 3, x, window, stride, padding)
+
+
+def avg_pool1d(x, window, stride=None, padding=0):
+    """`avg_pool2d` of a signal `(N, W, C)` or `(W, C)`."""
+    return _avg("avg_pool1d", 1, x, window, stride, padding)
 
 
 def avg_pool2d(x, window, stride=None, padding=0):
@@ -68,23 +85,38 @@ def avg_pool2d(x, window, stride=None, padding=0):
     Returns:
       `(N, H_out, W_out, C)` (or unbatched).
     """
-    x, batched, cfg = _prepare("avg_pool2d", x, window, stride, padding)
+    return _avg("avg_pool2d", 2, x, window, stride, padding)
+
+
+def avg_pool3d(x, window, stride=None, padding=0):
+    """`avg_pool2d` of a volume `(N, D, H, W, C)` or `(D, H, W, C)`."""
+    return _avg("avg_pool3d", 3, x, window, stride, padding)
+
+
+def _max(op, rank, x, window, stride, padding):
+    x, batched, cfg = _prepare(op, rank, x, window, stride, padding)
+    y = _max_pool(x, cfg)
+    return y if batched else y[0]
+
+
+def _avg(op, rank, x, window, stride, padding):
+    x, batched, cfg = _prepare(op, rank, x, window, stride, padding)
     y = _avg_pool(x, cfg)
     return y if batched else y[0]
 
 
-def _prepare(op, x, window, stride, padding):
-    x, batched = _checks.image(op, "x", x)
-    window = _args.as_pair(window, op, "window")
-    stride = window if stride is None else _args.as_pair(stride, op, "stride")
-    pads = _args.as_padding(padding, op, x.shape[1:3], window, stride)
+def _prepare(op, rank, x, window, stride, padding):
+    x, batched = _checks.image(op, "x", x, rank)
+    window = _args.as_tuple(window, op, "window", rank)
+    stride = window if stride is None else _args.as_tuple(stride, op, "stride", rank)
+    pads = _args.as_padding(padding, op, x.shape[1:-1], window, stride)
     for (lo, hi), k in zip(pads, window):
         if max(lo, hi) >= k:
             raise ValueError(
                 f"{op}: `padding` must be smaller than the window on each side (a window of "
                 f"padding only has nothing to pool), got padding {padding!r} for window {window}."
             )
-    _args.check_fits(op, x.shape[1:3], window, pads, dilated=False)
+    _args.check_fits(op, x.shape[1:-1], window, pads, dilated=False)
     return x, batched, PoolConfig(window, stride, pads)
 
 
@@ -96,11 +128,16 @@ def _out_hw(in_hw, cfg):
 
 
 def _taps(x, cfg, fill):
-    """Yield `(a, b, x_ab)`: tap (a, b) of every window, `x_ab: (N, H_out, W_out, C)`."""
+    """Yield `(t, x_t)`: the t-th tap (row-major) of every window, `x_t: (N, *out, C)`."""
     xp = _taps_mod.pad(x, cfg.padding, fill)
-    out_hw = _out_hw(x.shape[1:3], cfg)
-    for a, b in _taps_mod.all_taps(cfg.window):
-        yield a, b, _taps_mod.read(xp, (a, b), out_hw, cfg.stride)
+    out = _out_hw(x.shape[1:-1], cfg)
+    for t, tap in enumerate(_taps_mod.all_taps(cfg.window)):
+        yield t, _taps_mod.read(xp, tap, out, cfg.stride)
+
+
+def _rank2(cfg) -> bool:
+    """Whether the 2-D fast paths apply."""
+    return len(cfg.window) == 2
 
 
 def _untile(tiled, in_hw, cfg):
@@ -125,8 +162,7 @@ def _tap_ids(cfg):
 
 
 def _window_dims(cfg):
-    (pt, pb), (pl, pr) = cfg.padding
-    return (1, *cfg.window, 1), (1, *cfg.stride, 1), ((0, 0), (pt, pb), (pl, pr), (0, 0))
+    return (1, *cfg.window, 1), (1, *cfg.stride, 1), ((0, 0), *cfg.padding, (0, 0))
 
 
 # ----------------------------------------------------------------------------- average
@@ -135,17 +171,18 @@ def _window_dims(cfg):
 def _avg_pool_impl(x, cfg):
     dims, strides, pads = _window_dims(cfg)
     total = lax.reduce_window(x, 0.0, lax.add, dims, strides, pads)
-    return total / (cfg.window[0] * cfg.window[1])
+    return total / math.prod(cfg.window)
 
 
 def _avg_pool_t_impl(g, in_hw, cfg):
-    kh, kw = cfg.window
-    g = g / (kh * kw)
-    if cfg.stride == cfg.window:  # tiles: every cell of a block gets its window's g
+    area = math.prod(cfg.window)
+    g = g / area
+    if cfg.stride == cfg.window and _rank2(cfg):  # tiles: a block gets its window's g
+        kh, kw = cfg.window
         n, ho, wo, c = g.shape
         return _untile(jnp.broadcast_to(g[:, :, None, :, None, :], (n, ho, kh, wo, kw, c)),
                        in_hw, cfg)
-    return _write_all([g] * (kh * kw), in_hw, cfg)
+    return _write_all([g] * area, in_hw, cfg)
 
 
 # ----------------------------------------------------------------------------- custom_vjp binding
@@ -159,7 +196,7 @@ def _vjp_avg_pool(x, cfg):
 # Each fwd computes its output through the op itself: reverse over reverse differentiates fwd
 # (conv.py says why).
 def _avg_pool_fwd(x, cfg):
-    return _vjp_avg_pool(x, cfg), x.shape[1:3]
+    return _vjp_avg_pool(x, cfg), x.shape[1:-1]
 
 
 def _avg_pool_bwd(cfg, in_hw, g):
@@ -207,7 +244,7 @@ def _max_pool_impl(x, cfg):
     reader keeps it in memory. With them, `taps` convolutions hand over their output through a
     native call (`_conv_algorithms.materialized`) and the taps alone are faster (LeNet-5 4.74
     against 5.42 ms, CIFAR net 84.8 against 87.3; docs/performance.md)."""
-    taps = functools.reduce(jnp.maximum, (xs for _, _, xs in _taps(x, cfg, -jnp.inf)))
+    taps = functools.reduce(jnp.maximum, (xs for _, xs in _taps(x, cfg, -jnp.inf)))
     if any(s < k for s, k in zip(cfg.stride, cfg.window)) or _after_native(x):
         return taps
     dims, strides, pads = _window_dims(cfg)
@@ -258,8 +295,7 @@ def _argmax_taps(x, cfg):
     scan fused (1.0-1.2x the strict one; the conditional made them up to 2.4x slower)."""
 
     def scan(x, nan_aware):
-        taps = ((a * cfg.window[1] + b, xs) for a, b, xs in _taps(x, cfg, -jnp.inf))
-        return _first_max(taps, nan_aware)
+        return _first_max(_taps(x, cfg, -jnp.inf), nan_aware)
 
     if all(s < k for s, k in zip(cfg.stride, cfg.window)):
         return lax.cond(jnp.isnan(jnp.sum(x)), lambda x: scan(x, True), lambda x: scan(x, False),
@@ -300,7 +336,7 @@ def _tile_argmax(rows, cfg):
 
 
 def _max_scatter_impl(x, g, cfg):
-    tiles = cfg.stride == cfg.window
+    tiles = cfg.stride == cfg.window and _rank2(cfg)
     if tiles and x.shape[3] < 16 and cfg.padding == ((0, 0), (0, 0)):
         return _max_scatter_tiles(x, g, cfg)
     index = _argmax_taps(x, cfg)
@@ -311,16 +347,14 @@ def _max_scatter_impl(x, g, cfg):
     if tiles and x.shape[3] >= 32:
         hit = index[:, :, None, :, None, :] == _tap_ids(cfg)
         return _untile(jnp.where(hit, g[:, :, None, :, None, :], zero), x.shape[1:3], cfg)
-    area = cfg.window[0] * cfg.window[1]
-    return _write_all([jnp.where(index == t, g, zero) for t in range(area)], x.shape[1:3], cfg)
+    area = math.prod(cfg.window)
+    return _write_all([jnp.where(index == t, g, zero) for t in range(area)], x.shape[1:-1], cfg)
 
 
 def _max_gather_impl(x, ct, cfg):
     index = _argmax_taps(x, cfg)
     zero = jnp.zeros((), ct.dtype)
-    return sum(
-        jnp.where(index == a * cfg.window[1] + b, cts, zero) for a, b, cts in _taps(ct, cfg, 0)
-    )
+    return sum(jnp.where(index == t, cts, zero) for t, cts in _taps(ct, cfg, 0))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
