@@ -228,6 +228,21 @@ def as_padding(padding, op: str, spatial, windows, strides):
     return form
 
 
+PRECISIONS = ("default", "high", "highest")
+
+
+def as_precision(value, op: str) -> str | None:
+    """`precision`: None (XLA's default for the platform) or one of PRECISIONS (a
+    `jax.lax.Precision` too), as a lower-case string: static, hashable configuration."""
+    if value is None:
+        return None
+    name = getattr(value, "name", value)  # a lax.Precision member
+    if isinstance(name, str) and name.lower() in PRECISIONS:
+        return name.lower()
+    raise ValueError(f"{op}: `precision` must be None or one of {', '.join(map(repr, PRECISIONS))}"
+                     f" (or a jax.lax.Precision), got {value!r}.")
+
+
 def as_choice(value, op: str, name: str, choices: Sequence[str]) -> str:
     """``value`` if it is one of the strings ``choices``; else a ValueError (a TypeError for a
     non-string) listing them."""

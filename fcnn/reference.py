@@ -37,7 +37,8 @@ def _batched(fn, x, *args, rank=2, **kwargs):
     return fn(x, *args, **kwargs)
 
 
-def _conv(rank, x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None):
+def _conv(rank, x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None,
+          precision=None):
     if activation not in (None, "relu"):
         raise ValueError(f"conv{rank}d: `activation` must be None or 'relu', got "
                          f"{activation!r}.")
@@ -45,7 +46,7 @@ def _conv(rank, x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, acti
     def one(x, w):
         return lax.conv_general_dilated(
             x, w, _pair(stride, rank), _pads(padding, rank),
-            rhs_dilation=_pair(dilation, rank), dimension_numbers=_DN[rank])
+            rhs_dilation=_pair(dilation, rank), dimension_numbers=_DN[rank], precision=precision)
 
     def f(x):
         # one convolution per group: XLA:CPU's float64 grouped convolution lets a NaN in one
@@ -59,19 +60,22 @@ def _conv(rank, x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, acti
     return _batched(f, x, rank=rank)
 
 
-def conv1d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None):
+def conv1d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None,
+           precision=None):
     return _conv(1, x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                 activation=activation)
+                 activation=activation, precision=precision)
 
 
-def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None):
+def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None,
+           precision=None):
     return _conv(2, x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                 activation=activation)
+                 activation=activation, precision=precision)
 
 
-def conv3d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None):
+def conv3d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None,
+           precision=None):
     return _conv(3, x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                 activation=activation)
+                 activation=activation, precision=precision)
 
 
 def _grad_input(rank, g, w, input_shape, **kwargs):
@@ -117,7 +121,7 @@ def conv3d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, g
 
 
 def _conv_transpose(rank, x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
-                    groups=1):
+                    groups=1, precision=None):
     """`lax.conv_transpose` (padding stated on the dilated input: F_eff - 1 - p_low before,
     F_eff - 1 - p_high + output_padding after), one call per group."""
     stride, dilation = _pair(stride, rank), _pair(dilation, rank)
@@ -131,7 +135,8 @@ def _conv_transpose(rank, x, w, b=None, *, stride=1, padding=0, output_padding=0
         parts = [lax.conv_transpose(x[..., j * cin_g:(j + 1) * cin_g],
                                     w[..., j * cin_g:(j + 1) * cin_g], stride, pads,
                                     rhs_dilation=dilation, dimension_numbers=_DN[rank],
-                                    transpose_kernel=True) for j in range(groups)]
+                                    transpose_kernel=True, precision=precision)
+                 for j in range(groups)]
         y = jnp.concatenate(parts, axis=-1)
         return y if b is None else y + b.reshape((1,) * (rank + 1) + (-1,))
 
@@ -139,21 +144,24 @@ def _conv_transpose(rank, x, w, b=None, *, stride=1, padding=0, output_padding=0
 
 
 def conv_transpose1d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
-                     groups=1):
+                     groups=1, precision=None):
     return _conv_transpose(1, x, w, b, stride=stride, padding=padding,
-                           output_padding=output_padding, dilation=dilation, groups=groups)
+                           output_padding=output_padding, dilation=dilation, groups=groups,
+                           precision=precision)
 
 
 def conv_transpose2d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
-                     groups=1):
+                     groups=1, precision=None):
     return _conv_transpose(2, x, w, b, stride=stride, padding=padding,
-                           output_padding=output_padding, dilation=dilation, groups=groups)
+                           output_padding=output_padding, dilation=dilation, groups=groups,
+                           precision=precision)
 
 
 def conv_transpose3d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
-                     groups=1):
+                     groups=1, precision=None):
     return _conv_transpose(3, x, w, b, stride=stride, padding=padding,
-                           output_padding=output_padding, dilation=dilation, groups=groups)
+                           output_padding=output_padding, dilation=dilation, groups=groups,
+                           precision=precision)
 
 
 def _geometry(x, window, stride, padding, rank):
@@ -306,8 +314,8 @@ def upsample(x, scale=None, *, size=None, method="nearest", align_corners=None):
     return x
 
 
-def dense(x, w, b=None):
-    y = x @ w
+def dense(x, w, b=None, *, precision=None):
+    y = jnp.matmul(x, w, precision=precision)
     return y if b is None else y + b.reshape((1,) * (y.ndim - 1) + b.shape)
 
 

@@ -168,7 +168,7 @@ def _leaf(layer, shape, name, field, input_hw):
     elif kind in ("Dense", "Flatten", *_GLOBAL):  # every unit sees the whole input
         field = _Field(tuple(Fraction(n) for n in input_hw), field.jump)
         flops = {"Dense": 2 * shape[0] * out[0], "Flatten": 0}.get(kind, math.prod(shape))
-    elif kind in ("Dropout", "Concat", "PadChannels"):  # no arithmetic
+    elif kind in ("Dropout", "Concat", "PadChannels", "Identity"):  # no arithmetic
         flops = 0
     activations = math.prod(out) if kind in _COUNTED else 0
     row = Row(name, tuple(out), _param_count(layer, shape), activations, flops, field.cells,

@@ -1,12 +1,14 @@
 """Named networks built from fcnn's public API; each function returns a `fcnn.layers.Layer`.
 
-Input shapes (per example): lenet5 28x28x1; cs231n_convnet, resnet20-110 and resnet_no_bn
+Input shapes (per example): lenet5 and unet 28x28x1; dcgan_generator 1x1x100 (the latent
+vector), dcgan_discriminator 64x64x3; cs231n_convnet, resnet20-110 and resnet_no_bn
 32x32x3; alexnet 227x227x3; vgg, zfnet, googlenet, resnet18 and resnet34 224x224x3.
 `INPUT_SHAPES` maps each name to it.
 """
 
 from models.alexnet import alexnet
 from models.cs231n import cs231n_convnet
+from models.dcgan import dcgan_discriminator, dcgan_generator
 from models.googlenet import googlenet
 from models.lenet import lenet5
 from models.resnet import (
@@ -19,6 +21,7 @@ from models.resnet import (
     resnet110,
     resnet_no_bn,
 )
+from models.unet import unet
 from models.vgg import vgg11, vgg13, vgg16, vgg19
 from models.zfnet import zfnet
 
@@ -40,12 +43,17 @@ INPUT_SHAPES = {
     "googlenet": (224, 224, 3),
     "resnet18": (224, 224, 3),
     "resnet34": (224, 224, 3),
+    "unet": (28, 28, 1),
+    "dcgan_generator": (1, 1, 100),
+    "dcgan_discriminator": (64, 64, 3),
 }
 
 __all__ = [
     "INPUT_SHAPES",
     "alexnet",
     "cs231n_convnet",
+    "dcgan_discriminator",
+    "dcgan_generator",
     "googlenet",
     "lenet5",
     "resnet18",
@@ -56,6 +64,7 @@ __all__ = [
     "resnet56",
     "resnet110",
     "resnet_no_bn",
+    "unet",
     "vgg11",
     "vgg13",
     "vgg16",

@@ -32,7 +32,12 @@ PARAMS = {
     "resnet34": 21_797_672,
     "zfnet": 62_357_608,  # Zeiler & Fergus 2013, Figure 3 (with biases)
     "googlenet": 6_998_552,  # Szegedy et al. 2014, Table 1, convolutions with biases
+    "dcgan_generator": 3_576_704,  # Radford et al. 2015's layout as PyTorch's DCGAN example
+    "dcgan_discriminator": 2_765_568,  # (width 64, latent 100): its printed counts
+    "unet": 117_073,  # by hand in models/unet.py's docstring
 }
+# what each image-to-image or generative model returns for one example
+OUTPUTS = {"dcgan_generator": (64, 64, 3), "dcgan_discriminator": (1,), "unet": (28, 28, 1)}
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
@@ -43,13 +48,32 @@ def test_parameter_counts_from_shapes(name):
     # batch norm's running mean and variance: state, as many entries as its scale and shift
     norm_params = sum(r.params for r in s.rows if r.name.endswith("BatchNorm"))
     assert s.total_state == norm_params and net.stateful == (norm_params > 0)
-    assert net.stateful == (name.startswith("resnet") and name != "resnet_no_bn")
+    normed = ("resnet", "dcgan", "unet")
+    assert net.stateful == (name.startswith(normed) and name != "resnet_no_bn")
     out = jax.eval_shape(
         lambda p, st: net.apply_with_state(p, st, jnp.zeros((1, *shape)))[0],
         jax.eval_shape(lambda k: net.init(k, shape)[0], jax.random.key(0)),
         jax.eval_shape(lambda: net.init_state(shape)),
     )
-    assert out.shape == (1, 1000 if shape[0] > 200 else 10)  # ImageNet's classes, or CIFAR's
+    # ImageNet's classes, CIFAR's, or the model's image
+    want = OUTPUTS.get(name, (1000 if shape[0] > 200 else 10,))
+    assert out.shape == (1, *want)
+
+
+def test_dcgan_and_unet_layouts():
+    """DCGAN: each generator layer doubles the size (4 -> 64), each discriminator layer halves
+    it; U-Net: the skip connections concatenate the encoder's features with the up-convolution's
+    (twice the channels into each decoder block), and the output has the input's size."""
+    g = fcnn.summary(models.dcgan_generator(), (1, 1, 100))
+    sizes = [r.output_shape for r in g.rows if "ConvTranspose2D" in r.name]
+    assert sizes == [(4, 4, 512), (8, 8, 256), (16, 16, 128), (32, 32, 64), (64, 64, 3)]
+    d = fcnn.summary(models.dcgan_discriminator(), (64, 64, 3))
+    sizes = [r.output_shape for r in d.rows if r.name.endswith("Conv2D")]
+    assert sizes == [(32, 32, 64), (16, 16, 128), (8, 8, 256), (4, 4, 512), (1, 1, 1)]
+    u = fcnn.summary(models.unet(), (32, 32, 3))
+    concats = [r.output_shape for r in u.rows if r.name.endswith("Concat")]
+    assert concats == [(16, 16, 64), (32, 32, 32)]
+    assert u.rows[-1].output_shape == (32, 32, 1)
 
 
 def test_vgg16_table_matches_the_cs231n_notes():

@@ -90,3 +90,33 @@ def test_one_artifact_for_every_platform_carries_both_programs(steps):
     assert len(got_leaves) == len(want_leaves)
     for a, b in zip(got_leaves, want_leaves, strict=True):
         assert_close(a, b, "exported train step")
+
+
+@pytest.mark.parametrize("precision,want", [(None, "DEFAULT"), ("highest", "HIGHEST")])
+def test_precision_reaches_every_convolution_and_product_of_the_gradient(precision, want):
+    """Lowered for CUDA (where float32 may otherwise run as TF32, jax#12008): the forward's
+    precision is every convolution's and every dot's in the train step's gradient, dX, dK and
+    dW included, whatever `jax_default_matmul_precision` says; None leaves that default
+    (here "default": the suite's conftest sets "highest")."""
+    import jax.numpy as jnp
+
+    from fcnn import ops
+
+    def loss(w, v, x):
+        h = ops.conv2d(x, w, stride=2, padding=1, activation="relu", precision=precision)
+        h = ops.conv_transpose2d(h, w[..., :3, :], stride=2, precision=precision)
+        return jnp.sum(ops.dense(h.reshape(2, -1), v, precision=precision) ** 2)
+
+    args = (jnp.ones((3, 3, 3, 4), jnp.float32), jnp.ones((7 * 7 * 3, 5), jnp.float32),
+            jnp.ones((2, 6, 6, 3), jnp.float32))
+    with jax.default_matmul_precision("default"):
+        module = export.export(jax.jit(jax.grad(loss, argnums=(0, 1))),
+                               platforms=("cuda",))(*args).mlir_module()
+    ops_seen = [line for line in module.splitlines()
+                if "stablehlo.convolution" in line or "stablehlo.dot_general" in line]
+    assert len(ops_seen) >= 6, module  # forward, dX and dK of each, and the dense's three
+    if precision is None:
+        assert "HIGHEST" not in module
+    else:
+        assert all(f"precision {want}" in line or f"<{want}>" in line or want in line
+                   for line in ops_seen), [line for line in ops_seen if want not in line]

@@ -45,15 +45,17 @@ def _window_shape(layer, input_shape, window: Window, out_channels=None):
 
 
 def Conv1D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, use_bias=True,
-           w_init=None, b_init=None, algorithm="auto", padding_mode="zeros") -> Layer:
+           w_init=None, b_init=None, algorithm="auto", padding_mode="zeros",
+           precision=None) -> Layer:
     """1-D convolution of a signal `(L, C)`; params `{"w": (k, C_in // groups, out_channels),
     "b": (out,)}`; everything else as `Conv2D` (`fcnn.ops.conv1d`)."""
     return _conv("Conv1D", 1, out_channels, kernel_size, stride, padding, dilation, groups,
-                 use_bias, w_init, b_init, algorithm, padding_mode)
+                 use_bias, w_init, b_init, algorithm, padding_mode, precision)
 
 
 def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, use_bias=True,
-           w_init=None, b_init=None, algorithm="auto", padding_mode="zeros") -> Layer:
+           w_init=None, b_init=None, algorithm="auto", padding_mode="zeros",
+           precision=None) -> Layer:
     """2-D convolution; params `{"w": (kh, kw, C_in // groups, out_channels), "b": (out,)}`.
 
     `padding_mode` ("zeros", "reflect", "replicate" or "circular", as PyTorch's Conv2d) fills
@@ -69,19 +71,20 @@ def Conv2D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
     ("auto" or as `fcnn.ops.conv2d`); it is passed to the op only when not "auto", so any
     module's `conv2d` serves an "auto" layer (`with_ops`)."""
     return _conv("Conv2D", 2, out_channels, kernel_size, stride, padding, dilation, groups,
-                 use_bias, w_init, b_init, algorithm, padding_mode)
+                 use_bias, w_init, b_init, algorithm, padding_mode, precision)
 
 
 def Conv3D(out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, use_bias=True,
-           w_init=None, b_init=None, algorithm="auto", padding_mode="zeros") -> Layer:
+           w_init=None, b_init=None, algorithm="auto", padding_mode="zeros",
+           precision=None) -> Layer:
     """3-D convolution of a volume `(D, H, W, C)`; params `{"w": (kd, kh, kw, C_in // groups,
     out_channels), "b": (out,)}`; everything else as `Conv2D` (`fcnn.ops.conv3d`)."""
     return _conv("Conv3D", 3, out_channels, kernel_size, stride, padding, dilation, groups,
-                 use_bias, w_init, b_init, algorithm, padding_mode)
+                 use_bias, w_init, b_init, algorithm, padding_mode, precision)
 
 
 def _conv(name, rank, out_channels, kernel_size, stride, padding, dilation, groups, use_bias,
-          w_init, b_init, algorithm, padding_mode) -> Layer:
+          w_init, b_init, algorithm, padding_mode, precision) -> Layer:
     op_name = f"conv{rank}d"
     out_channels = _args.as_int(out_channels, name, "out_channels", minimum=1)
     window = Window(_args.as_tuple(kernel_size, name, "kernel_size", rank),
@@ -91,6 +94,7 @@ def _conv(name, rank, out_channels, kernel_size, stride, padding, dilation, grou
     groups = _args.as_int(groups, name, "groups", minimum=1)
     algorithm = _args.as_choice(algorithm, name, "algorithm", CONV_ALGORITHMS)
     padding_mode = _args.as_choice(padding_mode, name, "padding_mode", PAD_MODES)
+    precision = _args.as_precision(precision, name)
     if out_channels % groups:
         raise ValueError(f"{name}: `groups` (={groups}) must divide `out_channels` "
                          f"(={out_channels}).")
@@ -115,6 +119,8 @@ def _conv(name, rank, out_channels, kernel_size, stride, padding, dilation, grou
 
     def bind(module):
         extra = {} if algorithm == "auto" else {"algorithm": algorithm}
+        if precision is not None:
+            extra["precision"] = precision
         kwargs = dict(stride=window.stride, padding=window.padding, dilation=window.dilation,
                       groups=groups, **extra)
         conv = op(module, op_name, name, kwargs)
@@ -148,20 +154,23 @@ def _conv(name, rank, out_channels, kernel_size, stride, padding, dilation, grou
                   groups=groups, use_bias=use_bias, algorithm=algorithm)
     if padding_mode != "zeros":  # (configs recorded before the argument stay the same)
         config["padding_mode"] = padding_mode
+    if precision is not None:  # (the same)
+        config["precision"] = precision
     return leaf(name, config, shape, init, bind, window=window)
 
 
 def ConvTranspose1D(out_channels, kernel_size, stride=1, padding=0, output_padding=0,
                     dilation=1, groups=1, use_bias=True, w_init=None, b_init=None,
-                    algorithm="auto") -> Layer:
+                    algorithm="auto", precision=None) -> Layer:
     """1-D transposed convolution (`fcnn.ops.conv_transpose1d`); as `ConvTranspose2D`."""
     return _conv_transpose("ConvTranspose1D", 1, out_channels, kernel_size, stride, padding,
-                           output_padding, dilation, groups, use_bias, w_init, b_init, algorithm)
+                           output_padding, dilation, groups, use_bias, w_init, b_init, algorithm,
+                           precision)
 
 
 def ConvTranspose2D(out_channels, kernel_size, stride=1, padding=0, output_padding=0,
                     dilation=1, groups=1, use_bias=True, w_init=None, b_init=None,
-                    algorithm="auto") -> Layer:
+                    algorithm="auto", precision=None) -> Layer:
     """2-D transposed convolution (PyTorch's ConvTranspose2d; `fcnn.ops.conv_transpose2d`):
     params `{"w": (kh, kw, out_channels // groups, C_in), "b": (out_channels,)}`, the kernel of
     the convolution it transposes. Output `(H - 1) S - p_lo - p_hi + d (k - 1) +
@@ -170,19 +179,21 @@ def ConvTranspose2D(out_channels, kernel_size, stride=1, padding=0, output_paddi
     `w_init` defaults to he_normal over fan_in = kh·kw·out_channels/groups (PyTorch's fan for
     this weight), `b_init` to zeros."""
     return _conv_transpose("ConvTranspose2D", 2, out_channels, kernel_size, stride, padding,
-                           output_padding, dilation, groups, use_bias, w_init, b_init, algorithm)
+                           output_padding, dilation, groups, use_bias, w_init, b_init, algorithm,
+                           precision)
 
 
 def ConvTranspose3D(out_channels, kernel_size, stride=1, padding=0, output_padding=0,
                     dilation=1, groups=1, use_bias=True, w_init=None, b_init=None,
-                    algorithm="auto") -> Layer:
+                    algorithm="auto", precision=None) -> Layer:
     """3-D transposed convolution (`fcnn.ops.conv_transpose3d`); as `ConvTranspose2D`."""
     return _conv_transpose("ConvTranspose3D", 3, out_channels, kernel_size, stride, padding,
-                           output_padding, dilation, groups, use_bias, w_init, b_init, algorithm)
+                           output_padding, dilation, groups, use_bias, w_init, b_init, algorithm,
+                           precision)
 
 
 def _conv_transpose(name, rank, out_channels, kernel_size, stride, padding, output_padding,
-                    dilation, groups, use_bias, w_init, b_init, algorithm) -> Layer:
+                    dilation, groups, use_bias, w_init, b_init, algorithm, precision) -> Layer:
     from fcnn.ops.conv import transposed_size
 
     op_name = f"conv_transpose{rank}d"
@@ -231,8 +242,12 @@ def _conv_transpose(name, rank, out_channels, kernel_size, stride, padding, outp
             params["b"] = b_init(k_b, (out_channels,))
         return params, out
 
+    precision = _args.as_precision(precision, name)
+
     def bind(module):
         extra = {} if algorithm == "auto" else {"algorithm": algorithm}
+        if precision is not None:
+            extra["precision"] = precision
         kwargs = dict(stride=window.stride, padding=window.padding,
                       output_padding=window.output_padding, dilation=window.dilation,
                       groups=groups, **extra)
@@ -247,6 +262,8 @@ def _conv_transpose(name, rank, out_channels, kernel_size, stride, padding, outp
                   padding=window.padding, output_padding=window.output_padding,
                   dilation=window.dilation, groups=groups, use_bias=use_bias,
                   algorithm=algorithm)
+    if precision is not None:
+        config["precision"] = precision
     return leaf(name, config, shape, init, bind, window=window)
 
 
@@ -363,10 +380,13 @@ def _global(name, kind, rank) -> Layer:
     return leaf(name, {}, shape, init, bind)
 
 
-def Dense(out_features, use_bias=True, w_init=None, b_init=None) -> Layer:
-    """Fully connected; params `{"w": (in, out_features), "b": (out_features,)}`."""
+def Dense(out_features, use_bias=True, w_init=None, b_init=None, precision=None) -> Layer:
+    """Fully connected; params `{"w": (in, out_features), "b": (out_features,)}`; `precision`
+    as `fcnn.ops.dense`'s (passed to the op, and named in the config, only when given)."""
     name = "Dense"
     out_features = _args.as_int(out_features, name, "out_features", minimum=1)
+    precision = _args.as_precision(precision, name)
+    extra = {} if precision is None else {"precision": precision}
     w_init = w_init or initializers.he_normal()
     b_init = b_init or initializers.zeros()
 
@@ -386,14 +406,15 @@ def Dense(out_features, use_bias=True, w_init=None, b_init=None) -> Layer:
         return params, out
 
     def bind(module):
-        dense = op(module, "dense", name)
+        dense = op(module, "dense", name, extra)
 
         def apply(params, x, *, key=None, train=False):
-            return dense(x, params["w"], params.get("b"))
+            return dense(x, params["w"], params.get("b"), **extra)
 
         return apply
 
-    return leaf(name, dict(out_features=out_features, use_bias=use_bias), shape, init, bind)
+    return leaf(name, dict(out_features=out_features, use_bias=use_bias, **extra), shape, init,
+                bind)
 
 
 def _elementwise(name, op_name, **config) -> Layer:
@@ -414,6 +435,26 @@ def _elementwise(name, op_name, **config) -> Layer:
         return apply
 
     return leaf(name, config, shape, init, bind)
+
+
+def Identity() -> Layer:
+    """Its input, unchanged: a branch of a `parallel` that passes its input through (a U-Net's
+    skip connection), as PyTorch's `nn.Identity`."""
+    name = "Identity"
+
+    def shape(input_shape):
+        return input_shape
+
+    def init(key, input_shape):
+        return {}, input_shape
+
+    def bind(module):  # no op to look up
+        def apply(params, x, *, key=None, train=False):
+            return x
+
+        return apply
+
+    return leaf(name, {}, shape, init, bind)
 
 
 def ReLU() -> Layer:

@@ -105,7 +105,8 @@ def choose(w_shape, groups, in_hw=None) -> tuple[str, str, str]:
     return ("xla", "xla", "xla")
 
 
-def grouped(lhs, rhs, strides, pads, *, groups, lhs_dilation=None, rhs_dilation=None):
+def grouped(lhs, rhs, strides, pads, *, groups, lhs_dilation=None, rhs_dilation=None,
+            precision=None):
     """`lax.conv_general_dilated` channels-last with `groups` feature groups. In float64 each
     group is its own convolution, concatenated: XLA:CPU's float64 grouped convolution multiplies
     every group's inputs into every output (zeros off the groups' blocks), so one NaN or inf
@@ -115,7 +116,7 @@ def grouped(lhs, rhs, strides, pads, *, groups, lhs_dilation=None, rhs_dilation=
     r = len(pads)
     conv = partial(lax.conv_general_dilated, window_strides=strides, padding=pads,
                    lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                   dimension_numbers=dimension_numbers(r))
+                   dimension_numbers=dimension_numbers(r), precision=precision)
     if groups == 1 or lhs.dtype != jnp.float64:
         return conv(lhs, rhs, feature_group_count=groups)
     cin, cout = lhs.shape[-1] // groups, rhs.shape[-1] // groups
@@ -134,7 +135,8 @@ def _ones(n):
     return (1,) * n
 
 
-def _conv(lhs, rhs, pads, *, lhs_dilation=None, rhs_dilation=None, groups=1, all_cores=False):
+def _conv(lhs, rhs, pads, *, lhs_dilation=None, rhs_dilation=None, groups=1, all_cores=False,
+          precision=None):
     """Stride-1 channels-last convolution; `all_cores` steers XLA:CPU to its Eigen kernel by
     padding the high end of the first spatial axis until its total exceeds F_eff - 1 and
     cropping those extra rows."""
@@ -144,7 +146,7 @@ def _conv(lhs, rhs, pads, *, lhs_dilation=None, rhs_dilation=None, groups=1, all
 
     def run(lhs, rhs, pads):
         return grouped(lhs, rhs, _ones(r), pads, groups=groups, lhs_dilation=lhs_dilation,
-                       rhs_dilation=rhs_dilation)
+                       rhs_dilation=rhs_dilation, precision=precision)
 
     if not all_cores:
         return run(lhs, rhs, pads)
@@ -222,6 +224,8 @@ def choice(cfg, which, run, operands, size, epilogue=None) -> str:
               "dilation": list(cfg.dilation), "groups": cfg.groups, "size": list(size)}
     if epilogue:
         config["epilogue"] = epilogue
+    if cfg.precision is not None:  # (keys recorded before the argument stay the same)
+        config["precision"] = cfg.precision
     return tuning.resolve(
         which, tuple(a.shape for a in operands), dtype, config, candidates(which, cfg, dtype),
         _same(which, cfg, dtype, cfg.algorithm[which]), run)
@@ -317,8 +321,9 @@ def _forward(algorithm, x, w, cfg):
         return _forward_taps(x, w, cfg)
     if algorithm == "phase" and _unit_stride(cfg):
         return _conv(x, w, cfg.padding, rhs_dilation=cfg.dilation, groups=cfg.groups,
-                     all_cores=True)
-    return grouped(x, w, cfg.stride, cfg.padding, groups=cfg.groups, rhs_dilation=cfg.dilation)
+                     all_cores=True, precision=cfg.precision)
+    return grouped(x, w, cfg.stride, cfg.padding, groups=cfg.groups, rhs_dilation=cfg.dilation,
+                   precision=cfg.precision)
 
 
 def _patches(x, k_sp, cfg):
@@ -336,7 +341,7 @@ def _forward_im2col(x, w, cfg):
     *k_sp, cig, cout = w.shape
     cols, out = _patches(x, k_sp, cfg)
     wm = w.reshape(math.prod(k_sp), cig, cfg.groups, cout // cfg.groups)
-    y = jnp.einsum("mtgc,tcgo->mgo", cols, wm)
+    y = jnp.einsum("mtgc,tcgo->mgo", cols, wm, precision=cfg.precision)
     return y.reshape(x.shape[0], *out, cout)
 
 
@@ -353,7 +358,8 @@ def _forward_taps(x, w, cfg):
         wt = w[t]  # (C_in/G, C_out)
         if cig > TAPS_BROADCAST_MAX:  # one small GEMM per tap keeps the program short
             terms = [jnp.einsum("...gc,gco->...go", tap.reshape(n, *out, groups, cig),
-                                wt.reshape(cig, groups, cog).transpose(1, 0, 2))]
+                                wt.reshape(cig, groups, cog).transpose(1, 0, 2),
+                                precision=cfg.precision)]
         else:  # input channel c of every group times that group's output filters
             terms = [lax.slice_in_dim(tap, c, tap.shape[-1], cig, axis=r + 1)[..., None]
                      * wt[c].reshape(*_ones(r + 1), groups, cog) for c in range(cig)]
@@ -413,11 +419,11 @@ def _grad_input(algorithm, g, w, in_hw, cfg):
         # one phase: the full convolution itself, only the rows of dX (not of the padded
         # input), routed to all cores (the CIFAR net's 16x16 layers: 17x16 rows, not 19x18)
         return _conv(g, flipped, pads, rhs_dilation=cfg.dilation, groups=cfg.groups,
-                     all_cores=True)
+                     all_cores=True, precision=cfg.precision)
     if algorithm == "phase":
         return _grad_input_phases(g, w, in_hw, cfg)
     return grouped(g, flipped, _ones(r), pads, groups=cfg.groups, lhs_dilation=cfg.stride,
-                   rhs_dilation=cfg.dilation)
+                   rhs_dilation=cfg.dilation, precision=cfg.precision)
 
 
 def _grad_input_col2im(g, w, in_hw, cfg):
@@ -427,7 +433,8 @@ def _grad_input_col2im(g, w, in_hw, cfg):
     gm = g.reshape(n, math.prod(out), cfg.groups, cout // cfg.groups)
     wm = w.reshape(len(taps), cig, cfg.groups, cout // cfg.groups)
     # (N, prod(out), T, C_in): every tap's contribution, before it is written back
-    cols = jnp.einsum("nmgo,tcgo->nmtgc", gm, wm).reshape(n, *out, len(taps), cfg.groups * cig)
+    cols = jnp.einsum("nmgo,tcgo->nmtgc", gm, wm, precision=cfg.precision)
+    cols = cols.reshape(n, *out, len(taps), cfg.groups * cig)
     values = [cols[..., i, :] for i in range(len(taps))]
     return _taps.write_all(values, k_sp, in_hw, cfg.padding, cfg.stride, cfg.dilation)
 
@@ -465,7 +472,7 @@ def _grad_input_phases(g, w, in_hw, cfg):
                 for t, mi, oi in zip(per_axis, m, out)]
         return _conv(g, jnp.flip(sub, tuple(range(r))), pads,
                      rhs_dilation=tuple(t[4] for t in per_axis), groups=cfg.groups,
-                     all_cores=True)
+                     all_cores=True, precision=cfg.precision)
 
     # phases[q_1][q_2]... stacked so that axis k's residue sits right after axis k's M
     def nest(axis, prefix):
@@ -507,6 +514,7 @@ def _grad_kernel(algorithm, x, g, k_hw, cfg):
     return lax.conv_general_dilated(
         x, g, cfg.dilation, pads, rhs_dilation=cfg.stride,
         dimension_numbers=dk_dimension_numbers(rank(cfg)), batch_group_count=cfg.groups,
+        precision=cfg.precision,
     )
 
 
@@ -534,7 +542,8 @@ def _grad_kernel_im2col(x, g, k_hw, cfg):
     def chunk_dk(xc, gc):
         cols, _ = _patches(xc, k_hw, cfg)
         gm = gc.reshape(gc.shape[0] * math.prod(gc.shape[1:-1]), groups, cout // groups)
-        return jnp.einsum("mtgc,mgo->tcgo", cols, gm, preferred_element_type=acc_dtype)
+        return jnp.einsum("mtgc,mgo->tcgo", cols, gm, preferred_element_type=acc_dtype,
+                          precision=cfg.precision)
 
     if chunks == 1:
         dw = chunk_dk(x, g)
@@ -561,5 +570,6 @@ def _grad_kernel_taps(x, g, k_hw, cfg):
     for t in _taps.all_taps(k_hw):
         tap = _taps.read(xp, t, out, cfg.stride, cfg.dilation)
         tap = tap.reshape(n, m, groups, cin // groups)
-        rows.append(jnp.einsum("nmgc,nmgo->cgo", tap, gm).reshape(cin // groups, cout))
+        rows.append(jnp.einsum("nmgc,nmgo->cgo", tap, gm, precision=cfg.precision)
+                    .reshape(cin // groups, cout))
     return jnp.stack(rows).reshape(*k_hw, cin // groups, cout)

@@ -30,18 +30,19 @@ from fcnn.ops._bilinear import (
     zero_or,
 )
 
-matmul_p = Primitive("fcnn_matmul")  # (a, b; members) -> a @ b
+matmul_p = Primitive("fcnn_matmul")  # (a, b; precision, members) -> a @ b
 
 
-def matmul(a, b, members=0):
-    return matmul_p.bind(a, b, members=members)
+def matmul(a, b, precision=None, members=0):
+    return matmul_p.bind(a, b, precision=precision, members=members)
 
 
-def _compute(a, b):
-    return jnp.matmul(a, b)
+def _compute(a, b, *, precision):
+    return jnp.matmul(a, b, precision=precision)
 
 
-register(matmul_p, each(_compute), shape_rule(lambda a, b: (*a[:-1], b[-1])), ("members",))
+register(matmul_p, each(_compute), shape_rule(lambda a, b, **_: (*a[:-1], b[-1])),
+         ("precision", "members"))
 ad.primitive_jvps[matmul_p] = bilinear_jvp(matmul_p.bind)
 
 
@@ -50,22 +51,24 @@ def _rows(a, members):
     return a.reshape(a.shape[0], -1, a.shape[-1]) if members else a.reshape(-1, a.shape[-1])
 
 
-def _transpose(ct, a, b, *, members):
+def _transpose(ct, a, b, *, precision, members):
     """<a @ b, ct> = <a, ct @ b^T> = <b, A^T @ CT>."""
     if ad.is_undefined_primal(a):
-        return zero_or(ct, a, lambda: matmul(ct, jnp.swapaxes(b, -1, -2), members)), None
+        return zero_or(ct, a, lambda: matmul(ct, jnp.swapaxes(b, -1, -2), precision,
+                                             members)), None
     return None, zero_or(ct, b, lambda: matmul(jnp.swapaxes(_rows(a, members), -1, -2),
-                                               _rows(ct, members), members))
+                                               _rows(ct, members), precision, members))
 
 
 ad.primitive_transposes[matmul_p] = _transpose
 
 
-def _batch(args, dims, *, members):
+def _batch(args, dims, *, precision, members):
     (a, b), (da, db) = args, dims
     if db is None and not members:  # more rows
-        return matmul(front(a, da), b), 0
-    return independent(lambda a, b, m: matmul(a, b, m), a, da, b, db, members, unroll=False), 0
+        return matmul(front(a, da), b, precision), 0
+    return independent(lambda a, b, m: matmul(a, b, precision, m), a, da, b, db, members,
+                       unroll=False), 0
 
 
 batching.primitive_batchers[matmul_p] = _batch

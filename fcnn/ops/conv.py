@@ -41,6 +41,7 @@ class ConvConfig(NamedTuple):
     algorithm: tuple[str, str, str]  # resolved for (forward, dX, dK), from algo.ALGORITHMS
     # "auto": `algorithm` is the CPU's measured choice; other platforms run XLA's convolution
     auto: bool = False
+    precision: str | None = None  # XLA's (None: the platform's default), see `conv2d`
 
 
 # ----------------------------------------------------------------------------- public wrappers
@@ -50,7 +51,7 @@ ACTIVATIONS = (None, "relu")
 
 
 def conv1d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
-           algorithm="auto", activation=None):
+           algorithm="auto", activation=None, precision=None):
     """1-D cross-correlation, NWC x WIO: `conv2d` over one spatial axis (a sequence, a signal).
 
     Args:
@@ -67,11 +68,11 @@ def conv1d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
       `(N, W_out, C_out)` (or unbatched), `W_out = floor((W + p_lo + p_hi - F_eff) / s) + 1`.
     """
     return _convolve("conv1d", 1, x, w, b, stride, padding, dilation, groups, algorithm,
-                     activation)
+                     activation, precision)
 
 
 def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
-           algorithm="auto", activation=None):
+           algorithm="auto", activation=None, precision=None):
     """2-D cross-correlation, NHWC x HWIO, with a hand-written backward rule; with a bias or an
     activation, `act(conv(x, w) + b)` as one op (`_conv_act`: its own rules, and on a CPU with
     the native kernels one call forward and one backward).
@@ -94,6 +95,12 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
       activation: None (the identity) or "relu": `relu(conv(x, w) + b)`, equal to
         `relu(conv2d(x, w, b))` value for value and in every derivative (ReLU's slope is 0 at 0
         and 1 at a NaN, as `fcnn.ops.relu`'s).
+      precision: None (XLA's default on the platform), "default", "high" or "highest" (or a
+        `jax.lax.Precision`), given to every XLA convolution and product computing the three
+        maps, so the backward runs at the forward's precision. On a CPU all are full float32
+        (and oneDNN's kernels are); on an NVIDIA GPU from Ampere on, float32 convolutions run
+        as TF32 (10-bit mantissa) under None and "default" unless
+        `jax_default_matmul_precision` says otherwise: "highest" keeps float32 there.
 
     Returns:
       `(N, H_out, W_out, C_out)` (or unbatched), `H_out = floor((H + p_t + p_b - F_eff) / s) + 1`.
@@ -104,11 +111,11 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
       TypeError: non-floating inputs or configuration of the wrong type.
     """
     return _convolve("conv2d", 2, x, w, b, stride, padding, dilation, groups, algorithm,
-                     activation)
+                     activation, precision)
 
 
 def conv3d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
-           algorithm="auto", activation=None):
+           algorithm="auto", activation=None, precision=None):
     """3-D cross-correlation, NDHWC x DHWIO: `conv2d` over three spatial axes (a volume, a clip).
 
     Args:
@@ -125,13 +132,14 @@ def conv3d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
       `(N, D_out, H_out, W_out, C_out)` (or unbatched), each size as `conv2d`'s.
     """
     return _convolve("conv3d", 3, x, w, b, stride, padding, dilation, groups, algorithm,
-                     activation)
+                     activation, precision)
 
 
-def _convolve(op, rank, x, w, b, stride, padding, dilation, groups, algorithm, activation):
+def _convolve(op, rank, x, w, b, stride, padding, dilation, groups, algorithm, activation,
+              precision):
     x, batched = _checks.image(op, "x", x, rank)
     w = _kernel(op, w, rank)
-    cfg = _config(op, x.shape, w.shape, stride, padding, dilation, groups, algorithm)
+    cfg = _config(op, x.shape, w.shape, stride, padding, dilation, groups, algorithm, precision)
     if activation not in ACTIVATIONS:
         raise ValueError(f"{op}: `activation` must be one of {ACTIVATIONS}, got {activation!r}.")
     x, w = _checks.same_dtype(x, w)
@@ -145,15 +153,15 @@ def _convolve(op, rank, x, w, b, stride, padding, dilation, groups, algorithm, a
 
 
 def conv1d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, groups=1,
-                      algorithm="auto"):
+                      algorithm="auto", precision=None):
     """dX of `conv1d` (as `conv2d_grad_input`, one spatial axis): `input_shape` is `(N, W,
     C_in)` or `(W, C_in)` like `g`."""
     return _grad_input("conv1d_grad_input", 1, g, w, input_shape, stride, padding, dilation,
-                       groups, algorithm)
+                       groups, algorithm, precision)
 
 
 def conv2d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, groups=1,
-                      algorithm="auto"):
+                      algorithm="auto", precision=None):
     """dX of `conv2d`: full convolution of the upstream gradient with the flipped kernel.
 
     Args:
@@ -167,24 +175,25 @@ def conv2d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, gro
       `input_shape`-shaped gradient with respect to the input.
     """
     return _grad_input("conv2d_grad_input", 2, g, w, input_shape, stride, padding, dilation,
-                       groups, algorithm)
+                       groups, algorithm, precision)
 
 
 def conv3d_grad_input(g, w, input_shape, *, stride=1, padding=0, dilation=1, groups=1,
-                      algorithm="auto"):
+                      algorithm="auto", precision=None):
     """dX of `conv3d` (as `conv2d_grad_input`, three spatial axes): `input_shape` is `(N, D,
     H, W, C_in)` or `(D, H, W, C_in)` like `g`."""
     return _grad_input("conv3d_grad_input", 3, g, w, input_shape, stride, padding, dilation,
-                       groups, algorithm)
+                       groups, algorithm, precision)
 
 
-def _grad_input(op, rank, g, w, input_shape, stride, padding, dilation, groups, algorithm):
+def _grad_input(op, rank, g, w, input_shape, stride, padding, dilation, groups, algorithm,
+                precision):
     g, batched = _checks.image(op, "g", g, rank)
     w = _kernel(op, w, rank)
     full, lows = (rank + 2, (0,) + (1,) * (rank + 1)) if batched else (rank + 1, 1)
     shape = _args.as_shape(input_shape, op, "input_shape", full, minimum=lows)
     x_shape = shape if batched else (g.shape[0], *shape)  # an empty batch, as the forward allows
-    cfg = _config(op, x_shape, w.shape, stride, padding, dilation, groups, algorithm)
+    cfg = _config(op, x_shape, w.shape, stride, padding, dilation, groups, algorithm, precision)
     _check_g(op, g.shape, algo.out_shape(x_shape, w.shape, cfg))
     g, w = _checks.same_dtype(g, w)
     dx = _conv_dx(g, w, x_shape[1:-1], cfg)
@@ -192,15 +201,15 @@ def _grad_input(op, rank, g, w, input_shape, stride, padding, dilation, groups, 
 
 
 def conv1d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1,
-                       algorithm="auto"):
+                       algorithm="auto", precision=None):
     """dK of `conv1d` (as `conv2d_grad_kernel`, one spatial axis): `kernel_shape` is `(k,
     C_in // groups, C_out)`."""
     return _grad_kernel("conv1d_grad_kernel", 1, x, g, kernel_shape, stride, padding, dilation,
-                        groups, algorithm)
+                        groups, algorithm, precision)
 
 
 def conv2d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1,
-                       algorithm="auto"):
+                       algorithm="auto", precision=None):
     """dK of `conv2d`: cross-correlation of the input with the upstream gradient.
 
     Args:
@@ -213,18 +222,19 @@ def conv2d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, g
       `kernel_shape`-shaped gradient with respect to the kernel.
     """
     return _grad_kernel("conv2d_grad_kernel", 2, x, g, kernel_shape, stride, padding, dilation,
-                        groups, algorithm)
+                        groups, algorithm, precision)
 
 
 def conv3d_grad_kernel(x, g, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1,
-                       algorithm="auto"):
+                       algorithm="auto", precision=None):
     """dK of `conv3d` (as `conv2d_grad_kernel`, three spatial axes): `kernel_shape` is `(kd,
     kh, kw, C_in // groups, C_out)`."""
     return _grad_kernel("conv3d_grad_kernel", 3, x, g, kernel_shape, stride, padding, dilation,
-                        groups, algorithm)
+                        groups, algorithm, precision)
 
 
-def _grad_kernel(op, rank, x, g, kernel_shape, stride, padding, dilation, groups, algorithm):
+def _grad_kernel(op, rank, x, g, kernel_shape, stride, padding, dilation, groups, algorithm,
+                 precision):
     x, batched = _checks.image(op, "x", x, rank)
     g, g_batched = _checks.image(op, "g", g, rank)
     if batched != g_batched:
@@ -233,7 +243,7 @@ def _grad_kernel(op, rank, x, g, kernel_shape, stride, padding, dilation, groups
             f"{tuple(x.shape)} and {tuple(g.shape)}."
         )
     k_shape = _args.as_shape(kernel_shape, op, "kernel_shape", rank + 2)
-    cfg = _config(op, x.shape, k_shape, stride, padding, dilation, groups, algorithm)
+    cfg = _config(op, x.shape, k_shape, stride, padding, dilation, groups, algorithm, precision)
     _check_g(op, g.shape, algo.out_shape(x.shape, k_shape, cfg))
     x, g = _checks.same_dtype(x, g)
     return _conv_dk(x, g, k_shape[:-2], cfg)
@@ -243,7 +253,7 @@ def _grad_kernel(op, rank, x, g, kernel_shape, stride, padding, dilation, groups
 
 
 def conv_transpose1d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
-                     groups=1, algorithm="auto"):
+                     groups=1, algorithm="auto", precision=None):
     """1-D transposed convolution (`conv_transpose2d` over one spatial axis).
 
     x: `(N, W, C_in)` or `(W, C_in)`; w: `(k, C_out // groups, C_in)` (PyTorch's
@@ -251,11 +261,11 @@ def conv_transpose1d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dil
     is `(N, W_out, C_out)`, `W_out = (W - 1) s - p_lo - p_hi + d (k - 1) + output_padding + 1`.
     """
     return _transposed("conv_transpose1d", 1, x, w, b, stride, padding, output_padding,
-                       dilation, groups, algorithm)
+                       dilation, groups, algorithm, precision)
 
 
 def conv_transpose2d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
-                     groups=1, algorithm="auto"):
+                     groups=1, algorithm="auto", precision=None):
     """2-D transposed convolution ("deconvolution", fractionally strided convolution), PyTorch's
     `ConvTranspose2d`: the gradient of `conv2d` with respect to its input, run forward.
 
@@ -294,11 +304,11 @@ def conv_transpose2d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dil
       TypeError: non-floating inputs or configuration of the wrong type.
     """
     return _transposed("conv_transpose2d", 2, x, w, b, stride, padding, output_padding,
-                       dilation, groups, algorithm)
+                       dilation, groups, algorithm, precision)
 
 
 def conv_transpose3d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
-                     groups=1, algorithm="auto"):
+                     groups=1, algorithm="auto", precision=None):
     """3-D transposed convolution (`conv_transpose2d` over three spatial axes).
 
     x: `(N, D, H, W, C_in)` or unbatched; w: `(kd, kh, kw, C_out // groups, C_in)` (PyTorch's
@@ -306,7 +316,7 @@ def conv_transpose3d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dil
     `w.transpose(2, 3, 4, 1, 0)`); each output size as `conv_transpose2d`'s.
     """
     return _transposed("conv_transpose3d", 3, x, w, b, stride, padding, output_padding,
-                       dilation, groups, algorithm)
+                       dilation, groups, algorithm, precision)
 
 
 def transposed_size(size, k, stride, pads, output_padding, dilation):
@@ -315,7 +325,7 @@ def transposed_size(size, k, stride, pads, output_padding, dilation):
 
 
 def _transposed(op, rank, x, w, b, stride, padding, output_padding, dilation, groups,
-                algorithm):
+                algorithm, precision):
     x, batched = _checks.image(op, "x", x, rank)
     w = _kernel(op, w, rank, transposed=True)
     if isinstance(_args.static(padding, op, "padding"), str):
@@ -352,7 +362,8 @@ def _transposed(op, rank, x, w, b, stride, padding, output_padding, dilation, gr
     fwd_pads = tuple((lo, max(h, 0)) for (lo, _), h in zip(pads, highs))
     in_sizes = tuple(n - c for n, c in zip(out, cut))
     x_shape = (x.shape[0], *in_sizes, w.shape[-2] * groups)
-    cfg = _config(op, x_shape, w.shape, stride_, fwd_pads, dilation_, groups, algorithm)
+    cfg = _config(op, x_shape, w.shape, stride_, fwd_pads, dilation_, groups, algorithm,
+                  precision)
     x, w = _checks.same_dtype(x, w)
     y = _conv_dx(x, w, in_sizes, cfg)
     if any(cut):
@@ -384,7 +395,8 @@ def _kernel(op, w, rank=2, transposed=False):
     return w
 
 
-def _config(op, x_shape, w_shape, stride, padding, dilation, groups, algorithm) -> ConvConfig:
+def _config(op, x_shape, w_shape, stride, padding, dilation, groups, algorithm,
+            precision=None) -> ConvConfig:
     """Validate shapes and normalise configuration; `x_shape` is the batched channels-last
     input's, `(N, *spatial, C_in)`."""
     rank = len(x_shape) - 2
@@ -417,7 +429,8 @@ def _config(op, x_shape, w_shape, stride, padding, dilation, groups, algorithm) 
     _args.check_fits(op, x_shape[1:-1], windows, pads, "kernel")
     chosen = (algo.choose(w_shape, groups, x_shape[1:-1]) if algorithm == "auto"
               else (algorithm,) * 3)
-    return ConvConfig(stride, pads, dilation, groups, chosen, auto=algorithm == "auto")
+    return ConvConfig(stride, pads, dilation, groups, chosen, auto=algorithm == "auto",
+                      precision=_args.as_precision(precision, op))
 
 
 def _check_g(op, g_shape, expected):
