@@ -79,8 +79,8 @@ def info() -> Info:
     """What this process runs: see `Info` (print it for a readable summary)."""
     import jax
 
-    from fcnn import memory, tuning
-    from fcnn.ops import _binding, onednn
+    from fcnn import memory
+    from fcnn.ops import _binding, onednn, tuning
 
     m = tuning.machine()
     if onednn.AVAILABLE:

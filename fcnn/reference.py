@@ -50,7 +50,7 @@ def _conv(rank, x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, acti
 
     def f(x):
         # one convolution per group: XLA:CPU's float64 grouped convolution lets a NaN in one
-        # group reach every group's outputs (fcnn.ops._conv_algorithms.grouped)
+        # group reach every group's outputs (fcnn.ops.convolution.algorithms.grouped)
         cin, cout = x.shape[-1] // groups, w.shape[-1] // groups
         y = jnp.concatenate([one(x[..., j * cin:(j + 1) * cin], w[..., j * cout:(j + 1) * cout])
                              for j in range(groups)], axis=-1)

@@ -742,7 +742,7 @@ ffi::Error ConvActBwdImpl(ffi::ThreadPool pool, F32R4 g, F32R4 x, F32R4 w, F32R4
 
 // y = x, a buffer XLA cannot see into: fcnn's `taps` convolution (an elementwise chain XLA fuses)
 // passes its output through this so that its readers read it instead of each recomputing it
-// (fcnn/ops/_conv_algorithms.py, `materialized`). The result aliases the operand where XLA
+// (fcnn/ops/convolution/algorithms.py, `materialized`). The result aliases the operand where XLA
 // can donate it (no copy); otherwise it is copied.
 ffi::Error MaterializeImpl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
   if (y->untyped_data() != x.untyped_data() && x.size_bytes() > 0) {

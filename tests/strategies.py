@@ -8,7 +8,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from fcnn import _args
-from fcnn.ops._conv_algorithms import TAPS_BROADCAST_MAX
+from fcnn.ops.convolution.algorithms import TAPS_BROADCAST_MAX
 
 
 def normal(seed, shape, dtype=jnp.float64):

@@ -15,7 +15,7 @@ from jax import lax
 from fcnn import ops
 from fcnn import reference as R
 from fcnn.ops import _binding
-from fcnn.ops._conv_algorithms import ALGORITHMS
+from fcnn.ops.convolution.algorithms import ALGORITHMS
 from fcnn.testing import assert_close
 from tests.strategies import distinct, dtype_for, normal
 from tests.test_transforms import POOL_RULES, lax_rules_refused

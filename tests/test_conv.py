@@ -15,7 +15,7 @@ from jax.test_util import check_grads
 from fcnn import ops
 from fcnn import reference as R
 from fcnn.ops import onednn
-from fcnn.ops._conv_algorithms import ALGORITHMS, TAPS_BROADCAST_MAX
+from fcnn.ops.convolution.algorithms import ALGORITHMS, TAPS_BROADCAST_MAX
 from fcnn.testing import assert_close, check_vjp, tolerance
 from tests.strategies import conv_cases, costly, dtype_for, normal
 
@@ -267,7 +267,7 @@ def test_depthwise_kernel_as_large_as_input():
 )
 def test_auto_choice_on_network_shapes(x_shape, w_shape, kw, expected):
     """What "auto" picks on LeNet/CIFAR-like layers, and that it is right there (f64 and f32)."""
-    from fcnn.ops._conv_algorithms import choose
+    from fcnn.ops.convolution.algorithms import choose
 
     assert choose(w_shape, kw.get("groups", 1), x_shape[1:3]) == expected
     for dtype in (jnp.float64, jnp.float32):
@@ -276,7 +276,7 @@ def test_auto_choice_on_network_shapes(x_shape, w_shape, kw, expected):
 
 
 def test_auto_keeps_xla_dk_when_one_images_patches_outgrow_the_cache():
-    from fcnn.ops._conv_algorithms import IM2COL_CHUNK_BYTES, choose
+    from fcnn.ops.convolution.algorithms import IM2COL_CHUNK_BYTES, choose
 
     assert choose((3, 3, 64, 64), 1, (32, 32)) == ("phase", "phase", "im2col")  # 2.4 MB
     assert 224 * 224 * 9 * 64 * 4 > 2 * IM2COL_CHUNK_BYTES
@@ -286,7 +286,7 @@ def test_auto_keeps_xla_dk_when_one_images_patches_outgrow_the_cache():
 
 
 def test_im2col_dk_chunk_size_prefers_a_divisor_of_the_batch():
-    from fcnn.ops._conv_algorithms import _chunk_size
+    from fcnn.ops.convolution.algorithms import _chunk_size
 
     # CIFAR net at batch 128: caps 27 / 2 / 10 / 5 images -> 16 / 2 / 8 / 4, no padding
     assert [_chunk_size(128, c) for c in (27, 2, 10, 5)] == [16, 2, 8, 4]
@@ -296,7 +296,7 @@ def test_im2col_dk_chunk_size_prefers_a_divisor_of_the_batch():
 
 def test_im2col_dk_chunks_the_batch_and_pads_the_last_chunk():
     """Small chunk size: 5 images in chunks of 3 (the last padded with a zero image)."""
-    from fcnn.ops import _conv_algorithms as algo
+    from fcnn.ops.convolution import algorithms as algo
 
     x, g = normal(0, (5, 6, 6, 3), jnp.float64), normal(1, (5, 6, 6, 4), jnp.float64)
     want = R.conv2d_grad_kernel(x, g, (3, 3, 3, 4), padding=1)

@@ -1,5 +1,5 @@
 """conv2d with a bias or an activation: one op, y = act(conv(x, w) + b), with its own rules
-(fcnn.ops._conv_act). The sweeps of test_conv.py (values, VJPs, second order under every
+(fcnn.ops.convolution.fused). The sweeps of test_conv.py (values, VJPs, second order under every
 algorithm) and test_nonfinite.py (NaN and infinities) cover it through `activation`; these tests
 check what is particular to it: the whole check_op table, its two linear maps being each other's
 transpose, batching, the native calls it makes, and serial's fusion of Conv2D -> ReLU."""
@@ -17,8 +17,8 @@ import models
 from fcnn import layers as L
 from fcnn import ops, testing
 from fcnn import reference as R
-from fcnn.ops import _conv_algorithms as algo
 from fcnn.ops import onednn
+from fcnn.ops.convolution import algorithms as algo
 from fcnn.testing import assert_close
 from tests.strategies import normal
 
@@ -49,7 +49,7 @@ def test_check_op_passes_every_check(algorithm, bias):
 
 
 def _maps():
-    from fcnn.ops import _conv_act as A
+    from fcnn.ops.convolution import fused as A
 
     return A
 

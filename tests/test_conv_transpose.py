@@ -17,7 +17,7 @@ import fcnn.shapes
 from fcnn import layers as L
 from fcnn import ops
 from fcnn import reference as R
-from fcnn.ops._conv_algorithms import ALGORITHMS
+from fcnn.ops.convolution.algorithms import ALGORITHMS
 from fcnn.testing import assert_close, check_vjp
 from tests.strategies import costly, normal
 

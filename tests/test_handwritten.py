@@ -75,7 +75,7 @@ CALLS = {
     "group_norm": lambda: ops.group_norm(x, jnp.ones(2), jnp.zeros(2), 2),
 }
 WITH_BIAS = {"dense": lambda: ops.dense(z, jnp.ones((5, 3)), jnp.ones(3))}
-# conv2d with a bias or an activation is one op with its own rules (fcnn.ops._conv_act)
+# conv2d with a bias or an activation is one op with its own rules (fcnn.ops.convolution.fused)
 FUSED = {
     "bias": lambda: ops.conv2d(x, w, jnp.ones(4)),
     "relu": lambda: ops.conv2d(x, w, activation="relu"),
@@ -118,7 +118,7 @@ def test_the_jaxpr_check_sees_a_conv_or_matmul_without_its_rule(monkeypatch):
     dense = importlib.import_module("fcnn.ops.dense")
     monkeypatch.setattr(conv, "_conv", lambda x, w, cfg: conv.algo.forward(x, w, cfg))
     monkeypatch.setattr(conv, "_conv_act", lambda x, w, b, cfg, relu: conv.algo.forward(x, w, cfg))
-    monkeypatch.setattr(dense, "_matmul", jnp.matmul)
+    monkeypatch.setattr(dense, "_matmul", lambda x, w, precision: jnp.matmul(x, w))
     assert _rules(CALLS["conv2d"]) == 0
     assert all(_rules(f) == 0 for f in FUSED.values())
     for name in WITH_BIAS:
@@ -179,7 +179,7 @@ def autodiff_uses(source, package):
 
 def test_the_scan_covers_ops_and_layers():
     names = {p.relative_to(ROOT).as_posix() for p in SCANNED}
-    assert {"fcnn/ops/conv.py", "fcnn/ops/pool.py", "fcnn/ops/_conv_algorithms.py",
+    assert {"fcnn/ops/conv.py", "fcnn/ops/pool.py", "fcnn/ops/convolution/algorithms.py",
             "fcnn/layers/core.py"} <= names
 
 

@@ -38,7 +38,7 @@ def test_the_install_runs_the_native_kernels_where_it_can_build_them():
     """On Linux x86-64 with a compiler, the README's install has built and loaded them: the
     suite's oneDNN tests run rather than skip."""
     assert onednn.AVAILABLE, onednn.WHY_NOT
-    assert "onednn" in fcnn.ops._conv_algorithms.ALGORITHMS
+    assert "onednn" in fcnn.ops.convolution.algorithms.ALGORITHMS
     info = fcnn.info()
     assert info.native and "built for jaxlib" in info.native_detail
     assert "native kernels: yes" in str(info)
@@ -81,7 +81,7 @@ def test_an_install_that_cannot_build_is_pure_python_and_says_why(tmp_path, env,
         import fcnn
         i = fcnn.info()
         print(i.native, i.native_detail)
-        print("onednn" in fcnn.ops._conv_algorithms.ALGORITHMS)
+        print("onednn" in fcnn.ops.convolution.algorithms.ALGORITHMS)
     """)
     env = {k: v for k, v in os.environ.items() if k != "FCNN_ONEDNN"}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -172,7 +172,7 @@ def test_a_library_built_for_another_jaxlib_is_refused_and_fcnn_falls_back():
             import fcnn
         import jax.numpy as jnp
         print([str(w.message) for w in caught if "fcnn" in str(w.message)])
-        print(fcnn.ops.onednn.AVAILABLE, "onednn" in fcnn.ops._conv_algorithms.ALGORITHMS)
+        print(fcnn.ops.onednn.AVAILABLE, "onednn" in fcnn.ops.convolution.algorithms.ALGORITHMS)
         print(float(fcnn.ops.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1))).sum()))
     """)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

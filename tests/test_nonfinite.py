@@ -20,7 +20,7 @@ import pytest
 from fcnn import ops
 from fcnn import reference as R
 from fcnn.ops import onednn
-from fcnn.ops._conv_algorithms import ALGORITHMS
+from fcnn.ops.convolution.algorithms import ALGORITHMS
 from fcnn.testing import assert_close, tolerance
 from tests.strategies import dtype_for, normal
 

@@ -19,8 +19,8 @@ import pytest
 
 from fcnn import ops, tuning
 from fcnn import reference as R
-from fcnn.ops import _conv_algorithms as algo
 from fcnn.ops import onednn
+from fcnn.ops.convolution import algorithms as algo
 from fcnn.testing import assert_close
 from tests.strategies import normal
 
@@ -233,7 +233,7 @@ def test_unbuilt_or_disabled_says_why():
     code = textwrap.dedent("""
         import jax.numpy as jnp
         from fcnn import ops
-        from fcnn.ops import _conv_algorithms as algo
+        from fcnn.ops.convolution import algorithms as algo
         assert "onednn" not in algo.ALGORITHMS
         try:
             ops.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((2, 2, 1, 1)), algorithm="onednn")

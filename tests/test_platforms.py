@@ -23,7 +23,7 @@ BATCH = 128  # the export script's default; the im2col dK scans over chunks of t
 # accelerator). Accelerators: every conv layer's forward and dK, and dX for all but the first
 # (the image needs no gradient) -- LeNet-5 2 + 2 + 1, the CIFAR net 4 + 4 + 3. The dots are the
 # dense layers' forward, dW and dX only (3 + 3 + 3 and 2 + 2 + 2): no im2col or taps GEMMs.
-# CPU (the choices of `fcnn.ops._conv_algorithms.choose`, tested in test_conv.py): LeNet-5 c1
+# CPU (the choices of `fcnn.ops.convolution.algorithms.choose`, tested in test_conv.py): LeNet-5 c1
 # taps forward (no conv) + XLA's dK, c2 XLA's forward + col2im dX + chunked im2col dK (one
 # scan); the CIFAR net c1 taps/im2col, c2-c4 phase forward and dX (6 convs), four chunked dKs.
 EXPECTED = {"lenet5": (5, 2, 1, 9), "cs231n_convnet": (11, 6, 4, 6)}

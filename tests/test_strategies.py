@@ -9,7 +9,7 @@ import re
 import pytest
 from hypothesis import given, settings
 
-from fcnn.ops._conv_algorithms import TAPS_BROADCAST_MAX
+from fcnn.ops.convolution.algorithms import TAPS_BROADCAST_MAX
 from tests.strategies import conv_cases, costly, pool_cases
 
 TESTS = pathlib.Path(__file__).parent

@@ -22,7 +22,7 @@ from fcnn import ops
 from fcnn import reference as R
 from fcnn.layers import with_ops
 from fcnn.ops._bilinear import UNROLL_MAX
-from fcnn.ops._conv_algorithms import ALGORITHMS
+from fcnn.ops.convolution.algorithms import ALGORITHMS
 from fcnn.testing import assert_close
 from tests.strategies import distinct, dtype_for, normal
 

@@ -21,7 +21,7 @@ import pytest
 
 from fcnn import _files, ops, train, tuning
 from fcnn.ops import _binding
-from fcnn.ops import _conv_algorithms as algo
+from fcnn.ops.convolution import algorithms as algo
 
 ROOT = Path(__file__).resolve().parents[1]
 

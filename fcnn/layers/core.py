@@ -24,7 +24,7 @@ from fcnn.layers._base import (
     missing_state,
     op,
 )
-from fcnn.ops._conv_algorithms import ALGORITHMS
+from fcnn.ops.convolution.algorithms import ALGORITHMS
 from fcnn.ops.dropout import check_rate
 from fcnn.ops.lrn import config as lrn_config
 from fcnn.ops.pad import MODES as PAD_MODES

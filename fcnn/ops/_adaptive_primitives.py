@@ -9,10 +9,10 @@ Batching: per example, so a vmapped axis folds into the batch N (`_bilinear.line
 
 from __future__ import annotations
 
-from fcnn.ops import adaptive_pool as mod
 from fcnn.ops._bilinear import linear_pair
+from fcnn.ops.adaptive_pool import _pool_impl, _unpool_impl
 
 pool, unpool = linear_pair(
-    "fcnn_adaptive_avg_pool", "fcnn_adaptive_avg_pool_t", mod._pool_impl, mod._unpool_impl,
+    "fcnn_adaptive_avg_pool", "fcnn_adaptive_avg_pool_t", _pool_impl, _unpool_impl,
     lambda x, cfg: (x.shape[0], *cfg.out_sizes, x.shape[-1]),
     lambda ct, cfg: (ct.shape[0], *cfg.in_sizes, ct.shape[-1]), "cfg")

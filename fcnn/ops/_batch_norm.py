@@ -51,8 +51,7 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from fcnn import tuning
-from fcnn.ops import onednn
+from fcnn.ops import onednn, tuning
 from fcnn.ops._bilinear import ShapedArray, zero_like
 
 norm_act_p = Primitive("fcnn_batch_norm")  # (x, gamma, beta[, r]; eps, relu) -> (y, mu, var)

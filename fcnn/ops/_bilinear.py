@@ -1,5 +1,5 @@
 """What every fcnn primitive shares: registration, the members axis, shape rules, the product
-rule of a bilinear map, symbolic-zero cotangents, and batching helpers (`_conv_primitives`,
+rule of a bilinear map, symbolic-zero cotangents, and batching helpers (`convolution.primitives`,
 `_dense_primitives`, `_pool_primitives`).
 
 A primitive's parameters include `members`: 0, or K when both operands and the result carry a
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.interpreters import ad, mlir
 
-from fcnn import tuning
+from fcnn.ops import tuning
 
 # resolved at import: a JAX without them falls back to the custom_vjp binding (_binding)
 ShapedArray = jax.core.ShapedArray

@@ -1,6 +1,6 @@
 """Which JAX mechanism carries fcnn's hand-written rules.
 
-- "primitive" (the default): ops whose rules are JAX primitives (`_conv_primitives`) with
+- "primitive" (the default): ops whose rules are JAX primitives (`convolution.primitives`) with
   hand-written JVP, transpose and batching rules, so forward mode (`jax.jvp`, `jacfwd`,
   `hessian`), reverse mode and `vmap` all run fcnn's rules.
 - "custom_vjp": every op a `jax.custom_vjp` with a hand-written backward rule: reverse mode
@@ -32,7 +32,11 @@ def _check(name, where):
 def bound(by_primitive, by_custom_vjp):
     """One op under both bindings: a function calling `by_primitive` (fcnn's primitives, or a
     custom_jvp with its JVP written out) under the primitive binding and `by_custom_vjp`
-    otherwise, chosen each time it is traced."""
+    otherwise, chosen each time it is traced. An op whose rules are primitives passes a
+    function that imports its primitives module when called (the module registers the rules
+    with JAX): the op's module is imported first, and no module imports every primitives
+    module, so the import graph has no cycle through here (docs/design.md, "Where things
+    are")."""
 
     def op(*args):
         return (by_primitive if _current == "primitive" else by_custom_vjp)(*args)
@@ -80,18 +84,6 @@ def _probe_jax() -> str:
 
 _WHY = _probe_jax()
 PRIMITIVES_AVAILABLE = not _WHY
-if PRIMITIVES_AVAILABLE:
-    from fcnn.ops import (  # noqa: F401
-        _adaptive_primitives,
-        _conv_act,
-        _conv_primitives,
-        _dense_primitives,
-        _pad_primitives,
-        _pool_primitives,
-        _shuffle_primitives,
-        _upsample_primitives,
-    )
-
 _current = _check(os.environ.get("FCNN_BINDING", "primitive"), "FCNN_BINDING")
 if _current == "primitive" and not PRIMITIVES_AVAILABLE:  # pragma: no cover
     warnings.warn(f"fcnn: this JAX lacks the primitive API fcnn's forward-mode rules use "

@@ -10,8 +10,8 @@ Batching: padding touches the spatial axes only, so a vmapped axis folds into th
 
 from __future__ import annotations
 
-from fcnn.ops import pad as pad_mod
 from fcnn.ops._bilinear import linear_pair
+from fcnn.ops.pad import _fold_impl, _pad_impl
 
 
 def _shape(a, cfg, sign):
@@ -19,6 +19,6 @@ def _shape(a, cfg, sign):
     return (a.shape[0], *spatial, a.shape[-1])
 
 
-pad, fold = linear_pair("fcnn_pad", "fcnn_pad_t", pad_mod._pad_impl, pad_mod._fold_impl,
+pad, fold = linear_pair("fcnn_pad", "fcnn_pad_t", _pad_impl, _fold_impl,
                         lambda x, cfg: _shape(x, cfg, 1), lambda ct, cfg: _shape(ct, cfg, -1),
                         "cfg")

@@ -20,7 +20,6 @@ from __future__ import annotations
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching
 
-from fcnn.ops import pool
 from fcnn.ops._bilinear import (
     ShapedArray,
     into_n,
@@ -29,6 +28,14 @@ from fcnn.ops._bilinear import (
     register,
     zero_like,
     zero_or,
+)
+from fcnn.ops.pool import (
+    _avg_pool_impl,
+    _avg_pool_t_impl,
+    _max_gather_impl,
+    _max_pool_impl,
+    _max_scatter_impl,
+    _out_hw,
 )
 
 avg_pool_p = Primitive("fcnn_avg_pool")  # (x; cfg) -> y
@@ -59,17 +66,17 @@ def max_scatter(x, g, cfg):
 
 
 def _pooled(x, cfg):
-    return ShapedArray((x.shape[0], *pool._out_hw(x.shape[1:-1], cfg), x.shape[-1]), x.dtype)
+    return ShapedArray((x.shape[0], *_out_hw(x.shape[1:-1], cfg), x.shape[-1]), x.dtype)
 
 
-register(avg_pool_p, lambda x, *, cfg: pool._avg_pool_impl(x, cfg), _pooled, ("cfg",))
-register(avg_pool_t_p, lambda g, *, in_hw, cfg: pool._avg_pool_t_impl(g, in_hw, cfg),
+register(avg_pool_p, lambda x, *, cfg: _avg_pool_impl(x, cfg), _pooled, ("cfg",))
+register(avg_pool_t_p, lambda g, *, in_hw, cfg: _avg_pool_t_impl(g, in_hw, cfg),
          lambda g, *, in_hw, cfg: ShapedArray((g.shape[0], *in_hw, g.shape[-1]), g.dtype),
          ("in_hw", "cfg"))
-register(max_pool_p, lambda x, *, cfg: pool._max_pool_impl(x, cfg), _pooled, ("cfg",))
-register(max_gather_p, lambda x, t, *, cfg: pool._max_gather_impl(x, t, cfg),
+register(max_pool_p, lambda x, *, cfg: _max_pool_impl(x, cfg), _pooled, ("cfg",))
+register(max_gather_p, lambda x, t, *, cfg: _max_gather_impl(x, t, cfg),
          lambda x, t, *, cfg: _pooled(t, cfg), ("cfg",))
-register(max_scatter_p, lambda x, g, *, cfg: pool._max_scatter_impl(x, g, cfg),
+register(max_scatter_p, lambda x, g, *, cfg: _max_scatter_impl(x, g, cfg),
          lambda x, g, *, cfg: ShapedArray(x.shape, g.dtype), ("cfg",))
 
 

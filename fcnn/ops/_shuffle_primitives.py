@@ -9,8 +9,8 @@ Batching: a vmapped axis folds into the batch N (`_bilinear.linear_pair`).
 
 from __future__ import annotations
 
-from fcnn.ops import shuffle as shuffle_mod
 from fcnn.ops._bilinear import linear_pair
+from fcnn.ops.shuffle import _shuffle_impl, _unshuffle_impl
 
 
 def _shuffled(x, r):
@@ -24,5 +24,5 @@ def _unshuffled(y, r):
 
 
 shuffle, unshuffle = linear_pair("fcnn_pixel_shuffle", "fcnn_pixel_unshuffle",
-                                 shuffle_mod._shuffle_impl, shuffle_mod._unshuffle_impl,
+                                 _shuffle_impl, _unshuffle_impl,
                                  _shuffled, _unshuffled, "r")

@@ -9,10 +9,10 @@ Batching: per example, so a vmapped axis folds into the batch N (`_bilinear.line
 
 from __future__ import annotations
 
-from fcnn.ops import upsample as mod
 from fcnn.ops._bilinear import linear_pair
+from fcnn.ops.upsample import _upsample_impl, _upsample_t_impl
 
 up, up_t = linear_pair(
-    "fcnn_upsample", "fcnn_upsample_t", mod._upsample_impl, mod._upsample_t_impl,
+    "fcnn_upsample", "fcnn_upsample_t", _upsample_impl, _upsample_t_impl,
     lambda x, cfg: (x.shape[0], *cfg.out_sizes, x.shape[-1]),
     lambda ct, cfg: (ct.shape[0], *cfg.in_sizes, ct.shape[-1]), "cfg")

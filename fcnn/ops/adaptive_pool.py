@@ -128,6 +128,14 @@ def _unpool_impl(ct, cfg):
 
 # ----------------------------------------------------------------------------- custom_vjp binding
 
+def _adaptive_primitives():
+    """The primitives' module, imported when the op is first traced under the primitive binding
+    (importing it registers the rules with JAX)."""
+    from fcnn.ops import _adaptive_primitives
+
+    return _adaptive_primitives
+
+
 # each map's backward is the other (`_binding.linear_vjp_pair`)
-_adaptive = _binding.bound(lambda *a: _binding._adaptive_primitives.pool(*a),
+_adaptive = _binding.bound(lambda *a: _adaptive_primitives().pool(*a),
                            _binding.linear_vjp_pair(_pool_impl, _unpool_impl))

@@ -2,7 +2,7 @@
 transposed convolution, each with a hand-written rule.
 
 Three linear maps close under differentiation, so each rule is written with the other two
-(`_conv_rules` has the table; shown here in 2-D, every spatial axis alike in any rank):
+(`convolution.rules` has the table; shown here in 2-D, every spatial axis alike in any rank):
 
     conv(x, w)    = y     y[n,i,j,o] = sum_{a,b,c} x[n, i*s + a*d, j*s + b*d, c] w[a,b,c,o]
     conv_dx(g, w) = dX    full convolution of g with the kernel (flipped, in/out swapped)
@@ -15,7 +15,7 @@ Three linear maps close under differentiation, so each rule is written with the 
 so ``grad(grad(f))`` runs through hand-written rules at every order. The transposed convolution
 is conv_dx run forward (its VJP: the forward convolution for x, conv_dk with the roles swapped
 for w), not a fourth map. How each map is computed (XLA's convolution, phase-split strided dX,
-im2col, taps, oneDNN) is chosen per shape in _conv_algorithms (docs/design.md, "Convolution
+im2col, taps, oneDNN) is chosen per shape in convolution.algorithms (docs/design.md, "Convolution
 algorithms and how auto chooses").
 """
 
@@ -25,9 +25,9 @@ from typing import NamedTuple
 
 from fcnn import _args
 from fcnn.ops import _binding, _checks, onednn
-from fcnn.ops import _conv_algorithms as algo
-from fcnn.ops import _conv_vjp as V
 from fcnn.ops._bias import bias_add, check_bias
+from fcnn.ops.convolution import algorithms as algo
+from fcnn.ops.convolution import custom_vjp as V
 
 
 class ConvConfig(NamedTuple):
@@ -74,8 +74,8 @@ def conv1d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
 def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
            algorithm="auto", activation=None, precision=None):
     """2-D cross-correlation, NHWC x HWIO, with a hand-written backward rule; with a bias or an
-    activation, `act(conv(x, w) + b)` as one op (`_conv_act`: its own rules, and on a CPU with
-    the native kernels one call forward and one backward).
+    activation, `act(conv(x, w) + b)` as one op (`convolution.fused`: its own rules, and on a
+    CPU with the native kernels one call forward and one backward).
 
     Args:
       x: `(N, H, W, C_in)` or `(H, W, C_in)`.
@@ -91,7 +91,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
         native convolution when lowered for CUDA, ROCm or TPU), "xla", "phase", "im2col" or
         "taps" (on every platform), or "onednn" where the native part is built (oneDNN's
         kernels on a CPU, float32, 1-D and 2-D): how the forward, dX and dK are computed (see
-        fcnn.ops._conv_algorithms). Same maths, same rule.
+        fcnn.ops.convolution.algorithms). Same maths, same rule.
       activation: None (the identity) or "relu": `relu(conv(x, w) + b)`, equal to
         `relu(conv2d(x, w, b))` value for value and in every derivative (ReLU's slope is 0 at 0
         and 1 at a NaN, as `fcnn.ops.relu`'s).
@@ -441,11 +441,28 @@ def _check_g(op, g_shape, expected):
         )
 
 
+def _primitives():
+    """The primitives' module, imported when the op is first traced under the primitive binding
+    (importing it registers the rules with JAX)."""
+    from fcnn.ops.convolution import primitives
+
+    return primitives
+
+
+def _fused():
+    """The primitives' module, imported when the op is first traced under the primitive binding
+    (importing it registers the rules with JAX)."""
+    from fcnn.ops.convolution import fused
+
+    return fused
+
+
 # ----------------------------------------------------------------------------- the three maps
 # Each map is bound by the current binding (`_binding`): JAX primitives with hand-written JVP,
-# transpose and batching rules (`_conv_primitives`), or the custom_vjp functions (`_conv_vjp`). The
-# rules are the same maths; the algorithms computing each map are `_conv_algorithms`'.
-_conv = _binding.bound(lambda *a: _binding._conv_primitives.conv(*a), V.conv)
-_conv_dx = _binding.bound(lambda *a: _binding._conv_primitives.conv_dx(*a), V.conv_dx)
-_conv_dk = _binding.bound(lambda *a: _binding._conv_primitives.conv_dk(*a), V.conv_dk)
-_conv_act = _binding.bound(lambda *a: _binding._conv_act.conv_act(*a), V.conv_act)
+# transpose and batching rules (`convolution.primitives`, imported on first use), or the
+# custom_vjp functions (`convolution.custom_vjp`). The rules are the same maths; the algorithms
+# computing each map are `convolution.algorithms`'.
+_conv = _binding.bound(lambda *a: _primitives().conv(*a), V.conv)
+_conv_dx = _binding.bound(lambda *a: _primitives().conv_dx(*a), V.conv_dx)
+_conv_dk = _binding.bound(lambda *a: _primitives().conv_dk(*a), V.conv_dk)
+_conv_act = _binding.bound(lambda *a: _fused().conv_act(*a), V.conv_act)

@@ -70,6 +70,14 @@ def _matmul_bwd(precision, res, g):
 
 _vjp_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
+def _dense_primitives():
+    """The primitives' module, imported when the op is first traced under the primitive binding
+    (importing it registers the rules with JAX)."""
+    from fcnn.ops import _dense_primitives
+
+    return _dense_primitives
+
+
 # `x @ w` bound by the current binding (`_binding`): the primitive of `_dense_primitives`, or
 # the custom_vjp above; the same rule.
-_matmul = _binding.bound(lambda *a: _binding._dense_primitives.matmul(*a), _vjp_matmul)
+_matmul = _binding.bound(lambda *a: _dense_primitives().matmul(*a), _vjp_matmul)

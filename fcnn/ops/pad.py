@@ -174,6 +174,14 @@ def _fold_impl(ct, cfg):
 
 # ----------------------------------------------------------------------------- custom_vjp binding
 
+def _pad_primitives():
+    """The primitives' module, imported when the op is first traced under the primitive binding
+    (importing it registers the rules with JAX)."""
+    from fcnn.ops import _pad_primitives
+
+    return _pad_primitives
+
+
 # each map's backward is the other (`_binding.linear_vjp_pair`)
-_pad = _binding.bound(lambda *a: _binding._pad_primitives.pad(*a),
+_pad = _binding.bound(lambda *a: _pad_primitives().pad(*a),
                       _binding.linear_vjp_pair(_pad_impl, _fold_impl))

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fcnn import _args, tuning
-from fcnn.ops import _binding, _checks, onednn
+from fcnn import _args
+from fcnn.ops import _binding, _checks, onednn, tuning
 from fcnn.ops import _taps as _taps_mod
 
 
@@ -242,7 +242,7 @@ def _max_pool_impl(x, cfg):
     layer's) into the pool's forward, its backward's argmax and the ReLU mask, computing it
     three times (LeNet-5's step under the table 18.8 against 9.1 ms); `reduce_window`'s
     reader keeps it in memory. With them, `taps` convolutions hand over their output through a
-    native call (`_conv_algorithms.materialized`) and the taps alone are faster (LeNet-5 4.74
+    native call (`convolution.algorithms.materialized`) and the taps alone are faster (LeNet-5 4.74
     against 5.42 ms, CIFAR net 84.8 against 87.3; docs/performance.md)."""
     taps = functools.reduce(jnp.maximum, (xs for _, xs in _taps(x, cfg, -jnp.inf)))
     if any(s < k for s, k in zip(cfg.stride, cfg.window)) or _after_native(x):
@@ -410,7 +410,15 @@ def _max_gather_bwd(cfg, x, u):
 _max_gather.defvjp(_max_gather_fwd, _max_gather_bwd)
 
 
+def _pool_primitives():
+    """The primitives' module, imported when the op is first traced under the primitive binding
+    (importing it registers the rules with JAX)."""
+    from fcnn.ops import _pool_primitives
+
+    return _pool_primitives
+
+
 # Both pools bound by the current binding (`_binding`): the primitives of `_pool_primitives`,
 # or the custom_vjp functions above.
-_avg_pool = _binding.bound(lambda *a: _binding._pool_primitives.avg_pool(*a), _vjp_avg_pool)
-_max_pool = _binding.bound(lambda *a: _binding._pool_primitives.max_pool(*a), _vjp_max_pool)
+_avg_pool = _binding.bound(lambda *a: _pool_primitives().avg_pool(*a), _vjp_avg_pool)
+_max_pool = _binding.bound(lambda *a: _pool_primitives().max_pool(*a), _vjp_max_pool)

@@ -72,8 +72,16 @@ def _unshuffle_impl(y, r):
 
 # ----------------------------------------------------------------------------- custom_vjp binding
 
+def _shuffle_primitives():
+    """The primitives' module, imported when the op is first traced under the primitive binding
+    (importing it registers the rules with JAX)."""
+    from fcnn.ops import _shuffle_primitives
+
+    return _shuffle_primitives
+
+
 # each map's backward is the other (`_binding.linear_vjp_pair`)
-_shuffle = _binding.bound(lambda *a: _binding._shuffle_primitives.shuffle(*a),
+_shuffle = _binding.bound(lambda *a: _shuffle_primitives().shuffle(*a),
                           _binding.linear_vjp_pair(_shuffle_impl, _unshuffle_impl))
-_unshuffle = _binding.bound(lambda *a: _binding._shuffle_primitives.unshuffle(*a),
+_unshuffle = _binding.bound(lambda *a: _shuffle_primitives().unshuffle(*a),
                             _binding.linear_vjp_pair(_unshuffle_impl, _shuffle_impl))

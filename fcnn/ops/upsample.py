@@ -188,6 +188,14 @@ def _upsample_t_impl(ct, cfg):
 
 # ----------------------------------------------------------------------------- custom_vjp binding
 
+def _upsample_primitives():
+    """The primitives' module, imported when the op is first traced under the primitive binding
+    (importing it registers the rules with JAX)."""
+    from fcnn.ops import _upsample_primitives
+
+    return _upsample_primitives
+
+
 # each map's backward is the other (`_binding.linear_vjp_pair`)
-_upsample = _binding.bound(lambda *a: _binding._upsample_primitives.up(*a),
+_upsample = _binding.bound(lambda *a: _upsample_primitives().up(*a),
                            _binding.linear_vjp_pair(_upsample_impl, _upsample_t_impl))

@@ -43,8 +43,8 @@ from functools import partial
 import jax.numpy as jnp
 from jax import lax
 
-from fcnn import _args, tuning
-from fcnn.ops import _taps, onednn
+from fcnn import _args
+from fcnn.ops import _taps, onednn, tuning
 
 
 def dimension_numbers(rank):

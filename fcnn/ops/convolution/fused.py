@@ -25,7 +25,7 @@ Derivatives of the two maps (second order, forward over reverse), m being piecew
 (the middle terms of d t: m ⊙ conv(ẋ, dw) and m ⊙ conv(dx, ẇ), each a t with its operands
 swapped). Batching: an axis over the batch-carrying operands alone folds into N for the forward;
 anything else runs the same maths from fcnn's convolution primitives under `vmap`, whose batching
-rules handle members (`_conv_primitives`).
+rules handle members (`convolution.primitives`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from fcnn import tuning
-from fcnn.ops import _conv_act_algorithms as compute
-from fcnn.ops import _conv_primitives as cp
-from fcnn.ops import _conv_rules as rules
+from fcnn.ops import tuning
 from fcnn.ops._bilinear import ShapedArray, front, into_n, out_of_n, zero_like
+from fcnn.ops.convolution import fused_algorithms as compute
+from fcnn.ops.convolution import primitives as cp
+from fcnn.ops.convolution import rules
 
 conv_act_p = Primitive("fcnn_conv_act")  # (x, w[, b]; cfg, relu) -> y
 tangent_p = Primitive("fcnn_conv_act_tangent")  # (ẋ?, ẇ?, ḃ?, x, w, y; cfg, relu, has) -> ẏ

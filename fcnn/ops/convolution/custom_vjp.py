@@ -1,6 +1,6 @@
 """The convolution maps under the custom_vjp binding (`_binding`): each a `jax.custom_vjp` whose
 backward is written with the other two, by the same table the primitives' transposes use
-(`_conv_rules.cotangents`). Reverse mode only; every order of it runs these rules, in any
+(`convolution.rules.cotangents`). Reverse mode only; every order of it runs these rules, in any
 number of spatial axes."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from functools import partial
 import jax
 from jax.custom_derivatives import SymbolicZero
 
-from fcnn.ops import _conv_act_algorithms as compute
-from fcnn.ops import _conv_algorithms as algo
-from fcnn.ops import _conv_rules as rules
+from fcnn.ops.convolution import algorithms as algo
+from fcnn.ops.convolution import fused_algorithms as compute
+from fcnn.ops.convolution import rules
 
 
 def _maps(cfg):
@@ -89,12 +89,12 @@ conv_dk.defvjp(_conv_dk_fwd, _conv_dk_bwd)
 
 
 # ----------------------------------------------------------------------------- conv + bias + act
-# The fused convolution (`_conv_act`'s maths): y = act(conv(x, w) + b), its backward c(g) one
-# custom_vjp computed as one map (native on the CPU), whose own backward is written with the
-# maps above, so every order runs fcnn's rules. Both take symbolic zeros: c's inputs include the
-# saved y, whose cotangent is zero (m does not move with y); instantiated as an array of zeros
-# it would run the forward's rule on it, and conv_dk(x, 0) is NaN where x is (0 * NaN), a NaN
-# the oracle's autodiff never makes.
+# The fused convolution (`convolution.fused`'s maths): y = act(conv(x, w) + b), its backward
+# c(g) one custom_vjp computed as one map (native on the CPU), whose own backward is written
+# with the maps above, so every order runs fcnn's rules. Both take symbolic zeros: c's inputs
+# include the saved y, whose cotangent is zero (m does not move with y); instantiated as an
+# array of zeros it would run the forward's rule on it, and conv_dk(x, 0) is NaN where x is
+# (0 * NaN), a NaN the oracle's autodiff never makes.
 
 
 def _values(*primals):

@@ -8,10 +8,11 @@ the product rule and its transposes are the other two maps:
     conv_dx(g, w)  g: conv(ct, w)        w: conv_dk(ct, g)
     conv_dk(x, g)  x: conv_dx(g, ct)     g: conv(x, ct)
 
-`cotangents` states this table as code. The primitives' transpose rules (`_conv_primitives`)
-and the custom_vjp backward rules (`_conv_vjp`) both call it, each with its own three maps (the
-primitives', or the custom_vjp functions), so the relations are stated here alone. Nothing here
-depends on the number of spatial axes: sizes are tuples of any length.
+`cotangents` states this table as code. The primitives' transpose rules
+(`convolution.primitives`) and the custom_vjp backward rules (`convolution.custom_vjp`) both
+call it, each with its own three maps (the primitives', or the custom_vjp functions), so the
+relations are stated here alone. Nothing here depends on the number of spatial axes: sizes are
+tuples of any length.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""How the fused convolution's three maps (`_conv_act`) are computed.
+"""How the fused convolution's three maps (`convolution.fused`) are computed.
 
 - forward y = act(conv(x, w) + b): under "auto" measured as a whole (its own tuning key, the
   convolution's key plus the epilogue) among the convolution's algorithms, each followed by the
@@ -22,8 +22,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from fcnn.ops import _conv_algorithms as algo
 from fcnn.ops import onednn
+from fcnn.ops.convolution import algorithms as algo
 
 
 def act(z, relu):

@@ -4,12 +4,12 @@
 refuse it. A primitive is how lax defines its own convolution: JAX calls the primitive's JVP
 rule for forward mode, its transpose rules for reverse mode (the VJP of a linear map is its
 transpose) and its batching rule under `vmap`, and lowers it through the computation given here
-(`_conv_algorithms`, the same algorithms as the custom_vjp binding). Every rule below is written
-with these three primitives, so no transformation ever reaches lax's own convolution rules.
+(`convolution.algorithms`, the same algorithms as the custom_vjp binding). Every rule below is
+written with these three primitives, so no transformation ever reaches lax's own convolution rules.
 
 The maps are bilinear, so their JVPs are the product rule (`bilinear_jvp`) and their transposes
-are each other: the table in `_conv_rules`, which both bindings' rules call. Every rule here is
-the same for any number of spatial axes (1-D, 2-D, 3-D...): shapes are channels-last,
+are each other: the table in `convolution.rules`, which both bindings' rules call. Every rule
+here is the same for any number of spatial axes (1-D, 2-D, 3-D...): shapes are channels-last,
 activations `(N, *spatial, C)` and kernels `(*spatial, C_in/groups, C_out)`.
 
 Batching (see the section below): an axis mapped over the operand that carries the batch alone
@@ -24,9 +24,7 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching
 
-from fcnn import tuning
-from fcnn.ops import _conv_algorithms as algo
-from fcnn.ops import _conv_rules as rules
+from fcnn.ops import tuning
 from fcnn.ops._bilinear import (
     bilinear_jvp,
     each,
@@ -37,6 +35,8 @@ from fcnn.ops._bilinear import (
     register,
     shape_rule,
 )
+from fcnn.ops.convolution import algorithms as algo
+from fcnn.ops.convolution import rules
 
 # ----------------------------------------------------------------------------- the primitives
 # Each carries `members`: 0, or K when both operands and the result have a leading axis of K
@@ -129,7 +129,7 @@ def _maps(cfg, members):
 
 
 def _transpose(which, ct, a, b, a_sizes, b_sizes, cfg, members):
-    """The cotangent of whichever operand is undefined, from `_conv_rules.cotangents`."""
+    """The cotangent of whichever operand is undefined, from `convolution.rules.cotangents`."""
     wants = (ad.is_undefined_primal(a), not ad.is_undefined_primal(a))
     if type(ct) is ad.Zero:
         undefined = a if wants[0] else b

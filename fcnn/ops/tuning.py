@@ -1,11 +1,11 @@
 """How `algorithm="auto"` picks each convolution map's algorithm: by measurement, kept on disk.
 
 The first time a convolution map (forward, dX or dK) of a new shape is compiled for the CPU, the
-algorithms that compute it differently (`_conv_algorithms.candidates`: XLA's convolution, the
+algorithms that compute it differently (`convolution.algorithms.candidates`: XLA's convolution, the
 phase split, im2col, taps) are each compiled on random arrays of that shape and timed,
 interleaved, within a budget (`FCNN_CONV_TUNING_BUDGET` seconds of timed runs per map, default
 1). The fastest by median wins, except that the built-in table's choice
-(`_conv_algorithms.choose`, fitted on one CPU) stands unless another is at least 5% faster, so
+(`convolution.algorithms.choose`, fitted on one CPU) stands unless another is at least 5% faster, so
 noise does not flip near-ties. The choice is written to a JSON file per key in the user cache
 directory and read from there by every later process:
 
