@@ -43,21 +43,28 @@ def _conv(rank, x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, acti
         raise ValueError(f"conv{rank}d: `activation` must be None or 'relu', got "
                          f"{activation!r}.")
 
-    def one(x, w):
+    def one(x, w, groups):
         return lax.conv_general_dilated(
             x, w, _pair(stride, rank), _pads(padding, rank),
-            rhs_dilation=_pair(dilation, rank), dimension_numbers=_DN[rank], precision=precision)
+            rhs_dilation=_pair(dilation, rank), dimension_numbers=_DN[rank],
+            feature_group_count=groups, precision=precision)
 
     def f(x):
-        # one convolution per group: XLA:CPU's float64 grouped convolution lets a NaN in one
-        # group reach every group's outputs (fcnn.ops.convolution.algorithms.grouped)
+        if groups == 1 or x.dtype != jnp.float64:
+            return one(x, w, groups)
+        # in float64 one convolution per group: XLA:CPU's float64 grouped convolution lets a
+        # NaN in one group reach every group's outputs (fcnn.ops.convolution.algorithms.grouped)
         cin, cout = x.shape[-1] // groups, w.shape[-1] // groups
-        y = jnp.concatenate([one(x[..., j * cin:(j + 1) * cin], w[..., j * cout:(j + 1) * cout])
-                             for j in range(groups)], axis=-1)
+        return jnp.concatenate([one(x[..., j * cin:(j + 1) * cin],
+                                    w[..., j * cout:(j + 1) * cout], 1)
+                                for j in range(groups)], axis=-1)
+
+    def g(x):
+        y = f(x)
         y = y if b is None else y + b.reshape((1,) * (rank + 1) + (-1,))
         return relu(y) if activation == "relu" else y
 
-    return _batched(f, x, rank=rank)
+    return _batched(g, x, rank=rank)
 
 
 def conv1d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, activation=None,

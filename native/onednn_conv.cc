@@ -6,12 +6,15 @@
 //                                                of g with the flipped kernel
 //   fcnn_onednn_conv_dk    dK = conv_dk(x, g)   convolution_backward_weights: the
 //                                                cross-correlation of x with g
-// Layouts are fcnn's: activations NHWC (N, H, W, C), kernels HWIO (kh, kw, C/G, O), float32.
+// Layouts are fcnn's: activations NHWC (N, H, W, C), kernels HWIO (kh, kw, C/G, O), float32;
+// in 3-D (the `...3` handlers) NDHWC and DHWIO. A 1-D problem is a 2-D one with a unit height
+// (fcnn/ops/onednn.py).
 // Groups follow XLA's feature_group_count (group g: input channels [g*C/G, (g+1)*C/G), outputs
 // [g*O/G, (g+1)*O/G)).
 //
 // Attributes (int64): window_strides [sh, sw]; padding [top, bottom, left, right] (>= 0);
-// rhs_dilation [dh, dw] (XLA's convention, >= 1); feature_group_count. The activations stay in
+// rhs_dilation [dh, dw] (XLA's convention, >= 1); feature_group_count. In 3-D each has the
+// depth first: [sd, sh, sw], [front, back, top, bottom, left, right], [dd, dh, dw]. The activations stay in
 // fcnn's layout; the kernel is reordered into oneDNN's preferred one (PrimitiveDescs).
 //
 // Primitives are created once per configuration (oneDNN JIT-compiles their kernels) and cached.
@@ -61,11 +64,19 @@ struct ConvProblem {
   int64_t pt, pb, pl, pr;  // explicit padding
   int64_t g;               // feature_group_count
   int64_t epilogue = 0;    // forward only: kBias (added inside the convolution's kernel)
+  // the depth of a 3-D problem (volume): its size, output, kernel, stride, dilation, padding
+  bool three = false;
+  int64_t d = 1, od = 1, kd = 1, sd = 1, dd = 1, pf = 0, pk = 0;
 
-  using Key = std::array<int64_t, 20>;
+  // per image: the input's and the output's sizes
+  int64_t in_size() const { return d * h * w * c; }
+  int64_t out_size() const { return od * oh * ow * o; }
+
+  using Key = std::array<int64_t, 28>;
   Key key(Kind kind) const {
     return {static_cast<int64_t>(kind), n, h, w, c, oh, ow, o, kh, kw,
-            sh, sw, dh, dw, pt, pb, pl, pr, g, epilogue};
+            sh, sw, dh, dw, pt, pb, pl, pr, g, epilogue,
+            three, d, od, kd, sd, dd, pf, pk};
   }
 };
 
@@ -143,15 +154,30 @@ struct Descs {
 
 // fcnn's layouts: activations NHWC, the kernel HWIO; for groups, (G, O/G, C/G, KH, KW) stored as
 // KH, KW, C/G, G, O/G, i.e. HWIO with O split as (G, O/G).
+// In 3-D: NDHWC activations and DHWIO kernels (DHWIGO with groups).
 dnnl::memory::dims KernelDims(const ConvProblem& p) {
+  if (p.three) {
+    if (p.g == 1) return {p.o, p.c, p.kd, p.kh, p.kw};
+    return {p.g, p.o / p.g, p.c / p.g, p.kd, p.kh, p.kw};
+  }
   if (p.g == 1) return {p.o, p.c, p.kh, p.kw};
   return {p.g, p.o / p.g, p.c / p.g, p.kh, p.kw};
 }
 
+dnnl::memory::dims SrcDims(const ConvProblem& p) {
+  if (p.three) return {p.n, p.c, p.d, p.h, p.w};
+  return {p.n, p.c, p.h, p.w};
+}
+
 Descs UserDescs(const ConvProblem& p) {
-  return {dnnl::memory::desc({p.n, p.c, p.h, p.w}, dt::f32, tag::nhwc),
-          dnnl::memory::desc(KernelDims(p), dt::f32, p.g == 1 ? tag::hwio : tag::hwigo),
-          dnnl::memory::desc({p.n, p.o, p.oh, p.ow}, dt::f32, tag::nhwc)};
+  const tag act = p.three ? tag::ndhwc : tag::nhwc;
+  const tag wei = p.three ? (p.g == 1 ? tag::dhwio : tag::dhwigo)
+                          : (p.g == 1 ? tag::hwio : tag::hwigo);
+  const dnnl::memory::dims dst = p.three ? dnnl::memory::dims{p.n, p.o, p.od, p.oh, p.ow}
+                                         : dnnl::memory::dims{p.n, p.o, p.oh, p.ow};
+  return {dnnl::memory::desc(SrcDims(p), dt::f32, act),
+          dnnl::memory::desc(KernelDims(p), dt::f32, wei),
+          dnnl::memory::desc(dst, dt::f32, act)};
 }
 
 // What the primitives are asked for: the activations as they are (NHWC: no copy of the large
@@ -175,7 +201,7 @@ bool FreeDxLayout(Kind kind, const ConvProblem& p) {
 Descs PrimitiveDescs(const ConvProblem& p, bool free_dx) {
   Descs d = UserDescs(p);
   d.wei = dnnl::memory::desc(KernelDims(p), dt::f32, tag::any);
-  if (free_dx) d.src = dnnl::memory::desc({p.n, p.c, p.h, p.w}, dt::f32, tag::any);
+  if (free_dx) d.src = dnnl::memory::desc(SrcDims(p), dt::f32, tag::any);
   return d;
 }
 
@@ -205,10 +231,12 @@ std::shared_ptr<const CachedConv> CreateConv(Kind kind, const ConvProblem& p,
   const Descs plain = UserDescs(p);
   const Descs req = PrimitiveDescs(p, free_dx);
 
-  const dnnl::memory::dims strides = {p.sh, p.sw};
-  const dnnl::memory::dims dilates = {p.dh - 1, p.dw - 1};  // oneDNN: d - 1
-  const dnnl::memory::dims pad_l = {p.pt, p.pl};
-  const dnnl::memory::dims pad_r = {p.pb, p.pr};
+  using dims = dnnl::memory::dims;
+  const dims strides = p.three ? dims{p.sd, p.sh, p.sw} : dims{p.sh, p.sw};
+  const dims dilates = p.three ? dims{p.dd - 1, p.dh - 1, p.dw - 1}  // oneDNN: d - 1
+                               : dims{p.dh - 1, p.dw - 1};
+  const dims pad_l = p.three ? dims{p.pf, p.pt, p.pl} : dims{p.pt, p.pl};
+  const dims pad_r = p.three ? dims{p.pk, p.pb, p.pr} : dims{p.pb, p.pr};
   const auto alg = dnnl::algorithm::convolution_direct;
 
   dnnl::primitive_attr attr;
@@ -376,29 +404,40 @@ ffi::Error MakeProblem(ffi::Span<const int64_t> x_dims,
                        ffi::Span<const int64_t> padding,
                        ffi::Span<const int64_t> dilation, int64_t groups,
                        ConvProblem* p) {
-  if (strides.size() != 2 || padding.size() != 4 || dilation.size() != 2) {
+  const bool three = x_dims.size() == 5;
+  const size_t r = three ? 3 : 2;
+  if (x_dims.size() != r + 2 || w_dims.size() != r + 2 || y_dims.size() != r + 2 ||
+      strides.size() != r || padding.size() != 2 * r || dilation.size() != r) {
     return ffi::Error::InvalidArgument(
-        "fcnn onednn conv: window_strides and rhs_dilation need 2 entries, "
-        "padding needs 4 (top, bottom, left, right)");
+        "fcnn onednn conv: window_strides and rhs_dilation need one entry per spatial axis "
+        "(2 or 3), padding two (low, high), the operands rank 4 or 5");
   }
-  p->n = x_dims[0]; p->h = x_dims[1]; p->w = x_dims[2]; p->c = x_dims[3];
-  p->kh = w_dims[0]; p->kw = w_dims[1];
-  p->oh = y_dims[1]; p->ow = y_dims[2]; p->o = y_dims[3];
-  p->sh = strides[0]; p->sw = strides[1];
-  p->pt = padding[0]; p->pb = padding[1]; p->pl = padding[2]; p->pr = padding[3];
-  p->dh = dilation[0]; p->dw = dilation[1];
+  p->three = three;
+  const size_t o = three ? 1 : 0;  // the H, W entries follow the depth's in 3-D
+  if (three) {
+    p->d = x_dims[1]; p->kd = w_dims[0]; p->od = y_dims[1]; p->sd = strides[0];
+    p->pf = padding[0]; p->pk = padding[1]; p->dd = dilation[0];
+  }
+  p->n = x_dims[0]; p->h = x_dims[1 + o]; p->w = x_dims[2 + o]; p->c = x_dims[3 + o];
+  p->kh = w_dims[0 + o]; p->kw = w_dims[1 + o];
+  p->oh = y_dims[1 + o]; p->ow = y_dims[2 + o]; p->o = y_dims[3 + o];
+  p->sh = strides[0 + o]; p->sw = strides[1 + o];
+  p->pt = padding[0 + 2 * o]; p->pb = padding[1 + 2 * o];
+  p->pl = padding[2 + 2 * o]; p->pr = padding[3 + 2 * o];
+  p->dh = dilation[0 + o]; p->dw = dilation[1 + o];
   p->g = groups;
 
-  if (p->sh < 1 || p->sw < 1 || p->dh < 1 || p->dw < 1 || p->g < 1) {
+  if (p->sh < 1 || p->sw < 1 || p->dh < 1 || p->dw < 1 || p->g < 1 || p->sd < 1 ||
+      p->dd < 1) {
     return ffi::Error::InvalidArgument(
         "fcnn onednn conv: strides, dilation and groups must be >= 1");
   }
-  if (p->pt < 0 || p->pb < 0 || p->pl < 0 || p->pr < 0) {
+  if (p->pt < 0 || p->pb < 0 || p->pl < 0 || p->pr < 0 || p->pf < 0 || p->pk < 0) {
     return ffi::Error::InvalidArgument(
         "fcnn onednn conv: negative padding is not supported");
   }
   if (y_dims[0] != p->n || p->c % p->g != 0 || p->o % p->g != 0 ||
-      w_dims[2] * p->g != p->c || w_dims[3] != p->o) {
+      w_dims[2 + o] * p->g != p->c || w_dims[3 + o] != p->o) {
     return ffi::Error::InvalidArgument(
         "fcnn onednn conv: inconsistent N / channel / group dimensions");
   }
@@ -409,7 +448,8 @@ ffi::Error MakeProblem(ffi::Span<const int64_t> x_dims,
     return padded < eff ? 0 : (padded - eff) / s + 1;
   };
   if (out_size(p->h, p->kh, p->sh, p->dh, p->pt, p->pb) != p->oh ||
-      out_size(p->w, p->kw, p->sw, p->dw, p->pl, p->pr) != p->ow) {
+      out_size(p->w, p->kw, p->sw, p->dw, p->pl, p->pr) != p->ow ||
+      out_size(p->d, p->kd, p->sd, p->dd, p->pf, p->pk) != p->od) {
     return ffi::Error::InvalidArgument(
         "fcnn onednn conv: output spatial size does not match the configuration");
   }
@@ -421,11 +461,15 @@ using F32R4Out = ffi::ResultBuffer<ffi::F32, 4>;
 using F32R1 = ffi::Buffer<ffi::F32, 1>;  // (aliases: a comma would split the macros' arguments)
 using F32R1Out = ffi::ResultBuffer<ffi::F32, 1>;
 using I64Span = ffi::Span<const int64_t>;
-using F32R4OutRef = const ffi::Buffer<ffi::F32, 4>&;
+template <size_t R>
+using F32In = ffi::Buffer<ffi::F32, R>;
+template <size_t R>
+using F32Out = ffi::ResultBuffer<ffi::F32, R>;
 
 // oneDNN rejects zero-sized dimensions; handle empty problems directly.
 // Returns true if the call is fully handled (output zero-filled or empty).
-bool HandleEmpty(size_t in0_elems, size_t in1_elems, F32R4OutRef out) {
+template <size_t R>
+bool HandleEmpty(size_t in0_elems, size_t in1_elems, const ffi::Buffer<ffi::F32, R>& out) {
   if (out.element_count() == 0) return true;
   if (in0_elems == 0 || in1_elems == 0) {
     std::memset(out.untyped_data(), 0, out.size_bytes());
@@ -446,8 +490,10 @@ float* At(void* base, int64_t image, int64_t per_image) {
   return static_cast<float*>(base) + image * per_image;
 }
 
-ffi::Error ConvFwdImpl(ffi::ThreadPool pool, F32R4 x, F32R4 w, F32R4Out y, I64Span strides,
-                       I64Span padding, I64Span dilation, int64_t groups) {
+// The three maps in 2-D (R = 4: NHWC) and 3-D (R = 5: NDHWC); the same code.
+template <size_t R>
+ffi::Error ConvFwdImpl(ffi::ThreadPool pool, F32In<R> x, F32In<R> w, F32Out<R> y,
+                       I64Span strides, I64Span padding, I64Span dilation, int64_t groups) {
   ConvProblem p;
   if (auto err = MakeProblem(x.dimensions(), w.dimensions(), y->dimensions(), strides,
                              padding, dilation, groups, &p);
@@ -455,7 +501,7 @@ ffi::Error ConvFwdImpl(ffi::ThreadPool pool, F32R4 x, F32R4 w, F32R4Out y, I64Sp
     return err;
   }
   if (HandleEmpty(x.element_count(), w.element_count(), *y)) return ffi::Error::Success();
-  const int64_t in = p.h * p.w * p.c, out = p.oh * p.ow * p.o;
+  const int64_t in = p.in_size(), out = p.out_size();
   return ForEachPiece(pool, p.n, PieceCount(pool, p.n), [&](int64_t, int64_t b, int64_t e) {
     auto conv = GetConv(Kind::kFwd, Slice(p, e - b));
     Execute(*conv, At(x.untyped_data(), b, in), w.untyped_data(),
@@ -464,7 +510,8 @@ ffi::Error ConvFwdImpl(ffi::ThreadPool pool, F32R4 x, F32R4 w, F32R4Out y, I64Sp
 }
 
 // dX = convolution_backward_data(g, w), the shape of x.
-ffi::Error ConvBwdDataImpl(ffi::ThreadPool pool, F32R4 g, F32R4 w, F32R4Out dx,
+template <size_t R>
+ffi::Error ConvBwdDataImpl(ffi::ThreadPool pool, F32In<R> g, F32In<R> w, F32Out<R> dx,
                            I64Span strides, I64Span padding, I64Span dilation, int64_t groups) {
   ConvProblem p;
   if (auto err = MakeProblem(dx->dimensions(), w.dimensions(), g.dimensions(), strides,
@@ -473,7 +520,7 @@ ffi::Error ConvBwdDataImpl(ffi::ThreadPool pool, F32R4 g, F32R4 w, F32R4Out dx,
     return err;
   }
   if (HandleEmpty(g.element_count(), w.element_count(), *dx)) return ffi::Error::Success();
-  const int64_t in = p.h * p.w * p.c, out = p.oh * p.ow * p.o;
+  const int64_t in = p.in_size(), out = p.out_size();
   return ForEachPiece(pool, p.n, PieceCount(pool, p.n), [&](int64_t, int64_t b, int64_t e) {
     auto conv = GetConv(Kind::kBwdData, Slice(p, e - b));
     Execute(*conv, At(g.untyped_data(), b, out), w.untyped_data(),
@@ -483,7 +530,8 @@ ffi::Error ConvBwdDataImpl(ffi::ThreadPool pool, F32R4 g, F32R4 w, F32R4Out dx,
 
 // dK = convolution_backward_weights(x, g), the HWIO shape of w: each piece of the batch gives
 // its own sum, added up at the end (the first piece writes the result itself).
-ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, F32R4 x, F32R4 g, F32R4Out dw,
+template <size_t R>
+ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, F32In<R> x, F32In<R> g, F32Out<R> dw,
                               I64Span strides, I64Span padding, I64Span dilation,
                               int64_t groups) {
   ConvProblem p;
@@ -493,7 +541,7 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, F32R4 x, F32R4 g, F32R4Out d
     return err;
   }
   if (HandleEmpty(x.element_count(), g.element_count(), *dw)) return ffi::Error::Success();
-  const int64_t in = p.h * p.w * p.c, out = p.oh * p.ow * p.o;
+  const int64_t in = p.in_size(), out = p.out_size();
   const int64_t count = PieceCount(pool, p.n);
   const size_t size = dw->element_count();
   std::vector<std::vector<float>> partial(count - 1, std::vector<float>(size));
@@ -561,7 +609,7 @@ ffi::Error ConvMembersImpl(ffi::ThreadPool pool, F32R5 a, F32R5 b, F32R5Out out,
     std::memset(out->untyped_data(), 0, out->size_bytes());
     return ffi::Error::Success();
   }
-  const int64_t in = p.h * p.w * p.c, o = p.oh * p.ow * p.o;
+  const int64_t in = p.in_size(), o = p.out_size();
   const int64_t xs = p.n * in, ys = p.n * o, ws = p.kh * p.kw * (p.c / p.g) * p.o;
   const int64_t count = PieceCount(pool, k * p.n);
   float* A = static_cast<float*>(a.untyped_data());
@@ -639,7 +687,7 @@ ffi::Error ConvActFwdImpl(ffi::ThreadPool pool, F32R4 x, F32R4 w, F32R1 b,
     }
     return ffi::Error::Success();
   }
-  const int64_t in = p.h * p.w * p.c, out = p.oh * p.ow * p.o;
+  const int64_t in = p.in_size(), out = p.out_size();
   const int64_t chunk = ChunkImages(out);
   return ForEachPiece(pool, p.n, PieceCount(pool, p.n), [&](int64_t, int64_t lo, int64_t hi) {
     for (int64_t b0 = lo; b0 < hi; b0 += chunk) {
@@ -683,7 +731,7 @@ ffi::Error ConvActBwdImpl(ffi::ThreadPool pool, F32R4 g, F32R4 x, F32R4 w, F32R4
     if (want_dx) std::memset(dx->untyped_data(), 0, dx->size_bytes());
     return ffi::Error::Success();
   }
-  const int64_t in = p.h * p.w * p.c, out = p.oh * p.ow * p.o;
+  const int64_t in = p.in_size(), out = p.out_size();
   const int64_t count = PieceCount(pool, p.n);
   const int64_t chunk = ChunkImages(out);
   const size_t wsize = want_dw ? dw->element_count() : 0;
@@ -764,6 +812,9 @@ ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvActFwd(XLA_FFI_CallFrame*);
 ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvActBwd(XLA_FFI_CallFrame*);
 ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvMembers(XLA_FFI_CallFrame*);
 ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnMaterialize(XLA_FFI_CallFrame*);
+ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvFwd3(XLA_FFI_CallFrame*);
+ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvBwdData3(XLA_FFI_CallFrame*);
+ONEDNN_FFI_EXPORT XLA_FFI_Error* OnednnConvBwdWeights3(XLA_FFI_CallFrame*);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnMaterialize, MaterializeImpl,
@@ -778,7 +829,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvMembers, ConvMembersImpl,
                                   CONV_ATTRS
                                   .Attr<int64_t>("kind"));  // 0 forward, 1 dX, 2 dK
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvFwd, ConvFwdImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvFwd, ConvFwdImpl<4>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<F32R4>()  // x
@@ -786,7 +837,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvFwd, ConvFwdImpl,
                                   .Ret<F32R4>()  // y
                                   CONV_ATTRS);
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdData, ConvBwdDataImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvFwd3, ConvFwdImpl<5>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32R5>()  // x
+                                  .Arg<F32R5>()  // w
+                                  .Ret<F32R5>()  // y
+                                  CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdData, ConvBwdDataImpl<4>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<F32R4>()  // g (shape of y)
@@ -794,12 +853,28 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdData, ConvBwdDataImpl,
                                   .Ret<F32R4>()  // dx (shape of x)
                                   CONV_ATTRS);
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdWeights, ConvBwdWeightsImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdData3, ConvBwdDataImpl<5>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32R5>()  // g (shape of y)
+                                  .Arg<F32R5>()  // w
+                                  .Ret<F32R5>()  // dx (shape of x)
+                                  CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdWeights, ConvBwdWeightsImpl<4>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<F32R4>()  // x
                                   .Arg<F32R4>()  // g (shape of y)
                                   .Ret<F32R4>()  // dw (shape of w)
+                                  CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdWeights3, ConvBwdWeightsImpl<5>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32R5>()  // x
+                                  .Arg<F32R5>()  // g (shape of y)
+                                  .Ret<F32R5>()  // dw (shape of w)
                                   CONV_ATTRS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvActFwd, ConvActFwdImpl,

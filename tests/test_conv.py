@@ -9,12 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from jax.test_util import check_grads
 
 from fcnn import ops
 from fcnn import reference as R
-from fcnn.ops import onednn
 from fcnn.ops.convolution.algorithms import ALGORITHMS, TAPS_BROADCAST_MAX
 from fcnn.testing import assert_close, check_vjp, tolerance
 from tests.strategies import conv_cases, costly, dtype_for, normal
@@ -24,9 +23,7 @@ MODES = ["fwd", "rev"] if ops.binding() == "primitive" else ["rev"]
 
 
 def _operands(case, dtype, seed=0, algorithm=None):
-    """The case's x, w and b (None unless the case has a bias); a 3-D case is skipped for
-    "onednn", which takes 1-D and 2-D (asking for it there is a ValueError, tested)."""
-    assume(algorithm != "onednn" or case["rank"] in onednn.RANKS)
+    """The case's x, w and b (None unless the case has a bias)."""
     x = normal(seed, case["x_shape"], dtype)
     w = normal(seed + 1, case["w_shape"], dtype)
     b = normal(seed + 2, (case["w_shape"][-1],), dtype) if case["bias"] else None

@@ -19,7 +19,6 @@ import pytest
 
 from fcnn import ops
 from fcnn import reference as R
-from fcnn.ops import onednn
 from fcnn.ops.convolution.algorithms import ALGORITHMS
 from fcnn.testing import assert_close, tolerance
 from tests.strategies import dtype_for, normal
@@ -362,18 +361,11 @@ def _conv_maps(name, algorithm):
 CONV_CASES = sorted(n for n in CASES if n.startswith("conv"))
 
 
-def _runs(algorithm, name):
-    """Whether `algorithm` may be named for the case: "onednn" takes 1-D and 2-D."""
-    return algorithm != "onednn" or int(name.split("d")[0][-1]) in onednn.RANKS
-
-
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("name", CONV_CASES)
 def test_conv_special_values_match_the_oracle(name, algorithm):
     """Under every algorithm (oneDNN's in float32, its only dtype), every rank, and the
     transposed convolution."""
-    if not _runs(algorithm, name):
-        pytest.skip("oneDNN's kernels take 1-D and 2-D convolutions")
     args = tuple(a.astype(dtype_for(algorithm)) for a in CASES[name][2])
     f, lax_oracle, padded_oracle = _conv_maps(name, algorithm)
     got_p, u = _programs(f, args)

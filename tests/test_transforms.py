@@ -336,3 +336,44 @@ def test_a_batch_norm_resnet_in_forward_mode_and_its_hessian():
     assert got["hessian"].shape == (2, 2)
     for key in want:
         assert_trees_close(got[key], want[key], key)
+
+
+_RANKED = {  # (fcnn op, the oracle's, arguments, configuration): 1-D, 3-D and transposed
+    "conv1d": (ops.conv1d, R.conv1d, ((2, 9, 3), (3, 3, 4)), dict(stride=2, padding=1)),
+    "conv3d": (ops.conv3d, R.conv3d, ((1, 4, 5, 4, 2), (2, 3, 2, 1, 4)),
+               dict(stride=(1, 2, 1), padding=1, groups=2)),
+    "conv_transpose1d": (ops.conv_transpose1d, R.conv_transpose1d, ((2, 5, 3), (3, 2, 3)),
+                         dict(stride=2, padding=1, output_padding=1)),
+    "conv_transpose2d": (ops.conv_transpose2d, R.conv_transpose2d,
+                         ((1, 3, 4, 4), (4, 4, 1, 4)), dict(stride=2, padding=1, groups=2)),
+    "conv_transpose3d": (ops.conv_transpose3d, R.conv_transpose3d,
+                         ((1, 2, 3, 2, 2), (2, 2, 2, 3, 2)), dict(stride=2)),
+    "max_pool3d": (ops.max_pool3d, R.max_pool3d, ((1, 4, 5, 4, 2),), dict(window=2, stride=1)),
+    "avg_pool1d": (ops.avg_pool1d, R.avg_pool1d, ((2, 9, 3),), dict(window=3, stride=2,
+                                                                    padding=1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_RANKED))
+def test_other_ranks_and_transposed_under_every_transformation(name):
+    """jvp, the Hessian of a scalar function and forward-over-reverse, equal to the oracle's
+    autodiff, with lax's convolution and window-reduction rules unavailable: the 1-D, 3-D and
+    transposed maps run fcnn's rules in every mode."""
+    ours, oracle, shapes, kw = _RANKED[name]
+    args = tuple((distinct if i == 0 else normal)(i, s) / (10 if i == 0 else 1)
+                 for i, s in enumerate(shapes))
+    tangents = tuple(normal(5 + i, a.shape) for i, a in enumerate(args))
+
+    def everything(f):
+        fn = lambda *a: f(*a, **kw)  # noqa: E731
+        scalar = lambda *a: jnp.sum(jnp.sin(fn(*a)))  # noqa: E731
+        return dict(jvp=jax.jvp(fn, args, tangents),
+                    hessian=jax.hessian(scalar, 0)(*args),
+                    hvp=jax.jvp(jax.grad(scalar), args[:1], tangents[:1]) if len(args) == 1
+                    else jax.jvp(jax.grad(lambda w: scalar(args[0], w)), args[1:], tangents[1:]))
+
+    want = everything(oracle)
+    with lax_rules_refused([lax.conv_general_dilated_p, *POOL_RULES]):
+        got = everything(ours)
+    for key in want:
+        assert_trees_close(got[key], want[key], key)

@@ -90,7 +90,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
       algorithm: "auto" (default: measured per shape on a CPU and cached, fcnn.tuning; XLA's
         native convolution when lowered for CUDA, ROCm or TPU), "xla", "phase", "im2col" or
         "taps" (on every platform), or "onednn" where the native part is built (oneDNN's
-        kernels on a CPU, float32, 1-D and 2-D): how the forward, dX and dK are computed (see
+        kernels on a CPU, float32, 1-D to 3-D): how the forward, dX and dK are computed (see
         fcnn.ops.convolution.algorithms). Same maths, same rule.
       activation: None (the identity) or "relu": `relu(conv(x, w) + b)`, equal to
         `relu(conv2d(x, w, b))` value for value and in every derivative (ReLU's slope is 0 at 0
@@ -125,8 +125,8 @@ def conv3d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
       b: optional `(C_out,)`.
       stride, dilation: int or triple, >= 1.
       padding: int, triple `(pd, ph, pw)`, three `(low, high)` pairs, "SAME" or "VALID".
-      groups, algorithm, activation: as `conv2d`'s ("onednn" is not offered in 3-D: fcnn's own
-        algorithms and XLA's).
+      groups, algorithm, activation: as `conv2d`'s (oneDNN's kernels take NDHWC volumes; with a
+        bias or a ReLU the epilogue is XLA's in 3-D).
 
     Returns:
       `(N, D_out, H_out, W_out, C_out)` (or unbatched), each size as `conv2d`'s.
@@ -403,8 +403,8 @@ def _config(op, x_shape, w_shape, stride, padding, dilation, groups, algorithm,
     if algorithm == "onednn" and "onednn" not in algo.ALGORITHMS:
         raise ValueError(f"{op}: `algorithm` 'onednn' is unavailable: {onednn.WHY_NOT}.")
     if algorithm == "onednn" and rank not in onednn.RANKS:
-        raise ValueError(f"{op}: `algorithm` 'onednn' takes 1-D and 2-D convolutions; this is "
-                         f"{rank}-D.")
+        raise ValueError(f"{op}: `algorithm` 'onednn' takes 1-D, 2-D and 3-D convolutions; "
+                         f"this is {rank}-D.")
     if algorithm != "auto" and algorithm not in algo.ALGORITHMS:
         raise ValueError(
             f"{op}: `algorithm` must be 'auto' or one of {algo.ALGORITHMS}, got {algorithm!r}."

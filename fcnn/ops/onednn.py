@@ -43,11 +43,14 @@ TARGETS = {"forward": "fcnn_onednn_conv_fwd", "dx": "fcnn_onednn_conv_dx",
            "dk": "fcnn_onednn_conv_dk", "act_forward": "fcnn_onednn_conv_act_fwd",
            "act_backward": "fcnn_onednn_conv_act_bwd", "bn_forward": "fcnn_batch_norm_fwd",
            "bn_backward": "fcnn_batch_norm_bwd", "members": "fcnn_onednn_conv_members",
-           "materialize": "fcnn_materialize"}
+           "materialize": "fcnn_materialize", "forward3": "fcnn_onednn_conv_fwd3",
+           "dx3": "fcnn_onednn_conv_dx3", "dk3": "fcnn_onednn_conv_dk3"}
 _SYMBOLS = {"forward": "OnednnConvFwd", "dx": "OnednnConvBwdData", "dk": "OnednnConvBwdWeights",
             "act_forward": "OnednnConvActFwd", "act_backward": "OnednnConvActBwd",
             "bn_forward": "OnednnBatchNormFwd", "bn_backward": "OnednnBatchNormBwd",
-            "members": "OnednnConvMembers", "materialize": "OnednnMaterialize"}
+            "members": "OnednnConvMembers", "materialize": "OnednnMaterialize",
+            "forward3": "OnednnConvFwd3", "dx3": "OnednnConvBwdData3",
+            "dk3": "OnednnConvBwdWeights3"}
 _REBUILD = "reinstall fcnn to rebuild it (pip install .)"
 
 
@@ -155,10 +158,13 @@ def export_checks():
     return [jax.export.DisabledSafetyCheck.custom_call(t) for t in TARGETS.values()]
 
 
-# The handlers take 2-D problems; a 1-D one runs as 2-D with a unit height (its stride 1,
-# padding 0, dilation 1 there): the same sums, the same kernels (oneDNN itself treats a 1-D
-# convolution as a 2-D one). 3-D problems run fcnn's own algorithms.
-RANKS = (1, 2)
+# The handlers take 2-D and 3-D problems (NHWC, NDHWC); a 1-D one runs as 2-D with a unit height
+# (its stride 1, padding 0, dilation 1 there): the same sums, the same kernels (oneDNN itself
+# treats a 1-D convolution as a 2-D one). The fused convolution's handlers and the members'
+# take 1-D and 2-D: a 3-D convolution with a bias or under an ensemble's vmap runs the three
+# maps' handlers, the epilogue by XLA.
+RANKS = (1, 2, 3)
+FUSED_RANKS = (1, 2)
 
 
 def _lift(cfg):
@@ -179,9 +185,8 @@ def _down(a, cfg, axis):
 
 
 def _attrs(cfg):
-    (top, bottom), (left, right) = cfg.padding
     return dict(window_strides=np.asarray(cfg.stride, np.int64),
-                padding=np.asarray([top, bottom, left, right], np.int64),
+                padding=np.asarray([p for pair in cfg.padding for p in pair], np.int64),
                 rhs_dilation=np.asarray(cfg.dilation, np.int64),
                 feature_group_count=np.int64(cfg.groups))
 
@@ -189,8 +194,9 @@ def _attrs(cfg):
 def _call(which, out_shape, a, b, cfg):
     import jax
 
+    target = TARGETS[which + ("3" if len(cfg.stride) == 3 else "")]
     return jax.ffi.ffi_call(
-        TARGETS[which], jax.ShapeDtypeStruct(tuple(out_shape), a.dtype),
+        target, jax.ShapeDtypeStruct(tuple(out_shape), a.dtype),
         # under vmap (a batch of problems) one call per problem
         vmap_method="sequential",
     )(a, b, **_attrs(cfg))
@@ -199,19 +205,19 @@ def _call(which, out_shape, a, b, cfg):
 def forward(x, w, out_hw, cfg):
     if len(cfg.stride) == 1:
         return _down(forward(_up(x, cfg, 1), _up(w, cfg, 0), (1, *out_hw), _lift(cfg)), cfg, 1)
-    return _call("forward", (x.shape[0], *out_hw, w.shape[3]), x, w, cfg)
+    return _call("forward", (x.shape[0], *out_hw, w.shape[-1]), x, w, cfg)
 
 
 def grad_input(g, w, in_hw, cfg):
     if len(cfg.stride) == 1:
         return _down(grad_input(_up(g, cfg, 1), _up(w, cfg, 0), (1, *in_hw), _lift(cfg)), cfg, 1)
-    return _call("dx", (g.shape[0], *in_hw, w.shape[2] * cfg.groups), g, w, cfg)
+    return _call("dx", (g.shape[0], *in_hw, w.shape[-2] * cfg.groups), g, w, cfg)
 
 
 def grad_kernel(x, g, k_hw, cfg):
     if len(cfg.stride) == 1:
         return _down(grad_kernel(_up(x, cfg, 1), _up(g, cfg, 1), (1, *k_hw), _lift(cfg)), cfg, 0)
-    return _call("dk", (*k_hw, x.shape[3] // cfg.groups, g.shape[3]), x, g, cfg)
+    return _call("dk", (*k_hw, x.shape[-1] // cfg.groups, g.shape[-1]), x, g, cfg)
 
 
 def members(which, a, b, size, cfg):

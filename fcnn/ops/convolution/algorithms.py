@@ -177,9 +177,11 @@ def candidates(which, cfg, dtype) -> tuple[str, ...]:
     return own + (("onednn",) if _onednn_runs(dtype, cfg) else ())
 
 
-def _onednn_runs(dtype, cfg) -> bool:
+def _onednn_runs(dtype, cfg, fused=False) -> bool:
+    """Whether oneDNN's kernels can compute a map of `cfg` in `dtype`; `fused`: the fused
+    convolution's handlers, or the members' (1-D and 2-D)."""
     return (onednn.AVAILABLE and jnp.dtype(dtype) in ONEDNN_DTYPES
-            and rank(cfg) in onednn.RANKS)
+            and rank(cfg) in (onednn.FUSED_RANKS if fused else onednn.RANKS))
 
 
 def _same(which, cfg, dtype, algorithm) -> str:
@@ -256,7 +258,8 @@ def members(which, a, b, size, cfg, one):
     def unrolled(a, b):
         return jnp.stack([one(a[i], b[i]) for i in range(a.shape[0])])
 
-    if not runs_onednn(which, a[0], b[0], size, cfg):
+    if not (runs_onednn(which, a[0], b[0], size, cfg)
+            and _onednn_runs(a.dtype, cfg, fused=True)):
         return unrolled(a, b)
     r = rank(cfg)
     # the result's spatial size

@@ -50,7 +50,7 @@ def forward(x, w, b, cfg, relu):
 
     def run(algorithm, x, w, *b):
         b = b[0] if b else None
-        if algorithm == "onednn" and algo._onednn_runs(x.dtype, cfg):
+        if algorithm == "onednn" and algo._onednn_runs(x.dtype, cfg, fused=True):
             return onednn.conv_act(x, w, b, out_hw, cfg, relu)
         z = algo._forward(algorithm, x, w, cfg)
         return algo.held(algorithm, act(z if b is None else z + channels(b, z.ndim), relu))
@@ -82,7 +82,8 @@ def cotangent(g, x, w, y, cfg, relu, wants):
 
     maps = ([algo.choice_dx(g, w, in_hw, cfg)] if wants[0] else []) + (
         [algo.choice_dk(x, g, k_hw, cfg)] if wants[1] else [])
-    if not maps or any(m != "onednn" for m in maps) or not algo._onednn_runs(g.dtype, cfg):
+    if (not maps or any(m != "onednn" for m in maps)
+            or not algo._onednn_runs(g.dtype, cfg, fused=True)):
         return composed(gm, x, w)
 
     def native(gm, x, w):
