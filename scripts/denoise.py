@@ -6,7 +6,7 @@ up-convolutions (transposed convolutions, fcnn's dX map run forward) run fcnn's 
 Reports the peak signal-to-noise ratio (PSNR, dB, the images in [0, 1]) of the noisy and the
 denoised test images, and writes a grid of clean, noisy and denoised digits.
 
-    python scripts/denoise.py [--steps 600] [--noise 0.5] [--out docs/denoise.png]
+    python scripts/denoise.py [--steps 600] [--noise 0.5] [--out denoise.png]
 """
 
 from __future__ import annotations

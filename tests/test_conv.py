@@ -22,7 +22,7 @@ from tests.strategies import conv_cases, costly, dtype_for, normal
 MODES = ["fwd", "rev"] if ops.binding() == "primitive" else ["rev"]
 
 
-def _operands(case, dtype, seed=0, algorithm=None):
+def _operands(case, dtype, seed=0):
     """The case's x, w and b (None unless the case has a bias)."""
     x = normal(seed, case["x_shape"], dtype)
     w = normal(seed + 1, case["w_shape"], dtype)
@@ -45,7 +45,7 @@ algorithms = pytest.mark.parametrize("algorithm", ALGORITHMS)
 
 
 def _assert_value_and_vjp_match(case, dtype, algorithm):
-    x, w, b = _operands(case, dtype, algorithm=algorithm)
+    x, w, b = _operands(case, dtype)
     args = (x, w) if b is None else (x, w, b)
     check_vjp(_pair(_op(ops, case), case, algorithm=algorithm), _pair(_op(R, case), case), *args)
 
@@ -68,7 +68,7 @@ def test_value_and_vjp_match_autodiff_in_float32(case, algorithm):
 @given(case=conv_cases())
 def test_grad_input_and_grad_kernel_match_autodiff(case, algorithm):
     """The dX and dK ops equal jax.vjp of lax's conv, and so do their own VJPs (2nd order)."""
-    x, w, _ = _operands(case, dtype_for(algorithm), algorithm=algorithm)
+    x, w, _ = _operands(case, dtype_for(algorithm))
     kw = case["kwargs"]
     g = normal(7, jnp.shape(_op(R, case)(x, w, **kw)), x.dtype)
     dx, dk = "_grad_input", "_grad_kernel"
@@ -88,7 +88,7 @@ def test_grad_input_and_grad_kernel_match_autodiff(case, algorithm):
 @costly(ci_examples=7)
 @given(case=conv_cases())
 def test_grad_of_grad_matches_autodiff(case, algorithm):
-    x, w, b = _operands(case, dtype_for(algorithm), algorithm=algorithm)
+    x, w, b = _operands(case, dtype_for(algorithm))
     b = normal(3, (w.shape[-1],), x.dtype) if b is None else b
 
     def second(conv):
@@ -103,9 +103,13 @@ def test_grad_of_grad_matches_autodiff(case, algorithm):
         return jax.jit(jax.grad(outer, argnums=(0, 1, 2)))
 
     ours = partial(_op(ops, case), algorithm=algorithm)
+    # float32 (oneDNN): the second derivative chains four convolutions through sin and cos of
+    # their results, computed by two different kernels; the worst seen, 1.3e-5 of the largest
+    # element (x (2, 1, 2, 9), 9 channels), is rounding, so float32 gets rtol 1e-4 here
+    loose = {} if x.dtype == jnp.float64 else dict(rtol=1e-4, atol=1e-5)
     for got, want, name in zip(second(ours)(x, w, b), second(_op(R, case))(x, w, b), "xwb",
                                 strict=True):
-        assert_close(got, want, f"d2/d{name}")
+        assert_close(got, want, f"d2/d{name}", **loose)
 
 
 @algorithms
@@ -134,7 +138,7 @@ def test_finite_differences_orders_1_and_2(kw, algorithm):
 def test_adjoint_identities(case, algorithm):
     """<conv(v, w), u> == <v, dX(u, w)> and <conv(x, v), u> == <v, dK(x, u)>: the dX/dK ops are
     the exact transposes of the forward, linear in x and in w."""
-    x, w, _ = _operands(case, dtype_for(algorithm), algorithm=algorithm)
+    x, w, _ = _operands(case, dtype_for(algorithm))
     kw = {**case["kwargs"], "algorithm": algorithm}
     conv = _op(ops, case)
     u = normal(5, jax.eval_shape(lambda x, w: conv(x, w, **kw), x, w).shape, x.dtype)

@@ -61,7 +61,7 @@ def _operands(case, dtype):
 
 
 @pytest.mark.parametrize("algorithm", RANKED)
-@costly(ci_examples=6)  # the dX map it runs is swept in test_conv.py too
+@costly(ci_examples=4)  # the dX map it runs is swept in test_conv.py too
 @given(case=transposed_cases())
 def test_value_vjp_and_second_order_match_lax_conv_transpose(case, algorithm):
     ours = getattr(ops, f"conv_transpose{case['rank']}d")
@@ -105,8 +105,10 @@ def test_its_rules_are_the_three_maps():
     np.testing.assert_array_equal(ops.conv2d_grad_input(x, w, y.shape, stride=2, padding=1), y)
     assert_close(dx, ops.conv2d(u, w, stride=2, padding=1), "dx")
     assert_close(dw, ops.conv2d_grad_kernel(u, x, w.shape, stride=2, padding=1), "dw")
-    jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(ops.conv_transpose2d(x, w, **kw))))(x))
-    assert "fcnn_conv" in jaxpr and "conv_general_dilated" not in jaxpr
+    if ops.binding() == "primitive":  # (custom_vjp calls hold their computation's lax ops)
+        grad = jax.grad(lambda x: jnp.sum(ops.conv_transpose2d(x, w, **kw)))
+        jaxpr = str(jax.make_jaxpr(grad)(x))
+        assert "fcnn_conv" in jaxpr and "conv_general_dilated" not in jaxpr
 
 
 def test_forward_mode_and_hessian_run_through_its_rules():

@@ -12,15 +12,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
-sys.path.insert(0, str(ROOT / "scripts"))
 
 
 @pytest.fixture
 def scripts():
-    import denoise
-    import signals
+    """The two scripts as modules, scripts/ on the path only meanwhile (its module names,
+    summary.py or train.py, would shadow others')."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import denoise
+        import signals
 
-    return signals, denoise
+        yield signals, denoise
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
 
 
 def test_temporal_convnet_tells_four_waveforms_apart(scripts):

@@ -443,10 +443,12 @@ def Identity() -> Layer:
     name = "Identity"
 
     def shape(input_shape):
-        return input_shape
+        if isinstance(input_shape, tuple) and input_shape and isinstance(input_shape[0], tuple):
+            return input_shape  # a parallel's outputs, passed through
+        return as_shape(name, input_shape)
 
     def init(key, input_shape):
-        return {}, input_shape
+        return {}, shape(input_shape)
 
     def bind(module):  # no op to look up
         def apply(params, x, *, key=None, train=False):

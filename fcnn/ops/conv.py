@@ -342,7 +342,7 @@ def _transposed(op, rank, x, w, b, stride, padding, output_padding, dilation, gr
                              f"dilation of its axis, got {extra} with stride {stride_} and "
                              f"dilation {dilation_}.")
     cin, groups = x.shape[-1], _args.as_int(groups, op, "groups", minimum=1)
-    if cin % groups or (w.shape[-2] * groups) % groups:
+    if cin % groups:
         raise ValueError(f"{op}: `groups` (={groups}) must divide the input channels (={cin}).")
     if w.shape[-1] != cin:
         raise ValueError(f"{op}: x has {cin} channels but w expects {w.shape[-1]} (w.shape[-1]; "

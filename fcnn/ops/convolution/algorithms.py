@@ -1,13 +1,16 @@
-"""How the three convolution maps are computed: the algorithms behind conv2d's rules.
+"""How the three convolution maps are computed: the algorithms behind the convolutions' rules.
 
 Each map (forward y, dX, dK) has the same mathematical definition under every algorithm; the
-suite runs its whole sweep once per algorithm. ``cfg.algorithm`` is already resolved (never
+suite runs its whole sweep once per algorithm. Every formulation is written once for any number
+of spatial axes (described below in 2-D: a tap `(a, b)` is a tuple over the kernel's axes, the
+phases a product over every strided axis). ``cfg.algorithm`` is already resolved (never
 "auto") when these run; under "auto" it is the CPU's choice, and ``_per_platform`` gives every
 other platform XLA's own convolution (the formulations below were measured on a CPU only).
 
 - ``xla``: one ``lax.conv_general_dilated`` per map, exactly the formulation in conv.py's
   rules: dX with the upstream gradient dilated by the stride (``lhs_dilation``), dK with the
-  batch contracted.
+  batch contracted. Grouped and in float64, one convolution per group (``grouped``: XLA:CPU's
+  float64 grouped convolution lets a NaN of one group reach every group's outputs).
 - ``phase``: as ``xla``, but a strided dX is split by output phase (sub-pixel decomposition).
   Row ``q = r + m*s`` of dX only receives kernel taps ``a`` with ``a*d = r (mod s)``, so each of
   the ``s_h * s_w`` phases is a stride-1 full convolution of the *undilated* g with that subset
