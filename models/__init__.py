@@ -2,8 +2,8 @@
 
 Input shapes (per example): lenet5 and unet 28x28x1; dcgan_generator 1x1x100 (the latent
 vector), dcgan_discriminator 64x64x3; cs231n_convnet, resnet20-110 and resnet_no_bn
-32x32x3; alexnet 227x227x3; vgg, zfnet, googlenet, resnet18 and resnet34 224x224x3.
-`INPUT_SHAPES` maps each name to it.
+32x32x3; alexnet 227x227x3; vgg, zfnet, googlenet and resnet18-152 224x224x3.
+`INPUT_SHAPES` maps each name to it; `CLASSIFIERS` names those whose output is class scores.
 """
 
 from models.alexnet import alexnet
@@ -17,8 +17,11 @@ from models.resnet import (
     resnet32,
     resnet34,
     resnet44,
+    resnet50,
     resnet56,
+    resnet101,
     resnet110,
+    resnet152,
     resnet_no_bn,
 )
 from models.unet import unet
@@ -43,12 +46,21 @@ INPUT_SHAPES = {
     "googlenet": (224, 224, 3),
     "resnet18": (224, 224, 3),
     "resnet34": (224, 224, 3),
+    "resnet50": (224, 224, 3),
+    "resnet101": (224, 224, 3),
+    "resnet152": (224, 224, 3),
     "unet": (28, 28, 1),
     "dcgan_generator": (1, 1, 100),
     "dcgan_discriminator": (64, 64, 3),
 }
 
+# the networks whose output is class scores (`num_classes` of them), which the training,
+# tuning and export scripts build; unet and the DCGAN pair map images to images or a logit
+CLASSIFIERS = tuple(name for name in INPUT_SHAPES
+                    if name not in ("unet", "dcgan_generator", "dcgan_discriminator"))
+
 __all__ = [
+    "CLASSIFIERS",
     "INPUT_SHAPES",
     "alexnet",
     "cs231n_convnet",
@@ -61,8 +73,11 @@ __all__ = [
     "resnet32",
     "resnet34",
     "resnet44",
+    "resnet50",
     "resnet56",
+    "resnet101",
     "resnet110",
+    "resnet152",
     "resnet_no_bn",
     "unet",
     "vgg11",

@@ -10,6 +10,11 @@ every convolution ("right after each convolution and before activation", §3.4).
   zero channels appended (`PadChannels`), so no shortcut has parameters:
   269,722 / 464,154 / 658,586 / 853,018 / 1,727,962 parameters (the paper's 0.27M / 0.46M /
   0.66M / 0.85M / 1.7M).
+- `resnet50/101/152(num_classes=1000, stride_in_3x3=True)`: the same stem and stages of
+  bottleneck blocks (1x1, 3x3, 1x1 with 4x the width out; 3-4-6-3, 3-4-23-3, 3-8-36-3), option B
+  projections: 25,557,032 / 44,549,160 / 60,192,808 parameters, torchvision's "v1.5" (the
+  stride of a stage's first block in its 3x3 convolution; `stride_in_3x3=False` puts it in the
+  first 1x1, as the paper's Figure 5 and Table 1's 3.8/7.6/11.3 G multiply-adds count).
 - `resnet18/34(num_classes=1000)`: the ImageNet networks of Table 1 on 224x224x3: a 7x7/2 conv
   of 64 (padding 3: 112x112), a 3x3/2 max pool (padding 1: 56x56), four stages of basic blocks
   (64, 128, 256, 512 filters; 2-2-2-2 or 3-4-6-3 blocks; 3x3 convs padded 1), global average
@@ -87,16 +92,30 @@ def resnet110(num_classes: int = 10):
     return _cifar(18, num_classes)
 
 
-def _imagenet(blocks, num_classes):
+def bottleneck_block(width, stride=1, shortcut=None, expansion=4, stride_in_3x3=True):
+    """1x1 (width) -> 3x3 (width) -> 1x1 (expansion * width) conv + batch norm layers (ReLU
+    between) added to `shortcut` (identity when None), then a ReLU: the bottleneck block of He
+    et al. 2015, Figure 5 (right). The block's `stride` is in its 3x3 convolution (torchvision's
+    "ResNet v1.5", whose weights fcnn's map to) or, with `stride_in_3x3=False`, in its first
+    1x1 (the paper's original)."""
+    s3, s1 = (stride, 1) if stride_in_3x3 else (1, stride)
+    body = serial(conv_bn(width, 1, s1), ReLU(), conv_bn(width, 3, s3, 1), ReLU(),
+                  conv_bn(expansion * width, 1))
+    return serial(residual(body, shortcut), ReLU())
+
+
+def _imagenet(blocks, num_classes, bottleneck=False, stride_in_3x3=True):
     layers = [conv_bn(64, 7, 2, 3), ReLU(), MaxPool2D(3, stride=2, padding=1)]
     width_in = 64
     for stage, (width, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+        out = 4 * width if bottleneck else width
         for b in range(n):
             stride = 2 if stage > 0 and b == 0 else 1
             # option B: a projection where the shape changes, identity elsewhere
-            shortcut = conv_bn(width, 1, stride) if stride != 1 or width != width_in else None
-            layers.append(basic_block(width, stride, shortcut))
-            width_in = width
+            shortcut = conv_bn(out, 1, stride) if stride != 1 or out != width_in else None
+            layers.append(bottleneck_block(width, stride, shortcut, stride_in_3x3=stride_in_3x3)
+                          if bottleneck else basic_block(width, stride, shortcut))
+            width_in = out
     return serial(*layers, GlobalAvgPool2D(), Dense(num_classes))
 
 
@@ -108,6 +127,25 @@ def resnet18(num_classes: int = 1000):
 def resnet34(num_classes: int = 1000):
     """ResNet-34 for 224x224x3 (3-4-6-3 basic blocks): 21,797,672 parameters."""
     return _imagenet((3, 4, 6, 3), num_classes)
+
+
+def resnet50(num_classes: int = 1000, stride_in_3x3: bool = True):
+    """ResNet-50 for 224x224x3 (3-4-6-3 bottleneck blocks): 25,557,032 parameters either way.
+    Multiply-adds of its convolutions and fully connected layer: 4.09 G with the stride in the
+    3x3 (v1.5, the default), 3.86 G with it in the first 1x1 (the paper's Table 1: 3.8 G)."""
+    return _imagenet((3, 4, 6, 3), num_classes, True, stride_in_3x3)
+
+
+def resnet101(num_classes: int = 1000, stride_in_3x3: bool = True):
+    """ResNet-101 (3-4-23-3 bottleneck blocks): 44,549,160 parameters; 7.80 G multiply-adds
+    (v1.5), 7.57 G with the stride in the first 1x1 (Table 1: 7.6 G)."""
+    return _imagenet((3, 4, 23, 3), num_classes, True, stride_in_3x3)
+
+
+def resnet152(num_classes: int = 1000, stride_in_3x3: bool = True):
+    """ResNet-152 (3-8-36-3 bottleneck blocks): 60,192,808 parameters; 11.51 G multiply-adds
+    (v1.5), 11.28 G with the stride in the first 1x1 (Table 1: 11.3 G)."""
+    return _imagenet((3, 8, 36, 3), num_classes, True, stride_in_3x3)
 
 
 def _plain_block(width, stride):

@@ -53,7 +53,7 @@ def build(model_name: str, batch_size: int):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="lenet5", choices=sorted(models.INPUT_SHAPES))
+    p.add_argument("--model", default="lenet5", choices=sorted(models.CLASSIFIERS))
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--out", type=Path, help="write <name>.<platforms>.bin files here")
     args = p.parse_args(argv)

@@ -29,7 +29,7 @@ DEFAULT = train.Recipe()
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="lenet5", choices=sorted(models.INPUT_SHAPES))
+    p.add_argument("--model", default="lenet5", choices=sorted(models.CLASSIFIERS))
     p.add_argument("--dataset", default="mnist_embedded",
                    choices=["mnist_embedded", "mnist", "fashion_mnist", "cifar10"])
     p.add_argument("--data-dir", type=Path, help="default: $FCNN_DATA or ~/.cache/fcnn")

@@ -32,7 +32,7 @@ DEFAULT = train.Recipe()
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="lenet5", choices=sorted(models.INPUT_SHAPES))
+    p.add_argument("--model", default="lenet5", choices=sorted(models.CLASSIFIERS))
     p.add_argument("--batch-size", type=int, default=DEFAULT.batch_size,
                    help="images per train step")
     p.add_argument("--eval-batch-size", type=int, default=1000,

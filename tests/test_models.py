@@ -30,6 +30,9 @@ PARAMS = {
     "resnet110": 1_727_962,  # 1.7M
     "resnet18": 11_689_512,  # Table 1, option B (torchvision's count)
     "resnet34": 21_797_672,
+    "resnet50": 25_557_032,  # Table 1's bottleneck nets, option B (torchvision's counts)
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
     "zfnet": 62_357_608,  # Zeiler & Fergus 2013, Figure 3 (with biases)
     "googlenet": 6_998_552,  # Szegedy et al. 2014, Table 1, convolutions with biases
     "dcgan_generator": 3_576_704,  # Radford et al. 2015's layout as PyTorch's DCGAN example
@@ -58,6 +61,23 @@ def test_parameter_counts_from_shapes(name):
     # ImageNet's classes, CIFAR's, or the model's image
     want = OUTPUTS.get(name, (1000 if shape[0] > 200 else 10,))
     assert out.shape == (1, *want)
+
+
+@pytest.mark.parametrize("name,paper", [("resnet18", 1.8), ("resnet34", 3.6), ("resnet50", 3.8),
+                                        ("resnet101", 7.6), ("resnet152", 11.3)])
+def test_resnet_multiply_adds_match_table_1(name, paper):
+    """He et al. 2015, Table 1: FLOPs as multiply-adds of the convolutions and the fully
+    connected layer, to one decimal (the paper's rounding: 3.86 G for ResNet-50 printed 3.8).
+    The bottleneck nets as the paper counts them, the stride in the first 1x1; torchvision's
+    v1.5 (fcnn's default) puts it in the 3x3: 4.09 / 7.80 / 11.51 G."""
+    kw = {} if name in ("resnet18", "resnet34") else {"stride_in_3x3": False}
+    s = fcnn.summary(getattr(models, name)(**kw), (224, 224, 3))
+    macs = sum(r.flops for r in s.rows if r.name.endswith(("Conv2D", "Dense"))) / 2e9
+    assert abs(macs - paper) < 0.1, macs
+    if kw:
+        v15 = fcnn.summary(getattr(models, name)(), (224, 224, 3))
+        assert v15.total_params == s.total_params  # the stride moves no parameter
+        assert v15.total_flops > s.total_flops
 
 
 def test_dcgan_and_unet_layouts():
