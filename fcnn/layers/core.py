@@ -194,24 +194,14 @@ def ConvTranspose3D(out_channels, kernel_size, stride=1, padding=0, output_paddi
 
 def _conv_transpose(name, rank, out_channels, kernel_size, stride, padding, output_padding,
                     dilation, groups, use_bias, w_init, b_init, algorithm, precision) -> Layer:
-    from fcnn.ops.conv import transposed_size
+    from fcnn.ops.conv import transposed_geometry, transposed_size
 
     op_name = f"conv_transpose{rank}d"
     out_channels = _args.as_int(out_channels, name, "out_channels", minimum=1)
-    if isinstance(_args.static(padding, name, "padding"), str):
-        raise ValueError(f"{name}: `padding` must be an int, one int per axis or (low, high) "
-                         f"pairs per axis, got {padding!r}.")
-    window = Window(_args.as_tuple(kernel_size, name, "kernel_size", rank),
-                    _args.as_tuple(stride, name, "stride", rank),
-                    _args.padding_form(padding, name, rank),
-                    _args.as_tuple(dilation, name, "dilation", rank), transposed=True,
-                    output_padding=_args.as_tuple(output_padding, name, "output_padding", rank,
-                                                  minimum=0))
-    for e, s, d in zip(window.output_padding, window.stride, window.dilation):
-        if e >= max(s, d):
-            raise ValueError(f"{name}: `output_padding` must be smaller than the stride or the "
-                             f"dilation of its axis, got {window.output_padding} with stride "
-                             f"{window.stride} and dilation {window.dilation}.")
+    stride, pads, dilation, extra = transposed_geometry(name, rank, stride, padding,
+                                                        output_padding, dilation)
+    window = Window(_args.as_tuple(kernel_size, name, "kernel_size", rank), stride, pads,
+                    dilation, transposed=True, output_padding=extra)
     groups = _args.as_int(groups, name, "groups", minimum=1)
     algorithm = _args.as_choice(algorithm, name, "algorithm", CONV_ALGORITHMS)
     if out_channels % groups:

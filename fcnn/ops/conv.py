@@ -319,6 +319,26 @@ def conv_transpose3d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dil
                        dilation, groups, algorithm, precision)
 
 
+def transposed_geometry(op, rank, stride, padding, output_padding, dilation):
+    """A transposed convolution's `(stride, pads, dilation, output_padding)`, one entry per
+    axis, validated (the op and the layers both use it): padding as ints or (low, high) pairs,
+    no strings; output_padding below the stride or the dilation of its axis (PyTorch's rule)."""
+    if isinstance(_args.static(padding, op, "padding"), str):
+        raise ValueError(f"{op}: `padding` must be an int, one int per axis or (low, high) "
+                         f"pairs per axis; strings are for the forward convolution, got "
+                         f"{padding!r}.")
+    pads = _args.padding_form(padding, op, rank)
+    stride = _args.as_tuple(stride, op, "stride", rank)
+    dilation = _args.as_tuple(dilation, op, "dilation", rank)
+    extra = _args.as_tuple(output_padding, op, "output_padding", rank, minimum=0)
+    for e, s, d in zip(extra, stride, dilation):
+        if e >= max(s, d):
+            raise ValueError(f"{op}: `output_padding` must be smaller than the stride or the "
+                             f"dilation of its axis, got {extra} with stride {stride} and "
+                             f"dilation {dilation}.")
+    return stride, pads, dilation, extra
+
+
 def transposed_size(size, k, stride, pads, output_padding, dilation):
     """The transposed convolution's output size along one axis."""
     return (size - 1) * stride - pads[0] - pads[1] + dilation * (k - 1) + output_padding + 1
@@ -328,19 +348,8 @@ def _transposed(op, rank, x, w, b, stride, padding, output_padding, dilation, gr
                 algorithm, precision):
     x, batched = _checks.image(op, "x", x, rank)
     w = _kernel(op, w, rank, transposed=True)
-    if isinstance(_args.static(padding, op, "padding"), str):
-        raise ValueError(f"{op}: `padding` must be an int, one int per axis or (low, high) "
-                         f"pairs per axis; strings are for the forward convolution, got "
-                         f"{padding!r}.")
-    pads = _args.padding_form(padding, op, rank)
-    stride_ = _args.as_tuple(stride, op, "stride", rank)
-    dilation_ = _args.as_tuple(dilation, op, "dilation", rank)
-    extra = _args.as_tuple(output_padding, op, "output_padding", rank, minimum=0)
-    for e, s, d in zip(extra, stride_, dilation_):
-        if e >= max(s, d):
-            raise ValueError(f"{op}: `output_padding` must be smaller than the stride or the "
-                             f"dilation of its axis, got {extra} with stride {stride_} and "
-                             f"dilation {dilation_}.")
+    stride_, pads, dilation_, extra = transposed_geometry(op, rank, stride, padding,
+                                                          output_padding, dilation)
     cin, groups = x.shape[-1], _args.as_int(groups, op, "groups", minimum=1)
     if cin % groups:
         raise ValueError(f"{op}: `groups` (={groups}) must divide the input channels (={cin}).")
