@@ -2,11 +2,13 @@
 
 Input shapes (per example): lenet5 and unet 28x28x1; dcgan_generator 1x1x100 (the latent
 vector), dcgan_discriminator 64x64x3; cs231n_convnet, resnet20-110 and resnet_no_bn
-32x32x3; alexnet 227x227x3; vgg, zfnet, googlenet and resnet18-152 224x224x3.
+32x32x3; alexnet 227x227x3; vgg (and vgg*_bn), alexnet_torchvision, zfnet, googlenet and
+resnet18-152 224x224x3. `fcnn.weights` loads torchvision's weights into resnet18-152, vgg*,
+vgg*_bn and alexnet_torchvision.
 `INPUT_SHAPES` maps each name to it; `CLASSIFIERS` names those whose output is class scores.
 """
 
-from models.alexnet import alexnet
+from models.alexnet import alexnet, alexnet_torchvision
 from models.cs231n import cs231n_convnet
 from models.dcgan import dcgan_discriminator, dcgan_generator
 from models.googlenet import googlenet
@@ -25,7 +27,7 @@ from models.resnet import (
     resnet_no_bn,
 )
 from models.unet import unet
-from models.vgg import vgg11, vgg13, vgg16, vgg19
+from models.vgg import vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
 from models.zfnet import zfnet
 
 INPUT_SHAPES = {
@@ -42,6 +44,11 @@ INPUT_SHAPES = {
     "vgg13": (224, 224, 3),
     "vgg16": (224, 224, 3),
     "vgg19": (224, 224, 3),
+    "alexnet_torchvision": (224, 224, 3),
+    "vgg11_bn": (224, 224, 3),
+    "vgg13_bn": (224, 224, 3),
+    "vgg16_bn": (224, 224, 3),
+    "vgg19_bn": (224, 224, 3),
     "zfnet": (224, 224, 3),
     "googlenet": (224, 224, 3),
     "resnet18": (224, 224, 3),
@@ -63,6 +70,7 @@ __all__ = [
     "CLASSIFIERS",
     "INPUT_SHAPES",
     "alexnet",
+    "alexnet_torchvision",
     "cs231n_convnet",
     "dcgan_discriminator",
     "dcgan_generator",
@@ -81,8 +89,12 @@ __all__ = [
     "resnet_no_bn",
     "unet",
     "vgg11",
+    "vgg11_bn",
     "vgg13",
+    "vgg13_bn",
     "vgg16",
+    "vgg16_bn",
     "vgg19",
+    "vgg19_bn",
     "zfnet",
 ]

@@ -1,13 +1,21 @@
-"""Initialisers: fans for dense and HWIO (+groups) weights, and the variance of large draws."""
+"""Initialisers: fans for dense and HWIO (+groups) weights, the variance of large draws; a
+model's compiled init, bit for bit the op-by-op one."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcnn import init
+import models
+from fcnn import init, layers
+from fcnn.layers import _base as base
 
 
 def test_fans():
@@ -45,3 +53,107 @@ def test_uniform_bound_normal_std_constant_zeros():
     assert abs(float(jnp.std(w)) - 0.05) < 0.001
     np.testing.assert_array_equal(init.constant(0.1)(None, (3,)), jnp.full(3, 0.1, jnp.float32))
     np.testing.assert_array_equal(init.zeros()(None, (2, 2)), jnp.zeros((2, 2)))
+
+
+# ------------------------------------------------------------------ a model's compiled init
+
+THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
+
+
+def _eager(model, key, shape):
+    """The init run op by op, as fcnn ran it before its init was one compiled program."""
+    base.COMPILED_INIT = False
+    try:
+        return model.init(key, shape)
+    finally:
+        base.COMPILED_INIT = True
+
+
+def _same_bits(a, b):
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert np.array_equal(np.asarray(x), np.asarray(y)), x.shape
+
+
+# every model under the thorough profile (GoogLeNet's branches: 20 s); each run, a plain
+# stack, batch norm with residual blocks, and a transposed-conv generator
+COMPILED = sorted(models.INPUT_SHAPES) if THOROUGH else ["lenet5", "resnet20", "dcgan_generator"]
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_init_is_the_eager_init_bit_for_bit(name):
+    """The compiled init (`fcnn.init.together`: the key tree split level by level, the draws
+    batched by size, LLVM at O1) gives the very bits of the op-by-op init: the params sha256
+    figures quoted before it stay true. Also under x64 (float64 draws come later, in the
+    layers' dtype: float32 here too) and under vmap over keys."""
+    model, shape = getattr(models, name)(), models.INPUT_SHAPES[name]
+    key = jax.random.key(7)
+    params, out = model.init(key, shape)
+    want, want_out = _eager(model, key, shape)
+    assert out == want_out
+    _same_bits(params, want)
+    if name == "lenet5":
+        keys = jax.random.split(key, 3)
+        batched = jax.vmap(lambda k: model.init(k, shape)[0])(keys)
+        for i in range(3):
+            _same_bits(jax.tree_util.tree_map(lambda a, i=i: a[i], batched),
+                       _eager(model, keys[i], shape)[0])
+        # a legacy uint32 key and inside a user's jit (the nested program) likewise
+        raw = jax.random.PRNGKey(3)
+        _same_bits(model.init(raw, shape)[0], _eager(model, raw, shape)[0])
+        _same_bits(jax.jit(lambda k: model.init(k, shape)[0])(raw), _eager(model, raw, shape)[0])
+
+
+def test_compiled_init_at_xlas_default_level_is_the_eager_init():
+    """The suite compiles everything at LLVM's O0 (conftest: XLA_FLAGS), where the compiled
+    init runs at O0 too; a user's process runs at XLA's default, where the init compiles at
+    O1 and the op-by-op draws at O3. Bit for bit the same there too, in a fresh process."""
+    script = (
+        "import jax, numpy as np, models\n"
+        "import fcnn.layers._base as base\n"
+        "for name in ('lenet5',):\n"
+        "    m, s = getattr(models, name)(), models.INPUT_SHAPES[name]\n"
+        "    a = m.init(jax.random.key(5), s)[0]\n"
+        "    base.COMPILED_INIT = False\n"
+        "    b = m.init(jax.random.key(5), s)[0]\n"
+        "    base.COMPILED_INIT = True\n"
+        "    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)\n"
+        "    assert len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))\n"
+        "print('same')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "same", out.stderr[-2000:]
+
+
+def test_compiled_init_with_a_users_initialiser_and_layer():
+    """A user's initialiser (which splits and draws with jax.random itself) runs inside the
+    compiled program, its draws computed on their own; a tree holding a user's bare Layer runs
+    eagerly, as written (its init may do anything). Both equal the eager init."""
+    def orthogonalish(key, shape, dtype=jnp.float32, *, groups=1):
+        k1, k2 = jax.random.split(key)
+        return jax.random.normal(k1, shape, dtype) + jax.random.uniform(k2, shape, dtype)
+
+    calls = []
+
+    def bare_init(key, input_shape):
+        calls.append(type(key))
+        return {"s": jnp.asarray(np.float32(2.0))}, input_shape
+
+    bare = layers.Layer(bare_init, lambda p, x, **kw: x * p["s"])
+    for model in (layers.serial(layers.Conv2D(4, 3, w_init=orthogonalish), layers.ReLU(),
+                                layers.Flatten(), layers.Dense(3)),
+                  layers.serial(layers.Conv2D(4, 3), bare, layers.Flatten(), layers.Dense(3))):
+        key = jax.random.key(1)
+        _same_bits(model.init(key, (6, 6, 2))[0], _eager(model, key, (6, 6, 2))[0])
+    assert all(t is not jax.core.Tracer and not issubclass(t, jax.core.Tracer) for t in calls)
+
+
+def test_compiled_init_errors_are_the_layers():
+    """A shape error raised while the program is traced is the layer's own LayerError."""
+    model = models.lenet5()
+    with pytest.raises(ValueError, match=r"serial\[0\] Conv2D: expects \(H, W, C\)"):
+        model.init(jax.random.key(0), (28, 28))

@@ -21,6 +21,11 @@ PARAMS = {
     "vgg13": 133_047_848,
     "vgg16": 138_357_544,
     "vgg19": 143_667_240,
+    "alexnet_torchvision": 61_100_840,  # torchvision's counts
+    "vgg11_bn": 132_868_840,
+    "vgg13_bn": 133_053_736,
+    "vgg16_bn": 138_365_992,
+    "vgg19_bn": 143_678_248,
     "cs231n_convnet": 1_116_970,
     "resnet_no_bn": 271_594,
     "resnet20": 269_722,  # He et al. 2015, section 4.2: 0.27M (option A, batch norm)
@@ -51,7 +56,7 @@ def test_parameter_counts_from_shapes(name):
     # batch norm's running mean and variance: state, as many entries as its scale and shift
     norm_params = sum(r.params for r in s.rows if r.name.endswith("BatchNorm"))
     assert s.total_state == norm_params and net.stateful == (norm_params > 0)
-    normed = ("resnet", "dcgan", "unet")
+    normed = ("resnet", "dcgan", "unet", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn")
     assert net.stateful == (name.startswith(normed) and name != "resnet_no_bn")
     out = jax.eval_shape(
         lambda p, st: net.apply_with_state(p, st, jnp.zeros((1, *shape)))[0],

@@ -26,9 +26,19 @@ from fcnn.data._formats import (
     read_idx,
     read_idx_pair,
 )
+from fcnn.data.imagenet import (
+    CLASSES,
+    MEAN,
+    STD,
+    center_crop,
+    normalize,
+    preprocess,
+    resize_shorter,
+)
 
-__all__ = ["DataError", "Dataset", "batches", "check_dataset", "check_finite", "load",
-           "read_cifar10", "read_idx", "read_idx_pair"]
+__all__ = ["CLASSES", "MEAN", "STD", "DataError", "Dataset", "batches", "center_crop",
+           "check_dataset", "check_finite", "load", "normalize", "preprocess", "read_cifar10",
+           "read_idx", "read_idx_pair", "resize_shorter"]
 
 
 class Dataset(NamedTuple):

@@ -28,12 +28,15 @@ it as kind ``"Layer"``, its shape taken from ``jax.eval_shape`` of its init.
 from __future__ import annotations
 
 import inspect
+import os
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 
 from fcnn import _args
+from fcnn import init as initializers
 from fcnn import ops as default_ops
 
 
@@ -232,13 +235,76 @@ def make(kind: str, config: dict, shape: Callable, init: Callable, apply: Callab
     `fused` maps a following layer's kind to the apply running both as one op."""
 
     def layer_init(key, input_shape):
-        return init(key, input_shape)
+        if getattr(_INIT, "inside", False) or not COMPILED_INIT or not _compilable(layer_init.info):
+            return init(key, input_shape)
+        return _compiled_init(layer_init, init, key, input_shape)
 
     layer_init.info = LayerInfo(kind, config, window, tuple(children), shape, rebind, apply,
                                 init_state, fused)
     layer_init.__qualname__ = f"{kind}.init"
     apply.__qualname__ = f"{kind}.apply"
     return Layer(layer_init, apply)
+
+
+# Whether a layer's init runs as one compiled program (on by default). Off, every parameter's
+# draw is its own op, dispatched one by one: XLA then compiles the random-bits program once per
+# parameter shape, which dominated a first init (LeNet-5 2.6 s, VGG-16 5.5 s; docs/performance.md).
+COMPILED_INIT = True
+
+_INIT = threading.local()  # .inside: this thread is tracing an init for its compiled program
+
+
+def _compilable(info: LayerInfo) -> bool:
+    """Whether every layer in the tree is fcnn's own: a user's bare `Layer(init, apply)` may do
+    anything in its init (draw with numpy, read concrete values), so a tree holding one runs
+    eagerly, as written."""
+    return info.kind != "Layer" and all(
+        _compilable(c.info) for c in info.children)
+
+
+def _static_shape(shape):
+    """An input shape as nested tuples of ints (hashable: the compiled program's static key)."""
+    if isinstance(shape, (tuple, list)):
+        return tuple(_static_shape(s) for s in shape)
+    return int(shape)
+
+
+def _compiled_init(layer_init, init, key, input_shape):
+    """`init(key, input_shape)` as one jitted program, compiled once per layer object and input
+    shape and cached on the layer: the same random draws as the eager init (the same threefry
+    calls on the same keys; tests/test_init.py checks every model bit for bit), one compile
+    instead of one per parameter shape. The output shape comes from the layer's shape function,
+    the one source of truth init itself uses; under `vmap` the program is batched over keys."""
+    try:
+        static = _static_shape(input_shape)
+    except (TypeError, ValueError):  # not a shape: the eager init says what is wrong with it
+        return init(key, input_shape)
+    programs = getattr(layer_init, "_compiled", None)
+    if programs is None:
+        @initializers.together
+        def params_of(key, shape):
+            _INIT.inside = True
+            try:
+                return init(key, shape)[0]
+            finally:
+                _INIT.inside = False
+
+        # LLVM's O1 instead of XLA's default O3: half the compile (ResNet-50: 3.2 s against
+        # 6.3 s), and the same bits as the op-by-op init at the default (O0 would differ: it
+        # forms no fused multiply-adds in the normal's erf_inv). A level set in XLA_FLAGS is
+        # the user's choice, and every op runs at it: the init too. Inside another jit (or
+        # eval_shape) options are not allowed: the second program, compiled with the caller's.
+        level = {} if "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "") \
+            else {"compiler_options": {"xla_backend_optimization_level": 1}}
+        programs = layer_init._compiled = (jax.jit(params_of, static_argnums=1, **level),
+                                           jax.jit(params_of, static_argnums=1))
+    out_shape = layer_init.info.shape(input_shape)
+    try:
+        return programs[0](key, static), out_shape
+    except ValueError as e:
+        if "compiler_options" not in str(e):
+            raise
+    return programs[1](key, static), out_shape
 
 
 def leaf(kind: str, config: dict, shape: Callable, init: Callable,

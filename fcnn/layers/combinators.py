@@ -12,6 +12,7 @@ import functools
 
 import jax
 
+from fcnn import init as initializers
 from fcnn.layers._base import (
     RESIDUAL_RELU,
     Layer,
@@ -111,7 +112,7 @@ def serial(*layers: Layer) -> Layer:
 
     def init(key, input_shape):
         params = []
-        for child, k, segment in zip(layers, jax.random.split(key, len(layers)), segments):
+        for child, k, segment in zip(layers, initializers.split(key, len(layers)), segments):
             p, input_shape = _under(segment, child.init, k, input_shape)
             params.append(p)
         return tuple(params), input_shape
@@ -161,7 +162,7 @@ def parallel(*layers: Layer) -> Layer:
 
     def init(key, input_shape):
         pairs = [_under(s, child.init, k, input_shape) for child, k, s in
-                 zip(layers, jax.random.split(key, len(layers)), segments)]
+                 zip(layers, initializers.split(key, len(layers)), segments)]
         return tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
 
     def apply(params, x, *, key=None, train=False):
@@ -204,7 +205,7 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
 
     def init(key, input_shape):
         out = shape(input_shape)
-        k_block, k_short = jax.random.split(key)
+        k_block, k_short = initializers.split(key)
         p_block, _ = _under("residual.block", block.init, k_block, input_shape)
         p_short = {} if shortcut is None else _under(
             "residual.shortcut", shortcut.init, k_short, input_shape)[0]

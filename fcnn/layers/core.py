@@ -110,7 +110,7 @@ def _conv(name, rank, out_channels, kernel_size, stride, padding, dilation, grou
 
     def init(key, input_shape):
         out = shape(input_shape)
-        k_w, k_b = jax.random.split(key)
+        k_w, k_b = initializers.split(key)
         params = {"w": w_init(k_w, (*window.kernel, input_shape[-1] // groups, out_channels),
                               groups=groups)}
         if use_bias:
@@ -225,7 +225,7 @@ def _conv_transpose(name, rank, out_channels, kernel_size, stride, padding, outp
 
     def init(key, input_shape):
         out = shape(input_shape)
-        k_w, k_b = jax.random.split(key)
+        k_w, k_b = initializers.split(key)
         params = {"w": w_init(k_w, (*window.kernel, out_channels // groups, input_shape[-1]),
                               groups=groups)}
         if use_bias:
@@ -389,7 +389,7 @@ def Dense(out_features, use_bias=True, w_init=None, b_init=None, precision=None)
 
     def init(key, input_shape):
         out = shape(input_shape)
-        k_w, k_b = jax.random.split(key)
+        k_w, k_b = initializers.split(key)
         params = {"w": w_init(k_w, (input_shape[0], out_features))}
         if use_bias:
             params["b"] = b_init(k_b, (out_features,))
