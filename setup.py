@@ -33,6 +33,7 @@ DEPENDENCIES = [
     "tqdm>=4.66",
     "matplotlib>=3.7",
     "flatbuffers>=24.3",  # jax.export serialisation (scripts/export.py)
+    "safetensors>=0.4",  # trained weights without pickle (fcnn.weights), read with its numpy API
 ]
 LINUX_X86 = 'sys_platform == "linux" and platform_machine == "x86_64"'
 
