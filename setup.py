@@ -32,6 +32,7 @@ DEPENDENCIES = [
     "numpy>=1.24",
     "tqdm>=4.66",
     "matplotlib>=3.7",
+    "pillow>=9",  # reading images (fcnn.data.preprocess); matplotlib depends on it too
     "flatbuffers>=24.3",  # jax.export serialisation (scripts/export.py)
     "safetensors>=0.4",  # trained weights without pickle (fcnn.weights), read with its numpy API
 ]

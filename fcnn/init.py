@@ -161,6 +161,18 @@ def fans(shape, groups: int = 1) -> tuple[float, float]:
     return float(receptive * shape[-2]), float(receptive * shape[-1] / groups)
 
 
+def _own(init):
+    """Marks an initialiser as fcnn's: its draws go through `_random` (batched and exact inside
+    a compiled init). A layer with another initialiser inits op by op (`fcnn.layers`)."""
+    init.fcnn_initializer = True
+    return init
+
+
+def owned(*inits) -> bool:
+    """Whether every one of `inits` is fcnn's own (None: the layer's default, fcnn's too)."""
+    return all(i is None or getattr(i, "fcnn_initializer", False) for i in inits)
+
+
 def _drawn(values):
     """Random draws kept apart from the scale applied to them. A model's init runs as one
     compiled program (`fcnn.layers`), where XLA would fold `* std` into the `* sqrt(2)` inside
@@ -178,7 +190,7 @@ def he_normal():
         fan_in, _ = fans(shape, groups)
         return _drawn(_random("normal", key, shape, dtype)) * jnp.sqrt(2.0 / fan_in).astype(dtype)
 
-    return init
+    return _own(init)
 
 
 def glorot_uniform():
@@ -189,7 +201,7 @@ def glorot_uniform():
         limit = math.sqrt(6.0 / (fan_in + fan_out))
         return _random("uniform", key, shape, dtype, -limit, limit)
 
-    return init
+    return _own(init)
 
 
 def glorot_normal():
@@ -199,7 +211,7 @@ def glorot_normal():
         fan_in, fan_out = fans(shape, groups)
         return _drawn(_random("normal", key, shape, dtype)) * math.sqrt(2.0 / (fan_in + fan_out))
 
-    return init
+    return _own(init)
 
 
 def normal(std: float = 0.01):
@@ -209,7 +221,7 @@ def normal(std: float = 0.01):
     def init(key, shape, dtype=jnp.float32, *, groups=1):
         return _drawn(_random("normal", key, shape, dtype)) * std
 
-    return init
+    return _own(init)
 
 
 def constant(value: float):
@@ -219,7 +231,7 @@ def constant(value: float):
     def init(key, shape, dtype=jnp.float32, *, groups=1):
         return jnp.full(shape, value, dtype)
 
-    return init
+    return _own(init)
 
 
 def zeros():

@@ -12,8 +12,8 @@ state)` turns them back. Every conversion is explicit and checked:
 - a BatchNorm's `weight`/`bias` -> params `gamma`/`beta`, its `running_mean`/`running_var`
   -> state `mean`/`var` (the same eps, 1e-5; PyTorch's momentum 0.1 is fcnn's 0.9);
   `num_batches_tracked` is accepted and ignored (fcnn's update does not count batches);
-- a key that is missing, unknown, or of the wrong shape is a ValueError naming every one of
-  them: nothing is skipped, nothing is guessed.
+- keys that are missing, unknown, or of the wrong shape are one ValueError that lists them
+  (the first 12 of each kind, and how many in all): nothing is skipped, nothing is guessed.
 
 The networks (`SUPPORTED`): `resnet18/34/50/101/152` (torchvision's ResNet, v1.5 for the
 bottleneck nets), `vgg11/13/16/19` and `vgg11_bn ... vgg19_bn`, and `alexnet_torchvision`
@@ -35,6 +35,7 @@ checkpoints (`fcnn.checkpoint`) are a separate format and stay as they are.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -214,11 +215,20 @@ def _torch_shapes(entry: Entry, params, state) -> dict[str, tuple[int, ...]]:
     return {f"{entry.prefix}.{k}": v for k, v in keys.items()}
 
 
+def _tensor_numpy(tensor) -> np.ndarray:
+    """A torch tensor as a numpy array of its dtype (bfloat16 through ml_dtypes, which numpy
+    lacks), without importing torch unless the tensor is bfloat16."""
+    tensor = tensor.detach().cpu()
+    if str(tensor.dtype) == "torch.bfloat16":
+        import torch
+
+        return tensor.view(torch.int16).numpy().view(jnp.bfloat16)
+    return tensor.numpy()
+
+
 def _numpy(value, key: str) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor, converted without importing torch
-        value = value.detach().cpu().numpy()
-    array = np.asarray(value)
-    if not np.issubdtype(array.dtype, np.floating):
+    array = np.asarray(_tensor_numpy(value) if hasattr(value, "detach") else value)
+    if not jnp.issubdtype(array.dtype, jnp.floating):
         raise TypeError(f"fcnn.weights: `{key}` must hold floating-point values, got dtype "
                         f"{array.dtype}.")
     return array
@@ -347,12 +357,18 @@ def to_torch(name: str, params, state=(), *, num_batches_tracked: int = 0,
         raise ValueError(f"fcnn.weights.to_torch: `params` do not have the structure of "
                          f"models.{name}: no Dense weight at {table[-1].path} ({e!r}).") from None
     params_t, state_t = _template(name, num_classes, input_shape)
+    if isinstance(num_batches_tracked, bool) or not isinstance(
+            num_batches_tracked, (int, np.integer)) or num_batches_tracked < 0:
+        raise ValueError(f"fcnn.weights.to_torch: `num_batches_tracked` must be an int >= 0, "
+                         f"got {num_batches_tracked!r}.")
     for tree, template, what in ((params, params_t, "params"), (state, state_t, "state")):
-        got = jax.tree_util.tree_structure(tree)
-        if got != jax.tree_util.tree_structure(template):
+        want = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(template)]
+        got = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+        if want != got:
+            where = next((f"expected {w}, got {g}" for w, g in zip(want, got) if w != g),
+                         f"expected {len(want)} arrays, got {len(got)}")
             raise ValueError(f"fcnn.weights.to_torch: `{what}` do not have the structure of "
-                             f"models.{name}(num_classes={num_classes}): expected {template}, "
-                             f"got {got}.")
+                             f"models.{name}(num_classes={num_classes}): {where}.")
     out = {}
     for entry in table:
         p = _at(params, entry.path)
@@ -406,14 +422,16 @@ _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
 
 
 def _sniff(path: Path) -> str:
-    """"safetensors", "torch" (a zip or pickle: PyTorch's formats) or "unknown"."""
+    """"safetensors", "torch" (a zip or pickle: PyTorch's formats) or "unknown". safetensors
+    first: its 8-byte little-endian header length may itself begin with b"PK" or 0x80."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return "safetensors"
     if head[:2] == b"PK" or head[:1] == b"\x80":
         return "torch"
-    if len(head) == 9 and head[8:9] == b"{":  # an 8-byte header length, then the JSON header
-        return "safetensors"
-    return "unknown"
+    return "safetensors" if head[8:9] == b"{" else "unknown"  # a truncated one: the reader says
 
 
 def load_file(path) -> dict[str, np.ndarray]:
@@ -429,6 +447,9 @@ def load_file(path) -> dict[str, np.ndarray]:
 
     The format is read from the file's first bytes, not its name.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"fcnn.weights.load_file: `path` must be a str or os.PathLike, got "
+                        f"{type(path).__name__}.")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"fcnn.weights.load_file: no file {str(path)!r}.")
@@ -468,7 +489,7 @@ def _load_pickled(path: Path) -> dict[str, np.ndarray]:
                                                   loaded.values()):
         raise ValueError(f"fcnn.weights.load_file: {str(path)!r} holds a "
                          f"{type(loaded).__name__}, not a state dict (names -> tensors).")
-    return {str(k): v.detach().cpu().numpy() for k, v in loaded.items()}
+    return {str(k): _tensor_numpy(v) for k, v in loaded.items()}
 
 
 def save_file(path, arrays: Mapping, metadata: Mapping[str, str] | None = None) -> None:
@@ -485,7 +506,11 @@ def save_file(path, arrays: Mapping, metadata: Mapping[str, str] | None = None) 
     for k, v in arrays.items():
         if not isinstance(k, str):
             raise TypeError(f"fcnn.weights.save_file: names must be str, got {k!r}.")
-        tensors[k] = np.ascontiguousarray(np.asarray(v))
+        array = np.ascontiguousarray(np.asarray(v))
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"fcnn.weights.save_file: `{k}` must be a numeric array, got dtype "
+                            f"{array.dtype}.")
+        tensors[k] = array
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str)
                                         for k, v in metadata.items()):
         raise TypeError("fcnn.weights.save_file: `metadata` must map str to str.")

@@ -371,7 +371,8 @@ def test_other_refusals():
     with pytest.raises(TypeError, match="mapping"):
         weights.from_torch("resnet18", [1, 2])
     params, state = weights.from_torch("resnet18", _resnet18_dict())
-    with pytest.raises(ValueError, match="do not have the structure of models.resnet18"):
+    with pytest.raises(ValueError, match=r"`state` do not have the structure of models\.resnet18"
+                                         r"\(num_classes=10\): expected 40 arrays, got 0"):
         weights.to_torch("resnet18", params, ())
 
 
@@ -425,6 +426,27 @@ def test_safetensors_both_ways(tmp_path):
                                                     jax.tree_util.tree_leaves(params)))
     with pytest.raises(TypeError, match="metadata"):
         weights.save_file(tmp_path / "m.safetensors", sd, metadata={"a": 1})
+
+
+def test_file_formats_are_read_from_their_bytes(tmp_path):
+    """A safetensors file whose header length begins with 0x80 or b"PK" (a pickle's and a
+    zip's first bytes) is still safetensors; bfloat16 arrays are accepted as floating point;
+    bad names, values and counters are refused naming the argument."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    for first in (0x80, ord("P")):
+        n = next(n for n in range(300)
+                 if safetensors_numpy.save({"k" * n: np.zeros(1, np.float32)})[0] == first)
+        path = tmp_path / f"h{first}.safetensors"
+        path.write_bytes(safetensors_numpy.save({"k" * n: np.zeros(1, np.float32)}))
+        assert list(weights.load_file(path)) == ["k" * n]
+    assert weights._numpy(np.zeros(2, jnp.bfloat16), "k").dtype == jnp.bfloat16
+    with pytest.raises(TypeError, match="load_file: `path` must be a str or os.PathLike"):
+        weights.load_file(None)
+    with pytest.raises(TypeError, match="save_file: `s` must be a numeric array"):
+        weights.save_file(tmp_path / "s.safetensors", {"s": np.array(["x"])})
+    params, state = weights.from_torch("resnet18", _resnet18_dict())
+    with pytest.raises(ValueError, match="`num_batches_tracked` must be an int >= 0"):
+        weights.to_torch("resnet18", params, state, num_batches_tracked=1.5)
 
 
 def test_bad_files(tmp_path, monkeypatch):

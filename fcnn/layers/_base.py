@@ -229,37 +229,56 @@ RESIDUAL_RELU = "residual+ReLU"
 def make(kind: str, config: dict, shape: Callable, init: Callable, apply: Callable, *,
          window: Window | None = None, children: tuple = (),
          rebind: Callable | None = None, init_state: Callable | None = None,
-         fused: dict | None = None) -> Layer:
+         fused: dict | None = None, own_init: bool = True) -> Layer:
     """The Layer of `init` and `apply`, its info attached to a fresh init function (so layers
     that share an init still each carry their own info). `init_state` makes it stateful;
-    `fused` maps a following layer's kind to the apply running both as one op."""
+    `fused` maps a following layer's kind to the apply running both as one op; `own_init`
+    False marks an init that calls a user's initialiser (it runs op by op)."""
 
     def layer_init(key, input_shape):
-        if getattr(_INIT, "inside", False) or not COMPILED_INIT or not _compilable(layer_init.info):
+        if getattr(_INIT, "inside", False) or not COMPILED_INIT or not _compilable(layer_init) \
+                or not _threefry(key):
             return init(key, input_shape)
         return _compiled_init(layer_init, init, key, input_shape)
 
     layer_init.info = LayerInfo(kind, config, window, tuple(children), shape, rebind, apply,
                                 init_state, fused)
     layer_init.__qualname__ = f"{kind}.init"
+    layer_init.own_init = own_init
     apply.__qualname__ = f"{kind}.apply"
     return Layer(layer_init, apply)
 
 
-# Whether a layer's init runs as one compiled program (on by default). Off, every parameter's
-# draw is its own op, dispatched one by one: XLA then compiles the random-bits program once per
-# parameter shape, which dominated a first init (LeNet-5 2.6 s, VGG-16 5.5 s; docs/performance.md).
-COMPILED_INIT = True
+# Whether a layer's init runs as one compiled program: on unless FCNN_COMPILED_INIT=0. Off,
+# every parameter's draw is its own op, dispatched one by one: XLA then compiles the random-bits
+# program once per parameter shape, which dominated a first init (LeNet-5 2.6 s, VGG-16 5.5 s;
+# docs/performance.md). The parameters are the same bits either way.
+COMPILED_INIT = os.environ.get("FCNN_COMPILED_INIT", "1") != "0"
 
 _INIT = threading.local()  # .inside: this thread is tracing an init for its compiled program
 
 
-def _compilable(info: LayerInfo) -> bool:
-    """Whether every layer in the tree is fcnn's own: a user's bare `Layer(init, apply)` may do
-    anything in its init (draw with numpy, read concrete values), so a tree holding one runs
-    eagerly, as written."""
-    return info.kind != "Layer" and all(
-        _compilable(c.info) for c in info.children)
+def _compilable(layer_init) -> bool:
+    """Whether every layer in the tree is fcnn's own with fcnn's own initialisers. A user's
+    bare `Layer(init, apply)` may do anything in its init (draw with numpy, read concrete
+    values), and a user's initialiser may scale its draw where XLA would fold the scale (other
+    bits than op by op): a tree holding either runs op by op, as written."""
+    info = getattr(layer_init, "info", None)
+    return isinstance(info, LayerInfo) and info.kind != "Layer" \
+        and getattr(layer_init, "own_init", False) \
+        and all(_compilable(c.init) for c in info.children)
+
+
+def _threefry(key) -> bool:
+    """Whether `key` is a threefry key (typed, or a raw uint32 key under JAX's default
+    implementation): the batched splits and draws equal the one-by-one ones for threefry's
+    counter-based bits; another implementation (rbg) runs op by op."""
+    try:
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            return "threefry" in str(jax.random.key_impl(key))
+        return "threefry" in str(jax.config.jax_default_prng_impl)
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 def _static_shape(shape):
@@ -309,15 +328,17 @@ def _compiled_init(layer_init, init, key, input_shape):
 
 def leaf(kind: str, config: dict, shape: Callable, init: Callable,
          bind: Callable[[Any], Callable], *, window: Window | None = None,
-         init_state: Callable | None = None, module=default_ops) -> Layer:
+         init_state: Callable | None = None, module=default_ops,
+         own_init: bool = True) -> Layer:
     """A leaf layer whose `apply = bind(module)`; `bind` looks up the ops it calls with `op`
     (so a missing function is an error here, not at apply). `with_ops` calls `bind` again.
     `bind` may return `(apply, fused)` instead (see `make`)."""
     bound = bind(module)
     apply, fused = bound if isinstance(bound, tuple) else (bound, None)
     return make(kind, config, shape, init, apply, window=window, init_state=init_state,
-                fused=fused, rebind=lambda m: leaf(kind, config, shape, init, bind, window=window,
-                                                   init_state=init_state, module=m))
+                fused=fused, own_init=own_init,
+                rebind=lambda m: leaf(kind, config, shape, init, bind, window=window,
+                                      init_state=init_state, module=m, own_init=own_init))
 
 
 def check_state(op: str, model: Layer, state) -> None:

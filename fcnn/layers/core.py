@@ -98,6 +98,7 @@ def _conv(name, rank, out_channels, kernel_size, stride, padding, dilation, grou
     if out_channels % groups:
         raise ValueError(f"{name}: `groups` (={groups}) must divide `out_channels` "
                          f"(={out_channels}).")
+    own = initializers.owned(w_init, b_init)
     w_init = w_init or initializers.he_normal()
     b_init = b_init or initializers.zeros()
 
@@ -156,7 +157,7 @@ def _conv(name, rank, out_channels, kernel_size, stride, padding, dilation, grou
         config["padding_mode"] = padding_mode
     if precision is not None:  # (the same)
         config["precision"] = precision
-    return leaf(name, config, shape, init, bind, window=window)
+    return leaf(name, config, shape, init, bind, window=window, own_init=own)
 
 
 def ConvTranspose1D(out_channels, kernel_size, stride=1, padding=0, output_padding=0,
@@ -207,6 +208,7 @@ def _conv_transpose(name, rank, out_channels, kernel_size, stride, padding, outp
     if out_channels % groups:
         raise ValueError(f"{name}: `groups` (={groups}) must divide `out_channels` "
                          f"(={out_channels}).")
+    own = initializers.owned(w_init, b_init)
     w_init = w_init or initializers.he_normal()
     b_init = b_init or initializers.zeros()
 
@@ -254,7 +256,7 @@ def _conv_transpose(name, rank, out_channels, kernel_size, stride, padding, outp
                   algorithm=algorithm)
     if precision is not None:
         config["precision"] = precision
-    return leaf(name, config, shape, init, bind, window=window)
+    return leaf(name, config, shape, init, bind, window=window, own_init=own)
 
 
 def _pool(name, op_name, window, stride, padding, rank=2) -> Layer:
@@ -377,6 +379,7 @@ def Dense(out_features, use_bias=True, w_init=None, b_init=None, precision=None)
     out_features = _args.as_int(out_features, name, "out_features", minimum=1)
     precision = _args.as_precision(precision, name)
     extra = {} if precision is None else {"precision": precision}
+    own = initializers.owned(w_init, b_init)
     w_init = w_init or initializers.he_normal()
     b_init = b_init or initializers.zeros()
 
@@ -404,7 +407,7 @@ def Dense(out_features, use_bias=True, w_init=None, b_init=None, precision=None)
         return apply
 
     return leaf(name, dict(out_features=out_features, use_bias=use_bias, **extra), shape, init,
-                bind)
+                bind, own_init=own)
 
 
 def _elementwise(name, op_name, **config) -> Layer:
