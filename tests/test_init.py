@@ -153,17 +153,26 @@ def test_compiled_init_with_a_users_initialiser_layer_or_key():
 
     bare = layers.Layer(bare_init, lambda p, x, **kw: x * p["s"])
     cases = [
-        (layers.serial(layers.Conv2D(4, 3), layers.ReLU(), layers.Flatten(),
+        (layers.serial(layers.Conv2D(4, 3), layers.Conv2D(4, 1), layers.ReLU(),
+                       layers.Flatten(),
                        layers.Dense(300, w_init=jax.nn.initializers.normal(0.05))),
          jax.random.key(1)),
-        (layers.serial(layers.Conv2D(4, 3), bare, layers.Flatten(), layers.Dense(3)),
+        (layers.serial(layers.Conv2D(4, 3), layers.Conv2D(4, 1), bare, layers.Flatten(),
+                       layers.Dense(3)),
          jax.random.key(1)),
         (models.lenet5(), jax.random.key(1, impl="unsafe_rbg")),
     ]
     for model, key in cases:
-        shape = (28, 28, 1) if len(model.info.children) > 4 else (6, 6, 2)
+        shape = (28, 28, 1) if len(model.info.children) > 5 else (6, 6, 2)
         _same_bits(model.init(key, shape)[0], _eager(model, key, shape)[0])
     assert calls and not any(issubclass(t, jax.core.Tracer) for t in calls)
+    # the same trees with fcnn's initialisers and layers would compile (three weighted layers);
+    # one or two weighted layers init op by op (the per-shape programs the process keeps)
+    assert base._compilable(layers.serial(layers.Conv2D(4, 3), layers.Conv2D(4, 1),
+                                          layers.Flatten(), layers.Dense(3)).init)
+    assert not base._compilable(layers.serial(layers.Conv2D(4, 3), layers.Flatten(),
+                                              layers.Dense(3)).init)
+    assert not base._compilable(cases[0][0].init) and not base._compilable(cases[1][0].init)
 
 
 def test_compiled_init_errors_are_the_layers():

@@ -258,15 +258,39 @@ COMPILED_INIT = os.environ.get("FCNN_COMPILED_INIT", "1") != "0"
 _INIT = threading.local()  # .inside: this thread is tracing an init for its compiled program
 
 
+# A tree with fewer weighted layers (convolutions, dense) than this inits op by op: its few
+# draws hit the per-shape programs XLA keeps for the whole process, where a compiled init is
+# compiled per layer object (in the suite, which inits thousands of small layers, the compiled
+# init of every layer cost 18 s of 10 minutes). LeNet-5 has 5.
+COMPILED_INIT_MIN_WEIGHTED = 3
+_WEIGHTED = ("Conv1D", "Conv2D", "Conv3D", "ConvTranspose1D", "ConvTranspose2D",
+             "ConvTranspose3D", "Dense")
+
+
 def _compilable(layer_init) -> bool:
-    """Whether every layer in the tree is fcnn's own with fcnn's own initialisers. A user's
-    bare `Layer(init, apply)` may do anything in its init (draw with numpy, read concrete
-    values), and a user's initialiser may scale its draw where XLA would fold the scale (other
-    bits than op by op): a tree holding either runs op by op, as written."""
+    """Whether every layer in the tree is fcnn's own with fcnn's own initialisers, and the
+    tree has at least `COMPILED_INIT_MIN_WEIGHTED` weighted layers. A user's bare
+    `Layer(init, apply)` may do anything in its init (draw with numpy, read concrete values),
+    and a user's initialiser may scale its draw where XLA would fold the scale (other bits than
+    op by op): a tree holding either runs op by op, as written."""
+    weighted = _weighted(layer_init)
+    return weighted is not None and weighted >= COMPILED_INIT_MIN_WEIGHTED
+
+
+def _weighted(layer_init) -> int | None:
+    """The number of weighted layers in the tree; None if it holds a user's layer or
+    initialiser."""
     info = getattr(layer_init, "info", None)
-    return isinstance(info, LayerInfo) and info.kind != "Layer" \
-        and getattr(layer_init, "own_init", False) \
-        and all(_compilable(c.init) for c in info.children)
+    if not isinstance(info, LayerInfo) or info.kind == "Layer" \
+            or not getattr(layer_init, "own_init", False):
+        return None
+    total = int(info.kind in _WEIGHTED)
+    for child in info.children:
+        n = _weighted(child.init)
+        if n is None:
+            return None
+        total += n
+    return total
 
 
 def _threefry(key) -> bool:
