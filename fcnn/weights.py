@@ -275,8 +275,6 @@ def from_torch(name: str, state_dict: Mapping, *, num_classes: int | None = None
     if not isinstance(state_dict, Mapping):
         raise TypeError("fcnn.weights.from_torch: `state_dict` must be a mapping of names to "
                         f"arrays, got {type(state_dict).__name__}.")
-    if name not in SUPPORTED:
-        _model(name, 1000)
     table = entries(name, input_shape)
     last = f"{table[-1].prefix}.weight"
     if num_classes is None:
@@ -347,8 +345,6 @@ def to_torch(name: str, params, state=(), *, num_batches_tracked: int = 0,
       ValueError: `name` is not supported, or `params`/`state` do not have the model's
         structure and shapes (the message names the layer and the torchvision key).
     """
-    if name not in SUPPORTED:
-        _model(name, 1000)
     table = entries(name, input_shape)
     try:
         w_last = _at(params, table[-1].path)["w"]

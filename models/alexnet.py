@@ -39,6 +39,14 @@ def alexnet_torchvision(num_classes: int = 1000, dropout: float = 0.5):
         Conv2D(384, 3, padding=1), ReLU(),
         Conv2D(256, 3, padding=1), ReLU(),
         Conv2D(256, 3, padding=1), ReLU(), MaxPool2D(3, 2),
+        *_classifier(num_classes, dropout),
+    )
+
+
+def _classifier(num_classes: int, dropout: float):
+    """Flatten, FC 4096, 4096 (dropout before each, ReLU after), num_classes: the classifier
+    of both AlexNets and ZF Net."""
+    return (
         Flatten(),
         Dropout(dropout), Dense(4096), ReLU(),
         Dropout(dropout), Dense(4096), ReLU(),
@@ -54,8 +62,5 @@ def conv3_to_classifier(num_classes: int, dropout: float):
         Conv2D(384, 3, padding=1), ReLU(),
         Conv2D(384, 3, padding=1), ReLU(),
         Conv2D(256, 3, padding=1), ReLU(), MaxPool2D(3, 2),
-        Flatten(),
-        Dropout(dropout), Dense(4096), ReLU(),
-        Dropout(dropout), Dense(4096), ReLU(),
-        Dense(num_classes),
+        *_classifier(num_classes, dropout),
     )
